@@ -1,0 +1,77 @@
+"""The model card: `candor.json` (machine-readable) and `model_card.md` (for people).
+
+Later layers add sections (metrics, privacy ledger, robustness) with `update`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from bot.io import atomic_write_json, atomic_write_text
+from bot.model import CARD_JSON, read_card
+from bot.spec import BotSpec
+
+CARD_MD = "model_card.md"
+
+
+def write(directory: str | Path, spec: BotSpec, training: dict) -> dict:
+    card = {
+        "candor_card_version": 1,
+        "bot": {"name": spec.name, "description": spec.description, "source_file": spec.path},
+        "intents": {n: {"examples": len(i.examples), "responses": list(i.responses)} for n, i in spec.intents.items()},
+        "fallback": spec.fallback,
+        "placeholders": spec.placeholders,
+        "settings": dataclasses.asdict(spec.settings),
+        "model": dataclasses.asdict(spec.model),
+        "training": training,
+    }
+    atomic_write_json(Path(directory) / CARD_JSON, card)
+    atomic_write_text(Path(directory) / CARD_MD, render(card))
+    return card
+
+
+def update(directory: str | Path, **sections) -> dict:
+    card = read_card(directory)
+    card.update(sections)
+    atomic_write_json(Path(directory) / CARD_JSON, card)
+    atomic_write_text(Path(directory) / CARD_MD, render(card))
+    return card
+
+
+def render(card: dict) -> str:
+    bot, m, t, s = card["bot"], card["model"], card["training"], card["settings"]
+    base = "GPT-2 trained from scratch (byte-level BPE fitted on the bot's text; LM pre-trained on it)" \
+        if m["base"] == "scratch" else f"`{m['base']}`"
+    lines = [
+        f"# {bot['name']} — Candor dialogue model", "",
+        bot.get("description") or "", "",
+        "## Model",
+        f"- Base: {base}",
+        f"- Size: {m['n_layer']} layers, {m['n_embd']} hidden, {m['n_head']} heads, context {m['max_length']}"
+        if m["base"] == "scratch" else "- Size: as the base model",
+        f"- Intents: {len(card['intents'])} ({', '.join(card['intents'])})",
+        f"- Replies: `{s['response_mode']}` mode; fallback below confidence {s['confidence_threshold']} "
+        f"or top-2 gap below {s['ambiguity_threshold']}",
+        "- Load with plain transformers: `AutoModelForSequenceClassification.from_pretrained(dir)` (intent) or "
+        "`AutoModelForCausalLM.from_pretrained(dir)` (replies).", "",
+        "## Training",
+        f"- {t.get('train_examples')} training / {t.get('validation_examples')} validation utterances, "
+        f"{t.get('reply_examples')} reply examples",
+        f"- {t.get('steps')} steps on {t.get('device')}, best epoch {t.get('best_epoch')} of {t.get('epochs_run')}, "
+        f"{t.get('seconds')} s; seed {t.get('seed')}",
+    ]
+    if "val_accuracy" in t:
+        lines.append(f"- Validation accuracy {t['val_accuracy']:.3f}")
+    if t.get("resumed_from_steps"):
+        lines.append(f"- Resumed from checkpoints at steps {t['resumed_from_steps']}")
+    metrics = card.get("metrics")
+    if metrics:
+        lines += ["", "## Evaluation", f"- Test set: {metrics['test_examples']} utterances",
+                  f"- Accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}",
+                  f"- Fallback rate {metrics['fallback_rate']:.3f}"]
+        if metrics.get("oos_recall") is not None:
+            lines.append(f"- Out-of-scope recall {metrics['oos_recall']:.3f}")
+    lines += ["", "## Limitations",
+              "- Trained only on this bot's examples; it will be unsure about, or wrong on, requests unlike them.",
+              "- Generated replies can be wrong or invented; `template` mode only ever sends the bot's own responses."]
+    return "\n".join(lines) + "\n"

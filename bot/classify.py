@@ -1,0 +1,51 @@
+"""Intent classification and the fallback rule."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from bot.data import Encoder
+from bot.model import DialogueModel
+from bot.spec import Settings
+
+
+@torch.no_grad()
+def predict_proba(model: DialogueModel, enc: Encoder, texts: list[str], batch_size: int = 64) -> torch.Tensor:
+    """Softmax over intents for each text, shape (len(texts), n_intents), on the CPU."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for k in range(0, len(texts), batch_size):
+        batch = enc.pad_batch([enc.classify(t) for t in texts[k:k + batch_size]])
+        logits = model.intent_logits(batch["input_ids"].to(model.device), batch["attention_mask"].to(model.device))
+        out.append(logits.float().softmax(-1).cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, len(model.intents))
+
+
+@dataclass
+class Decision:
+    intent: str
+    confidence: float
+    ranking: list[tuple[str, float]]
+    fallback: bool
+    reason: str | None  # "low_confidence", "ambiguous" or None
+    confidence_threshold: float
+    ambiguity_threshold: float
+
+
+def decide(probs: torch.Tensor, intents: list[str], settings: Settings, top_k: int = 5) -> Decision:
+    """Rasa's FallbackClassifier rule: fall back below `confidence_threshold`, or when the top two
+    intents are closer than `ambiguity_threshold`."""
+    values, idx = probs.topk(min(top_k, len(intents)))
+    ranking = [(intents[i], float(v)) for v, i in zip(values.tolist(), idx.tolist())]
+    top = ranking[0][1]
+    gap = top - ranking[1][1] if len(ranking) > 1 else 1.0
+    reason = None
+    if top < settings.confidence_threshold:
+        reason = "low_confidence"
+    elif gap < settings.ambiguity_threshold:
+        reason = "ambiguous"
+    return Decision(ranking[0][0], top, ranking, reason is not None, reason,
+                    settings.confidence_threshold, settings.ambiguity_threshold)

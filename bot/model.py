@@ -1,0 +1,108 @@
+"""The dialogue model: a causal LM (GPT-2 by default) with an intent head.
+
+The intent head reads the hidden state of the last token of `<|user|> text<|intent|>`, exactly as
+`GPT2ForSequenceClassification` pools, and is saved as `score.weight` beside the LM weights. So the
+saved directory loads with plain transformers both ways:
+`AutoModelForCausalLM.from_pretrained(d)` (replies) and
+`AutoModelForSequenceClassification.from_pretrained(d)` (intents).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import nn
+from transformers import logging as hf_logging
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase
+
+from bot import tokenizer as tokenizers
+from bot.spec import ModelSettings
+
+CARD_JSON = "candor.json"
+
+
+class DialogueModel(nn.Module):
+    def __init__(self, lm: nn.Module, intents: list[str]):
+        super().__init__()
+        self.lm = lm
+        self.intents = list(intents)
+        self.score = nn.Linear(lm.config.hidden_size, len(intents), bias=False)
+        nn.init.normal_(self.score.weight, std=0.02)
+        cfg = lm.config
+        cfg.id2label = dict(enumerate(self.intents))
+        cfg.label2id = {n: i for i, n in enumerate(self.intents)}
+
+    @property
+    def device(self) -> torch.device:
+        return self.score.weight.device
+
+    def intent_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Logits over intents, pooled at each row's last real token (right padding)."""
+        hidden = self.lm.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        last = attention_mask.sum(1) - 1
+        return self.score(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])
+
+    def lm_loss(self, input_ids, attention_mask, labels) -> torch.Tensor:
+        return self.lm(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+
+    def save(self, directory: str | Path, tokenizer: PreTrainedTokenizerBase) -> None:
+        directory = Path(directory)
+        self.lm.config.architectures = ["GPT2LMHeadModel" if isinstance(self.lm, GPT2LMHeadModel)
+                                        else type(self.lm).__name__]
+        state = {k: v.contiguous() for k, v in self.lm.state_dict().items()}
+        state["score.weight"] = self.score.weight.detach().contiguous()
+        self.lm.save_pretrained(directory, state_dict=state, safe_serialization=True)
+        tokenizer.save_pretrained(directory)
+
+
+def build(settings: ModelSettings, tokenizer: PreTrainedTokenizerBase, intents: list[str]) -> DialogueModel:
+    """A fresh model: a GPT-2 config from scratch, or a pretrained causal LM from a hub id/directory."""
+    if settings.base == "scratch":
+        config = GPT2Config(
+            vocab_size=len(tokenizer), n_positions=settings.max_length, n_embd=settings.n_embd,
+            n_layer=settings.n_layer, n_head=settings.n_head, resid_pdrop=settings.dropout,
+            embd_pdrop=settings.dropout, attn_pdrop=settings.dropout,
+            bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        config.loss_type = "ForCausalLM"
+        lm = GPT2LMHeadModel(config)
+    else:
+        lm = AutoModelForCausalLM.from_pretrained(settings.base)
+        lm.resize_token_embeddings(len(tokenizer))
+        lm.config.pad_token_id = tokenizer.pad_token_id
+    return DialogueModel(lm, intents)
+
+
+def make_tokenizer(settings: ModelSettings, corpus: list[str]):
+    if settings.base == "scratch":
+        return tokenizers.fit_bpe(corpus, settings.vocab_size)
+    return tokenizers.from_pretrained(settings.base)
+
+
+def load(directory: str | Path, device: str | torch.device = "cpu"):
+    """Load a saved Candor model directory (safetensors only: pickles are never loaded)."""
+    from transformers import AutoTokenizer
+
+    directory = Path(directory)
+    if not (directory / "model.safetensors").is_file():
+        raise FileNotFoundError(f"{directory}: no model.safetensors here; train one with `candor train`")
+    tok = AutoTokenizer.from_pretrained(directory)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # `score.weight` is ours, not the LM's: no "unused weights" warning
+    try:
+        lm = AutoModelForCausalLM.from_pretrained(directory, use_safetensors=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    intents = [lm.config.id2label[i] for i in range(len(lm.config.id2label))]
+    model = DialogueModel(lm, intents)
+    with safe_open(str(directory / "model.safetensors"), framework="pt") as f:
+        model.score.weight.data.copy_(f.get_tensor("score.weight"))
+    return model.to(device).eval(), tok
+
+
+def read_card(directory: str | Path) -> dict:
+    path = Path(directory) / CARD_JSON
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}

@@ -1,0 +1,381 @@
+"""The bot file: one YAML document describing intents, responses and settings.
+
+`load_bot(path)` parses and validates it; every problem carries file, line and message.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+OUT_OF_SCOPE = "out_of_scope"
+
+
+class Located(str):
+    """A string that remembers the line it came from."""
+
+    line: int | None = None
+
+
+@dataclass
+class Problem:
+    file: str
+    line: int | None
+    severity: str  # "error" or "warning"
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.severity}: {self.message}"
+
+
+class BotFileError(ValueError):
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+@dataclass
+class Example:
+    text: str
+    intent: str
+    line: int | None = None
+
+
+@dataclass
+class Turn:
+    user: str
+    bot: str
+    intent: str | None = None
+
+
+@dataclass
+class Intent:
+    name: str
+    examples: list[Example] = field(default_factory=list)
+    responses: list[str] = field(default_factory=list)
+    line: int | None = None
+
+
+@dataclass
+class Settings:
+    confidence_threshold: float = 0.3  # Rasa's FallbackClassifier default
+    ambiguity_threshold: float = 0.1
+    response_mode: str = "template"  # "template" or "generate"
+    context_turns: int = 3
+    max_reply_tokens: int = 96
+
+
+@dataclass
+class ModelSettings:
+    base: str = "scratch"  # "scratch", a hub id or a local directory
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 256
+    vocab_size: int = 4096
+    max_length: int = 256
+    dropout: float = 0.1
+
+
+@dataclass
+class TrainSettings:
+    seed: int = 0
+    epochs: int = 12
+    pretrain_epochs: int = 3
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    val_fraction: float = 0.1
+    patience: int = 3
+    checkpoint_every: int = 200
+    reply_weight: float = 0.5
+    reply_batch_size: int = 8
+
+
+@dataclass
+class BotSpec:
+    name: str
+    intents: dict[str, Intent]
+    fallback: str
+    settings: Settings = field(default_factory=Settings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    training: TrainSettings = field(default_factory=TrainSettings)
+    placeholders: dict[str, str] = field(default_factory=dict)
+    test: list[Example] = field(default_factory=list)
+    dialogues: list[list[Turn]] = field(default_factory=list)
+    description: str = ""
+    path: str = "<memory>"
+
+    @property
+    def examples(self) -> list[Example]:
+        return [e for i in self.intents.values() for e in i.examples]
+
+    def to_dict(self) -> dict:
+        """Plain data for YAML/JSON (lines dropped)."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "fallback": self.fallback,
+            "settings": dataclasses.asdict(self.settings),
+            "model": dataclasses.asdict(self.model),
+            "training": dataclasses.asdict(self.training),
+            "placeholders": dict(self.placeholders),
+            "intents": {
+                n: {"examples": [str(e.text) for e in i.examples], "responses": [str(r) for r in i.responses]}
+                for n, i in self.intents.items()
+            },
+            "test": [{"text": str(e.text), "intent": str(e.intent)} for e in self.test],
+            "dialogues": [[dataclasses.asdict(t) for t in d] for d in self.dialogues],
+        }
+
+
+def dump_bot(spec: BotSpec, path: str | Path) -> None:
+    """Write a bot file atomically."""
+    from bot.io import atomic_write_text
+
+    data = spec.to_dict()
+    for key in ("test", "dialogues", "placeholders", "description"):
+        if not data[key]:
+            del data[key]
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100))
+
+
+# ---------------------------------------------------------------- parsing
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+def _construct_str(loader, node):
+    s = Located(loader.construct_scalar(node))
+    s.line = node.start_mark.line + 1
+    return s
+
+
+def _construct_map(loader, node):
+    loader.flatten_mapping(node)
+    out, seen = {}, {}
+    for knode, vnode in node.value:
+        key = loader.construct_object(knode, deep=True)
+        if key in seen:
+            loader.duplicate_keys.append((key, knode.start_mark.line + 1, seen[key]))
+            out.pop(key)  # keep the later key object, so its line is reported
+        seen[key] = knode.start_mark.line + 1
+        out[key] = loader.construct_object(vnode, deep=True)
+    return out
+
+
+_Loader.add_constructor("tag:yaml.org,2002:str", _construct_str)
+_Loader.add_constructor("tag:yaml.org,2002:map", _construct_map)
+
+
+def _line(value) -> int | None:
+    return getattr(value, "line", None)
+
+
+def _check_encoding(raw: bytes, file: str, problems: list[Problem]) -> str:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        problems.append(Problem(file, line, "error", f"not valid UTF-8 (byte 0x{raw[e.start]:02x}); save the file as UTF-8"))
+        text = raw.decode("utf-8", errors="replace")
+    for n, row in enumerate(text.splitlines(), 1):
+        if "\ufffd" in row:
+            problems.append(Problem(file, n, "error", "contains U+FFFD replacement characters (text was decoded wrongly upstream)"))
+        elif any(m in row for m in ("Ã©", "Ã¨", "â€™", "â€œ", "Ã¶", "Ã¼")):
+            problems.append(Problem(file, n, "warning", "looks like mojibake (UTF-8 read as Latin-1), e.g. 'Ã©' or 'â€™'"))
+        if any(ord(c) < 32 and c not in "\t\r" for c in row):
+            problems.append(Problem(file, n, "error", "contains control characters"))
+    return text
+
+
+def _fill(cls, raw, where: str, file: str, problems: list[Problem], line: int | None):
+    """Build a settings dataclass from a mapping, reporting unknown keys and bad types."""
+    obj = cls()
+    if raw is None:
+        return obj
+    if not isinstance(raw, dict):
+        problems.append(Problem(file, line, "error", f"'{where}' must be a mapping"))
+        return obj
+    for key, value in raw.items():
+        f = next((f for f in dataclasses.fields(cls) if f.name == key), None)
+        if f is None:
+            known = ", ".join(f.name for f in dataclasses.fields(cls))
+            problems.append(Problem(file, _line(key), "error", f"unknown setting '{where}.{key}' (known: {known})"))
+            continue
+        default = getattr(obj, key)
+        try:
+            if isinstance(default, bool) or isinstance(default, str):
+                value = type(default)(value)
+            elif isinstance(default, int):
+                if isinstance(value, float) and not value.is_integer():
+                    raise ValueError
+                value = int(value)
+            elif isinstance(default, float):
+                value = float(value)
+        except (TypeError, ValueError):
+            problems.append(Problem(file, _line(key), "error", f"'{where}.{key}' must be a {type(default).__name__}, got {value!r}"))
+            continue
+        setattr(obj, key, value)
+    return obj
+
+
+def normalize(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def parse_bot(text: str, file: str = "<memory>", problems: list[Problem] | None = None) -> BotSpec:
+    """Parse bot YAML into a spec, appending every problem found to `problems`."""
+    problems = [] if problems is None else problems
+    loader = _Loader(text)
+    loader.duplicate_keys = []
+    try:
+        doc = loader.get_single_data()
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        problems.append(Problem(file, mark.line + 1 if mark else None, "error", f"invalid YAML: {getattr(e, 'problem', e)}"))
+        doc = None
+    finally:
+        loader.dispose()
+    for key, line, first in loader.duplicate_keys:
+        problems.append(Problem(file, line, "error", f"duplicate key '{key}' (first defined on line {first}); the later one would silently win"))
+    if not isinstance(doc, dict):
+        if doc is not None:
+            problems.append(Problem(file, 1, "error", "a bot file must be a YAML mapping with 'intents:'"))
+        return BotSpec(name="invalid", intents={}, fallback="", path=file)
+
+    known = {"name", "description", "fallback", "settings", "model", "training", "placeholders", "intents", "test", "dialogues"}
+    for key in doc:
+        if key not in known:
+            problems.append(Problem(file, _line(key), "error", f"unknown top-level key '{key}' (known: {', '.join(sorted(known))})"))
+
+    spec = BotSpec(
+        name=str(doc.get("name") or Path(file).stem),
+        description=str(doc.get("description") or ""),
+        fallback=str(doc.get("fallback") or ""),
+        intents={},
+        settings=_fill(Settings, doc.get("settings"), "settings", file, problems, None),
+        model=_fill(ModelSettings, doc.get("model"), "model", file, problems, None),
+        training=_fill(TrainSettings, doc.get("training"), "training", file, problems, None),
+        placeholders={str(k): str(v) for k, v in (doc.get("placeholders") or {}).items()},
+        path=file,
+    )
+    if not spec.fallback:
+        problems.append(Problem(file, None, "error", "missing 'fallback': the reply used when the bot is unsure"))
+
+    intents = doc.get("intents")
+    if not isinstance(intents, dict) or not intents:
+        problems.append(Problem(file, _line(next(iter(doc), None)), "error", "'intents' must be a non-empty mapping of intent name to examples/responses"))
+        intents = {}
+    for name, body in intents.items():
+        intent = Intent(name=str(name), line=_line(name))
+        body = body or {}
+        if isinstance(body, list):  # shorthand: a list of examples
+            body = {"examples": body}
+        if not isinstance(body, dict):
+            problems.append(Problem(file, _line(name), "error", f"intent '{name}' must map to 'examples' and 'responses'"))
+            continue
+        for key in body:
+            if key not in ("examples", "responses"):
+                problems.append(Problem(file, _line(key), "error", f"unknown key '{key}' in intent '{name}' (use 'examples' and 'responses')"))
+        for ex in body.get("examples") or []:
+            if not isinstance(ex, str) or not ex.strip():
+                problems.append(Problem(file, _line(ex) or _line(name), "error", f"intent '{name}': empty or non-text example {ex!r}"))
+                continue
+            intent.examples.append(Example(str(ex).strip(), intent.name, _line(ex)))
+        for r in body.get("responses") or []:
+            if not isinstance(r, str) or not r.strip():
+                problems.append(Problem(file, _line(r) or _line(name), "error", f"intent '{name}': empty response"))
+                continue
+            intent.responses.append(Located(r.strip()))
+            intent.responses[-1].line = _line(r)
+        spec.intents[intent.name] = intent
+
+    for item in doc.get("test") or []:
+        if not isinstance(item, dict) or "text" not in item or "intent" not in item:
+            problems.append(Problem(file, _line(item), "error", "each test entry needs 'text' and 'intent'"))
+            continue
+        spec.test.append(Example(str(item["text"]).strip(), str(item["intent"]), _line(item["text"])))
+
+    for d in doc.get("dialogues") or []:
+        turns = []
+        for t in d or []:
+            if not isinstance(t, dict) or "user" not in t or "bot" not in t:
+                problems.append(Problem(file, None, "error", "each dialogue turn needs 'user' and 'bot'"))
+                continue
+            turns.append(Turn(str(t["user"]), str(t["bot"]), str(t["intent"]) if t.get("intent") else None))
+        spec.dialogues.append(turns)
+
+    problems.extend(validate(spec))
+    return spec
+
+
+def validate(spec: BotSpec) -> list[Problem]:
+    """Semantic checks: empty/unknown intents, duplicates, leakage, bad settings."""
+    f, out = spec.path, []
+    s = spec.settings
+    if not 0 <= s.confidence_threshold <= 1:
+        out.append(Problem(f, None, "error", "settings.confidence_threshold must be between 0 and 1"))
+    if not 0 <= s.ambiguity_threshold <= 1:
+        out.append(Problem(f, None, "error", "settings.ambiguity_threshold must be between 0 and 1"))
+    if s.response_mode not in ("template", "generate"):
+        out.append(Problem(f, None, "error", f"settings.response_mode must be 'template' or 'generate', got '{s.response_mode}'"))
+    if spec.model.n_embd % max(spec.model.n_head, 1):
+        out.append(Problem(f, None, "error", "model.n_embd must be divisible by model.n_head"))
+    if len(spec.intents) == 1:
+        out.append(Problem(f, None, "error", "a bot needs at least two intents to classify between"))
+
+    seen: dict[str, Example] = {}
+    for intent in spec.intents.values():
+        if intent.name == OUT_OF_SCOPE:
+            out.append(Problem(f, intent.line, "error", f"'{OUT_OF_SCOPE}' is reserved for test examples the bot should refuse"))
+        if not intent.examples:
+            out.append(Problem(f, intent.line, "error", f"intent '{intent.name}' has no examples"))
+        elif len(intent.examples) < 2:
+            out.append(Problem(f, intent.line, "warning", f"intent '{intent.name}' has only one example"))
+        if not intent.responses:
+            out.append(Problem(f, intent.line, "warning", f"intent '{intent.name}' has no responses: template replies fall back to the fallback text"))
+        for ex in intent.examples:
+            key = normalize(ex.text)
+            if key in seen:
+                first = seen[key]
+                if first.intent == ex.intent:
+                    out.append(Problem(f, ex.line, "warning", f"duplicate example '{ex.text}' (also on line {first.line})"))
+                else:
+                    out.append(Problem(f, ex.line, "error", f"example '{ex.text}' is labelled '{ex.intent}' here and '{first.intent}' on line {first.line}"))
+            else:
+                seen[key] = ex
+    for ex in spec.test:
+        if ex.intent not in spec.intents and ex.intent != OUT_OF_SCOPE:
+            out.append(Problem(f, ex.line, "error", f"test example uses unknown intent '{ex.intent}'"))
+        twin = seen.get(normalize(ex.text))
+        if twin and twin.text.strip() == ex.text.strip():
+            out.append(Problem(f, ex.line, "error", f"train/test leakage: test example '{ex.text}' is also a training example (line {twin.line})"))
+        elif twin:
+            out.append(Problem(f, ex.line, "warning", f"test example '{ex.text}' differs from training example '{twin.text}' (line {twin.line}) only in case or spacing"))
+    for d in spec.dialogues:
+        for t in d:
+            if t.intent and t.intent not in spec.intents:
+                out.append(Problem(f, None, "error", f"dialogue turn uses unknown intent '{t.intent}'"))
+    return out
+
+
+def load_bot(path: str | Path, strict: bool = True) -> tuple[BotSpec, list[Problem]]:
+    """Read and validate a bot file. With strict, any error raises BotFileError."""
+    path = Path(path)
+    problems: list[Problem] = []
+    if not path.is_file():
+        raise BotFileError([Problem(str(path), None, "error", "file not found")])
+    text = _check_encoding(path.read_bytes(), str(path), problems)
+    spec = parse_bot(text, str(path), problems)
+    problems.sort(key=lambda p: (p.line or 0, p.severity))
+    if strict and any(p.severity == "error" for p in problems):
+        raise BotFileError([p for p in problems if p.severity == "error"])
+    return spec, problems
+
+
+def demo_bot_path() -> Path:
+    return Path(__file__).parent / "demo" / "support_bot.yaml"

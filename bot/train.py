@@ -1,0 +1,304 @@
+"""Training: (offline default) LM pre-training on the bot's text, then joint intent + reply fine-tuning.
+
+Checkpoints (safetensors + JSON, never pickles) go to `<out>.checkpoints/` every `checkpoint_every`
+steps and at each epoch's end; `resume=True` continues from the last one. The final model
+directory appears only when training finished.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, load_model, save_file, save_model
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer
+
+from bot import card as cards
+from bot import model as models
+from bot.classify import predict_proba
+from bot.data import Encoder, Record, corpus, records, split
+from bot.io import atomic_dir, atomic_write_json
+from bot.spec import BotSpec
+
+
+@dataclass
+class State:
+    """Where training stands; saved as JSON with every checkpoint."""
+
+    stage: str = "pretrain"  # "pretrain" -> "finetune" -> "done"
+    epoch: int = 0
+    batch: int = 0  # batches done in this epoch
+    step: int = 0
+    best_val_loss: float = math.inf
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    history: list[dict] = field(default_factory=list)
+    spec_hash: str = ""
+    resumed_from: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def spec_hash(spec: BotSpec) -> str:
+    return hashlib.sha256(json.dumps(spec.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    if name and name != "auto":
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def checkpoint_dir(out_dir: str | Path) -> Path:
+    out_dir = Path(out_dir)
+    return out_dir.with_name(out_dir.name + ".checkpoints")
+
+
+def _lr(step: int, total: int, peak: float) -> float:
+    warm = max(1, total // 20)
+    if step < warm:
+        return peak * (step + 1) / warm
+    return peak * max(0.0, 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm))))
+
+
+def _order(n: int, seed: int, stage: str, epoch: int) -> list[int]:
+    salt = int(hashlib.sha256(stage.encode()).hexdigest()[:8], 16)
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch * 7919 + salt)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def _save_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
+    tensors = {"rng": torch.get_rng_state()}
+    for pid, st in opt.state_dict()["state"].items():
+        for k, v in st.items():
+            tensors[f"{pid}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+    save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(path))
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
+    tensors = load_file(str(path))
+    torch.set_rng_state(tensors.pop("rng"))
+    sd = opt.state_dict()
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = v
+    sd["state"] = state
+    opt.load_state_dict(sd)
+
+
+class Trainer:
+    def __init__(self, spec: BotSpec, out_dir: str | Path, device: str | None = None, progress: bool = True,
+                 log=print):
+        self.spec, self.t = spec, spec.training
+        self.out_dir, self.ckpt = Path(out_dir), checkpoint_dir(out_dir)
+        self.device = pick_device(device)
+        self.progress, self.log = progress, log
+        all_records = records(spec)
+        self.train_records, self.val_records = split(all_records, self.t.val_fraction, self.t.seed)
+        # Validation uses each held-out utterance once, without dialogue context duplicates.
+        self.val_records = [r for r in self.val_records if not r.context]
+        self.reply_records = [r for r in self.train_records if r.reply]
+        self.train_records = [r for r in self.train_records if not r.context] or self.train_records
+
+    # ------------------------------------------------------------ setup / resume
+    def _latest(self) -> Path | None:
+        pointer = self.ckpt / "latest.json"
+        return self.ckpt / json.loads(pointer.read_text())["dir"] if pointer.is_file() else None
+
+    def _setup(self, resume: bool) -> None:
+        torch.manual_seed(self.t.seed)
+        latest = self._latest() if resume else None
+        if latest:
+            self.state = State(**json.loads((latest / "state.json").read_text()))
+            if self.state.spec_hash != spec_hash(self.spec):
+                raise SystemExit(f"{self.ckpt}: checkpoint was made from a different bot file or settings; "
+                                 "rerun without --resume to start over")
+            self.tok = AutoTokenizer.from_pretrained(self.ckpt / "tokenizer")
+        else:
+            if resume:
+                self.log(f"no checkpoint in {self.ckpt}; starting from scratch")
+            shutil.rmtree(self.ckpt, ignore_errors=True)
+            self.state = State(spec_hash=spec_hash(self.spec))
+            self.tok = models.make_tokenizer(self.spec.model, corpus(self.spec))
+            self.ckpt.mkdir(parents=True, exist_ok=True)
+            self.tok.save_pretrained(self.ckpt / "tokenizer")
+        if self.spec.model.base != "scratch" and self.state.stage == "pretrain":
+            self.state.stage = "finetune"  # a pretrained LM needs no pre-training on our text
+        self.enc = Encoder(self.tok, self.spec.model.max_length)
+        self.model = models.build(self.spec.model, self.tok, list(self.spec.intents)).to(self.device)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.t.learning_rate, weight_decay=0.01)
+        if latest:
+            load_model(self.model, str(latest / "model.safetensors"), device=str(self.device))
+            _load_optimizer(self.opt, latest / "optimizer.safetensors")
+            self.state.resumed_from.append(self.state.step)
+            self.log(f"resumed from step {self.state.step} ({self.state.stage}, epoch {self.state.epoch + 1}, "
+                     f"batch {self.state.batch})")
+
+    def _checkpoint(self) -> None:
+        """Write a complete step-N/ folder, then point latest.json at it: a crash at any moment leaves
+        the previous checkpoint intact."""
+        step_dir = self.ckpt / f"step-{self.state.step:08d}-{uuid.uuid4().hex[:6]}"
+        step_dir.mkdir(parents=True)
+        save_model(self.model, str(step_dir / "model.safetensors"))
+        _save_optimizer(self.opt, step_dir / "optimizer.safetensors")
+        atomic_write_json(step_dir / "state.json", dataclasses.asdict(self.state))
+        atomic_write_json(self.ckpt / "latest.json", {"dir": step_dir.name})
+        for old in self.ckpt.glob("step-*"):
+            if old != step_dir:
+                shutil.rmtree(old, ignore_errors=True)
+
+    # ------------------------------------------------------------ stages
+    def _batches(self, lengths: list[int], stage: str, epoch: int) -> list[list[int]]:
+        """Shuffled batches of similar length (less padding), same for a given seed and epoch."""
+        order = _order(len(lengths), self.t.seed, stage, epoch)
+        bs, pool = self.t.batch_size, self.t.batch_size * 50
+        batches = []
+        for k in range(0, len(order), pool):
+            chunk = sorted(order[k:k + pool], key=lambda i: lengths[i])
+            batches += [chunk[j:j + bs] for j in range(0, len(chunk), bs)]
+        perm = _order(len(batches), self.t.seed, stage + "-batches", epoch)
+        return [batches[i] for i in perm]
+
+    def _step(self, loss: torch.Tensor, total_steps: int) -> None:
+        for g in self.opt.param_groups:
+            g["lr"] = _lr(self.state.step, total_steps, self.t.learning_rate)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        self.state.step += 1
+        self.state.batch += 1
+        if self.t.checkpoint_every and self.state.step % self.t.checkpoint_every == 0:
+            self._checkpoint()
+
+    def _to(self, batch: dict) -> dict:
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def _pretrain_epoch(self, texts: list[str]) -> None:
+        batches = self._batches([len(t) for t in texts], "pretrain", self.state.epoch)
+        total = len(batches) * self.t.pretrain_epochs
+        bar = tqdm(batches, desc=f"pre-train {self.state.epoch + 1}/{self.t.pretrain_epochs}",
+                   disable=not self.progress, initial=self.state.batch, total=len(batches))
+        for idx in batches[self.state.batch:]:
+            b = self._to(self.enc.pad_batch([self.enc.lm(texts[i]) for i in idx]))
+            loss = self.model.lm_loss(**b)
+            self._step(loss, total)
+            bar.update(1)
+            bar.set_postfix(lm_loss=f"{loss.item():.3f}")
+        bar.close()
+
+    def _finetune_epoch(self) -> None:
+        intent_id = {n: i for i, n in enumerate(self.model.intents)}
+        batches = self._batches([len(r.text) for r in self.train_records], "finetune", self.state.epoch)
+        replies = _order(len(self.reply_records), self.t.seed, "reply", self.state.epoch) if self.reply_records else []
+        total = len(batches) * self.t.epochs
+        bar = tqdm(total=len(batches), initial=self.state.batch, disable=not self.progress,
+                   desc=f"fine-tune {self.state.epoch + 1}/{self.t.epochs}")
+        rbs = self.t.reply_batch_size
+        for k in range(self.state.batch, len(batches)):
+            recs = [self.train_records[i] for i in batches[k]]
+            b = self._to(self.enc.pad_batch([self.enc.classify(r.text) for r in recs]))
+            y = torch.tensor([intent_id[r.intent] for r in recs], device=self.device)
+            ce = F.cross_entropy(self.model.intent_logits(b["input_ids"], b["attention_mask"]), y)
+            loss, lm = ce, None
+            if replies and self.t.reply_weight > 0:
+                pick = [self.reply_records[replies[(k * rbs + j) % len(replies)]] for j in range(rbs)]
+                pairs = [self.enc.reply(r, self.spec.settings.max_reply_tokens) for r in pick]
+                rb = self._to(self.enc.pad_batch([p[0] for p in pairs], [p[1] for p in pairs]))
+                lm = self.model.lm_loss(**rb)
+                loss = ce + self.t.reply_weight * lm
+            self._step(loss, total)
+            bar.update(1)
+            bar.set_postfix(intent_loss=f"{ce.item():.3f}", **({"reply_loss": f"{lm.item():.3f}"} if lm is not None else {}))
+        bar.close()
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        if not self.val_records:
+            return {}
+        texts = [r.text for r in self.val_records]
+        probs = predict_proba(self.model, self.enc, texts)
+        y = torch.tensor([self.model.intents.index(r.intent) for r in self.val_records])
+        return {"val_loss": float(F.nll_loss(probs.clamp_min(1e-12).log(), y)),
+                "val_accuracy": float((probs.argmax(1) == y).float().mean())}
+
+    def _end_of_finetune_epoch(self) -> bool:
+        """Record validation, keep the best weights; True when early stopping says stop."""
+        metrics = {"epoch": self.state.epoch + 1, "step": self.state.step, **self.validate()}
+        self.state.history.append(metrics)
+        self.log("epoch {epoch}: ".format(**metrics) + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()
+                                                                  if k.startswith("val")))
+        loss = metrics.get("val_loss", -self.state.epoch)
+        if loss < self.state.best_val_loss - 1e-4:
+            self.state.best_val_loss, self.state.best_epoch, self.state.bad_epochs = loss, self.state.epoch, 0
+            save_model(self.model, str(self.ckpt / "best.safetensors.tmp"))
+            (self.ckpt / "best.safetensors.tmp").replace(self.ckpt / "best.safetensors")
+        else:
+            self.state.bad_epochs += 1
+        return bool(self.val_records) and self.state.bad_epochs >= self.t.patience
+
+    def run(self, resume: bool = False) -> Path:
+        self._setup(resume)
+        if self.state.stage == "done":
+            self.log(f"{self.ckpt}: training had already finished; saving the model")
+        started = time.time() - self.state.seconds
+        self.model.train()
+        if self.state.stage == "pretrain":
+            texts = corpus(self.spec)
+            while self.state.epoch < self.t.pretrain_epochs:
+                self._pretrain_epoch(texts)
+                self.state.epoch, self.state.batch = self.state.epoch + 1, 0
+                self.state.seconds = time.time() - started
+                self._checkpoint()
+            self.state.stage, self.state.epoch, self.state.batch = "finetune", 0, 0
+            self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.t.learning_rate, weight_decay=0.01)
+            self._checkpoint()
+        while self.state.stage == "finetune" and self.state.epoch < self.t.epochs:
+            self._finetune_epoch()
+            stop = self._end_of_finetune_epoch()
+            self.state.epoch, self.state.batch = self.state.epoch + 1, 0
+            self.state.seconds = time.time() - started
+            if stop:
+                self.log(f"early stopping: no validation improvement for {self.t.patience} epochs")
+                break
+            self._checkpoint()
+        self.state.stage = "done"
+        self.state.seconds = time.time() - started
+        self._checkpoint()
+        if (self.ckpt / "best.safetensors").is_file():
+            load_model(self.model, str(self.ckpt / "best.safetensors"), device=str(self.device))
+        self.model.eval()
+        self._save_final()
+        return self.out_dir
+
+    def _save_final(self) -> None:
+        with atomic_dir(self.out_dir) as tmp:
+            self.model.save(tmp, self.tok)
+            cards.write(tmp, self.spec, training={
+                "base": self.spec.model.base, "device": str(self.device), "seed": self.t.seed,
+                "steps": self.state.step, "best_epoch": self.state.best_epoch + 1,
+                "epochs_run": len(self.state.history), "history": self.state.history,
+                "resumed_from_steps": self.state.resumed_from, "seconds": round(self.state.seconds, 1),
+                "train_examples": len(self.train_records), "validation_examples": len(self.val_records),
+                "reply_examples": len(self.reply_records),
+                **{k: v for k, v in (self.state.history[self.state.best_epoch] if self.state.history
+                                      and self.state.best_epoch >= 0 else {}).items() if k.startswith("val")},
+            })
+
+
+def train(spec: BotSpec, out_dir: str | Path, resume: bool = False, device: str | None = None,
+          progress: bool = True, log=print, keep_checkpoints: bool = False) -> Path:
+    trainer = Trainer(spec, out_dir, device=device, progress=progress, log=log)
+    out = trainer.run(resume=resume)
+    if not keep_checkpoints:
+        shutil.rmtree(trainer.ckpt, ignore_errors=True)
+    return out

@@ -1,0 +1,1 @@
+"""Attributions for the bot's decisions."""

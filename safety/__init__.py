@@ -1,0 +1,1 @@
+"""Privacy (DP-SGD), robustness, PII redaction and guards built on the core."""

@@ -1,0 +1,50 @@
+"""The README's main job, end to end: train the bundled demo bot with no arguments, chat, evaluate.
+Takes a few minutes on 2 CPU cores."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from transformers import AutoModelForSequenceClassification
+
+from bot.generate import fill
+from bot.model import read_card
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _candor(cwd, *args, stdin=None, timeout=300):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "ui.cli", *args], cwd=cwd, input=stdin, capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("demo")
+    res = _candor(cwd, "train", "-q", timeout=1500)  # no arguments: the bundled demo bot
+    assert res.returncode == 0, res.stderr[-2000:]
+    return cwd
+
+
+def test_demo_chat_cancels_an_order(workdir):
+    res = _candor(workdir, "chat", stdin="I want to cancel my order\n/quit\n")
+    assert res.returncode == 0, res.stderr
+    card = read_card(workdir / "models" / "support_demo")
+    replies = [fill(r, card["placeholders"]) for r in card["intents"]["cancel_order"]["responses"]]
+    assert "[intent cancel_order, confidence" in res.stdout and "no fallback" in res.stdout, res.stdout
+    assert any(r in res.stdout for r in replies), res.stdout
+
+
+def test_demo_eval_writes_reports_and_loads_in_plain_transformers(workdir):
+    res = _candor(workdir, "eval")
+    assert res.returncode == 0, res.stderr
+    model_dir = workdir / "models" / "support_demo"
+    for name in ("intent_report.json", "intent_errors.json", "intent_confusion_matrix.png", "intent_histogram.png"):
+        assert (model_dir / "reports" / name).is_file()
+    metrics = read_card(model_dir)["metrics"]
+    assert metrics["test_examples"] == 447 and metrics["accuracy"] > 0.9, metrics
+    clf = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    assert clf.config.num_labels == 27 and "cancel_order" in clf.config.label2id

@@ -1,0 +1,47 @@
+"""The saved directory is a plain Hugging Face model: parity with transformers' own classes."""
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+from bot import model as models
+from bot.data import Encoder
+from bot.spec import ModelSettings
+from tests.conftest import TINY_MODEL
+
+
+def _tiny(tmp_path):
+    settings = ModelSettings(**TINY_MODEL)
+    tok = models.make_tokenizer(settings, ["cancel my order", "where is my parcel", "refund please"] * 20)
+    torch.manual_seed(0)
+    model = models.build(settings, tok, ["a", "b", "c"]).eval()
+    model.save(tmp_path, tok)
+    return model, tok
+
+
+def test_saved_directory_loads_with_plain_transformers(tmp_path):
+    model, tok = _tiny(tmp_path)
+    names = {p.name for p in tmp_path.iterdir()}
+    assert "model.safetensors" in names and not any(n.endswith((".bin", ".pt", ".pkl")) for n in names)
+    enc = Encoder(AutoTokenizer.from_pretrained(tmp_path), 64)
+    batch = enc.pad_batch([enc.classify("cancel my order"), enc.classify("refund please now, thanks")])
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+
+    clf = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert clf.config.id2label == {0: "a", 1: "b", 2: "c"}
+    with torch.no_grad():
+        ours = model.intent_logits(ids, mask)
+        theirs = clf(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(ours, theirs)
+
+    lm = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(lm(input_ids=ids, attention_mask=mask).logits,
+                                   model.lm(input_ids=ids, attention_mask=mask).logits)
+
+
+def test_load_round_trip(tmp_path):
+    model, _ = _tiny(tmp_path)
+    loaded, tok = models.load(tmp_path)
+    assert loaded.intents == ["a", "b", "c"]
+    for (k, v), (k2, v2) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2), k
+    assert tok.pad_token_id is not None and tok.pad_token_id != tok.eos_token_id

@@ -1,0 +1,109 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from safetensors.torch import load_file
+
+from bot.dialogue import Bot, Conversation
+from bot.model import read_card
+from tests.conftest import tiny_bot_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
+
+
+def _candor(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "ui.cli", *map(str, args)], capture_output=True, text=True,
+                          env=ENV, cwd=ROOT, timeout=600, **kw)
+
+
+def test_training_learns_and_writes_a_complete_model(trained_tiny):
+    card = read_card(trained_tiny)
+    t = card["training"]
+    assert t["val_accuracy"] >= 0.8, t
+    assert t["steps"] > 0 and t["epochs_run"] == len(t["history"]) and t["device"] == "cpu"
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "model_card.md", "candor.json"):
+        assert (trained_tiny / name).is_file(), name
+    assert not trained_tiny.with_name("model.checkpoints").exists()  # removed after success
+    bot = Bot(trained_tiny)
+    r = bot.turn("hello, cancel my order please")
+    assert r.intent == "cancel_order" and not r.fallback
+    assert r.reply in [s for s in card["intents"]["cancel_order"]["responses"]]
+    assert (r.confidence_threshold, r.ambiguity_threshold) == (0.3, 0.1)
+
+
+def test_generate_mode_writes_replies_in_the_trained_style(trained_tiny):
+    from bot.generate import generate_reply
+
+    bot = Bot(trained_tiny, response_mode="generate")
+    reply = generate_reply(bot.model, bot.enc, "where is my package", "track_order")
+    assert reply.split()[0] in ("Sure,", "Let"), reply  # every trained reply starts so
+    assert "<|" not in reply
+    conv = Conversation()
+    r = bot.turn("where is my package", conv)
+    assert r.response_mode == "generate" and r.reply
+    bot.turn("thanks, and refund please", conv)
+    assert [t.user for t in conv.turns] == ["where is my package", "thanks, and refund please"]
+
+
+def test_broken_bot_file_writes_nothing(tmp_path):
+    bot = tiny_bot_dict()
+    bot["test"].append({"text": "x", "intent": "no_such_intent"})
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(bot, sort_keys=False))
+    res = _candor("train", path, "-o", tmp_path / "out", "-q")
+    assert res.returncode == 1
+    assert "test example uses unknown intent 'no_such_intent'" in res.stderr and f"{path}:" in res.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.checkpoints").exists()
+
+
+def test_kill_then_resume_finishes_like_an_uninterrupted_run(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_bot_dict(epochs=25, patience=100), sort_keys=False))
+    ref = _candor("train", path, "-o", tmp_path / "ref", "-q", "--device", "cpu")
+    assert ref.returncode == 0, ref.stderr
+
+    out, ckpt = tmp_path / "run", tmp_path / "run.checkpoints"
+    proc = subprocess.Popen([sys.executable, "-m", "ui.cli", "train", str(path), "-o", str(out), "-q",
+                             "--device", "cpu", "--checkpoint-every", "7"], env=ENV, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        pointer = ckpt / "latest.json"
+        if pointer.is_file():
+            state = json.loads((ckpt / json.loads(pointer.read_text())["dir"] / "state.json").read_text())
+            if state["stage"] == "finetune" and state["step"] >= 21:
+                break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists(), "killed mid-run: no final model may exist"
+    killed_at = state["step"]
+
+    res = _candor("train", path, "-o", out, "-q", "--device", "cpu", "--resume", "--checkpoint-every", "7")
+    assert res.returncode == 0, res.stderr
+    resumed = [int(s) for s in read_card(out)["training"]["resumed_from_steps"]]
+    assert resumed and resumed[0] >= killed_at and f"resumed from step {resumed[0]}" in res.stdout
+    a, b = load_file(str(tmp_path / "ref" / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert (a[k] == b[k]).all(), k
+
+
+def test_resume_refuses_a_changed_bot_file(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_bot_dict(epochs=1), sort_keys=False))
+    from bot.spec import load_bot
+    from bot.train import Trainer
+
+    spec, _ = load_bot(path)
+    trainer = Trainer(spec, tmp_path / "m", progress=False, log=lambda *a: None)
+    trainer._setup(resume=False)
+    trainer._checkpoint()
+    res = _candor("train", path, "-o", tmp_path / "m", "--resume", "--epochs", "2", "-q")  # --epochs changes it
+    assert res.returncode == 1 and "different bot file or settings" in res.stderr

@@ -1,0 +1,1 @@
+"""User interfaces: the `candor` CLI and (later) the web app."""

@@ -1,0 +1,77 @@
+"""`candor` — every verb is a plain function in its own module under ui/verbs/."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from bot.spec import BotFileError
+
+DEFAULT_MODEL = "models/support_demo"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="candor", description="Train, evaluate and chat with a Candor support bot.")
+    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    t = sub.add_parser("train", help="train a bot (the bundled demo bot by default)")
+    t.add_argument("bot", nargs="?", help="bot YAML file (default: the bundled demo bot)")
+    t.add_argument("-o", "--out", help="model directory (default: models/<bot name>)")
+    t.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    t.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
+    t.add_argument("--epochs", type=int, help="fine-tuning epochs (overrides the bot file)")
+    t.add_argument("--pretrain-epochs", type=int, help="LM pre-training epochs (offline default only)")
+    t.add_argument("--seed", type=int, help="random seed (overrides the bot file)")
+    t.add_argument("--base", help="'scratch', a hub id (gpt2, distilgpt2, microsoft/DialoGPT-small) or a local directory")
+    t.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
+    t.add_argument("--keep-checkpoints", action="store_true", help="keep <out>.checkpoints/ after success")
+    t.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+    e = sub.add_parser("eval", help="write intent reports for a trained model")
+    e.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"model directory (default: {DEFAULT_MODEL})")
+    e.add_argument("--bot", help="bot YAML whose 'test:' section to use (default: the one it was trained from)")
+    e.add_argument("-o", "--out", help="report directory (default: <model>/reports)")
+
+    c = sub.add_parser("chat", help="chat with a trained model in the terminal")
+    c.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"model directory (default: {DEFAULT_MODEL})")
+    c.add_argument("--mode", choices=["template", "generate"], help="override the bot's response mode")
+    c.add_argument("--device", default="cpu")
+
+    d = sub.add_parser("data", help="validate or import bot data")
+    dsub = d.add_subparsers(dest="data_verb", required=True, metavar="ACTION")
+    v = dsub.add_parser("validate", help="check a bot file; problems are reported as FILE:LINE")
+    v.add_argument("file")
+    i = dsub.add_parser("import", help="convert csv, banking77, bitext, sgd or rasa data into a bot file")
+    i.add_argument("format", choices=["csv", "banking77", "bitext", "sgd", "rasa"])
+    i.add_argument("source", nargs="+", help="file or folder (sgd: one or more folders; rasa: nlu.yml [domain.yml])")
+    i.add_argument("-o", "--out", required=True, help="bot YAML to write")
+    i.add_argument("--name", help="bot name")
+    i.add_argument("--services", help="sgd: comma-separated services to keep, e.g. Banks_1,Banks_2")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if args.verb == "train":
+            from ui.verbs.train import train
+            return train(args)
+        if args.verb == "eval":
+            from ui.verbs.evaluate import evaluate
+            return evaluate(args)
+        if args.verb == "chat":
+            from ui.verbs.chat import chat
+            return chat(args)
+        if args.verb == "data":
+            from ui.verbs import data
+            return data.validate(args) if args.data_verb == "validate" else data.import_(args)
+    except BotFileError as e:
+        print(e, file=sys.stderr)
+        return 1
+    except FileNotFoundError as e:
+        print(f"candor: {e}", file=sys.stderr)
+        return 1
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""`candor chat [MODEL_DIR]` — a terminal REPL."""
+from __future__ import annotations
+
+import sys
+
+from bot.dialogue import Bot, Conversation
+
+HELP = "Type a message. /reset starts a new conversation, /quit (or Ctrl-D) leaves."
+
+
+def chat(args, stdin=None, stdout=None) -> int:
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+    bot = Bot(args.model, device=args.device, response_mode=args.mode)
+    name = bot.card.get("bot", {}).get("name", "bot")
+    print(f"{name} ({len(bot.model.intents)} intents, {bot.settings.response_mode} replies). {HELP}", file=stdout)
+    conversation = Conversation()
+    while True:
+        print("you> ", end="", file=stdout, flush=True)
+        line = stdin.readline()
+        if not line:
+            break
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/quit", "/exit"):
+            break
+        if text == "/reset":
+            conversation = Conversation()
+            print("(new conversation)", file=stdout)
+            continue
+        r = bot.turn(text, conversation)
+        print(f"bot> {r.reply}", file=stdout)
+        flag = f"FALLBACK ({r.fallback_reason})" if r.fallback else "no fallback"
+        print(f"     [intent {r.intent}, confidence {r.confidence:.2f}, {flag}]", file=stdout, flush=True)
+    return 0

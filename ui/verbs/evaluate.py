@@ -1,0 +1,33 @@
+"""`candor eval [MODEL_DIR]`"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from bot import card as cards
+from bot.dialogue import Bot
+from bot.evaluate import FILES, evaluate as run_eval, write_reports
+from bot.spec import demo_bot_path, load_bot
+
+
+def evaluate(args) -> int:
+    bot = Bot(args.model)
+    source = args.bot or bot.card.get("bot", {}).get("source_file")
+    if not source or not Path(source).is_file():
+        source = demo_bot_path() if bot.card.get("bot", {}).get("name") == "support_demo" else source
+    if not source or not Path(source).is_file():
+        print(f"candor eval: can't find the bot file this model was trained from ({source}); pass --bot FILE")
+        return 1
+    spec, _ = load_bot(source)
+    if not spec.test:
+        print(f"candor eval: {source} has no 'test:' examples to evaluate on")
+        return 1
+    result = run_eval(bot.model, bot.enc, spec.test, bot.settings)
+    out = write_reports(result, args.out or Path(args.model) / "reports")
+    cards.update(args.model, metrics=result["summary"])
+    s = result["summary"]
+    print(f"{s['test_examples']} test utterances: accuracy {s['accuracy']:.3f}, macro-F1 {s['macro_f1']:.3f}, "
+          f"fallback rate {s['fallback_rate']:.3f}"
+          + (f", out-of-scope recall {s['oos_recall']:.3f}" if s["oos_recall"] is not None else ""))
+    for name in FILES:
+        print(f"  wrote {out / name}")
+    return 0

@@ -1,0 +1,28 @@
+"""`candor train [BOT.yaml]`"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from bot.spec import demo_bot_path, load_bot
+from bot.train import checkpoint_dir
+from bot.train import train as run_training
+
+
+def train(args) -> int:
+    path = Path(args.bot) if args.bot else demo_bot_path()
+    spec, problems = load_bot(path)  # raises on any error: nothing is written for a bad bot file
+    warnings = [p for p in problems if p.severity == "warning"]
+    if warnings:
+        print(f"{path}: {len(warnings)} warning(s); first: {warnings[0]}  (see `candor data validate {path}`)")
+    for flag, section, key in (("epochs", "training", "epochs"), ("pretrain_epochs", "training", "pretrain_epochs"),
+                               ("seed", "training", "seed"), ("checkpoint_every", "training", "checkpoint_every"),
+                               ("base", "model", "base")):
+        if getattr(args, flag) is not None:
+            setattr(getattr(spec, section), key, getattr(args, flag))
+    out = Path(args.out or Path("models") / spec.name)
+    print(f"training '{spec.name}': {len(spec.intents)} intents, {len(spec.examples)} examples -> {out} "
+          f"(checkpoints in {checkpoint_dir(out)})")
+    run_training(spec, out, resume=args.resume, device=args.device, progress=not args.quiet,
+                 keep_checkpoints=args.keep_checkpoints)
+    print(f"saved {out}. Next: `candor eval {out}` or `candor chat {out}`")
+    return 0
