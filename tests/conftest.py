@@ -57,7 +57,7 @@ def trained_tiny(tmp_path_factory) -> Path:
 
     tmp = tmp_path_factory.mktemp("trained")
     path = tmp / "tiny.yaml"
-    path.write_text(yaml.safe_dump(tiny_bot_dict(epochs=12, reply_batch_size=8, reply_weight=1.0), sort_keys=False),
+    path.write_text(yaml.safe_dump(tiny_bot_dict(epochs=40, reply_batch_size=8, reply_weight=1.0), sort_keys=False),
                     encoding="utf-8")
     spec, _ = load_bot(path)
     return train(spec, tmp / "model", progress=False, log=lambda *a: None)

@@ -45,6 +45,6 @@ def test_demo_eval_writes_reports_and_loads_in_plain_transformers(workdir):
     for name in ("intent_report.json", "intent_errors.json", "intent_confusion_matrix.png", "intent_histogram.png"):
         assert (model_dir / "reports" / name).is_file()
     metrics = read_card(model_dir)["metrics"]
-    assert metrics["test_examples"] == 447 and metrics["accuracy"] > 0.9, metrics
+    assert metrics["test_examples"] == 457 and metrics["oos_examples"] == 10 and metrics["accuracy"] > 0.9, metrics
     clf = AutoModelForSequenceClassification.from_pretrained(model_dir)
     assert clf.config.num_labels == 27 and "cancel_order" in clf.config.label2id

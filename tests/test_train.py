@@ -107,3 +107,35 @@ def test_resume_refuses_a_changed_bot_file(tmp_path):
     trainer._checkpoint()
     res = _candor("train", path, "-o", tmp_path / "m", "--resume", "--epochs", "2", "-q")  # --epochs changes it
     assert res.returncode == 1 and "different bot file or settings" in res.stderr
+
+
+def test_pretrained_base_from_a_local_directory(tmp_path):
+    """`model.base` as a local HF directory: GPT-2 without pad or role tokens gets them added."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+
+    from bot.spec import load_bot
+    from bot.train import train
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(["cancel my order", "where is my package", "refund please", "talk to a human"] * 50,
+                            vocab_size=300, special_tokens=["<|endoftext|>"], show_progress=False)
+    tok = GPT2TokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+    base = tmp_path / "base"
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=1, n_head=2)).save_pretrained(base)
+    tok.save_pretrained(base)
+    assert tok.pad_token is None
+
+    bot = tiny_bot_dict(epochs=2)
+    bot["model"] = {"base": str(base), "max_length": 64}
+    path = tmp_path / "b.yaml"
+    path.write_text(yaml.safe_dump(bot, sort_keys=False))
+    spec, _ = load_bot(path)
+    out = train(spec, tmp_path / "m", progress=False, log=lambda *a: None)
+    card = read_card(out)
+    assert card["training"]["base"] == str(base) and card["training"]["epochs_run"] == 2
+    assert card["training"]["history"][0]["step"] > 0
+    bot = Bot(out)
+    assert bot.tokenizer.pad_token is not None and "<|intent|>" in bot.tokenizer.get_vocab()
+    assert bot.model.lm.get_input_embeddings().weight.shape[0] == len(bot.tokenizer)
+    assert bot.turn("cancel my order").intent in spec.intents
