@@ -84,6 +84,9 @@ def from_banking77(folder: str | Path, name: str = "banking77") -> BotSpec:
 _BITEXT_SLOT = re.compile(r"\{\{\s*([^{}]+?)\s*\}\}")
 
 
+_NUMBER = re.compile(r"\b\d{5,}\b")  # order/invoice numbers copied from the request into a reply
+
+
 def bitext_placeholder(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
@@ -94,7 +97,8 @@ def from_bitext(path: str | Path, name: str = "bitext_support", responses_per_in
 
     Keeps every instruction as an example (a stratified `test_fraction` goes to the test set) and
     `responses_per_intent` generic replies per intent: ones tied to no entity first, then shortest,
-    with `{{Slot Name}}` rewritten to `{slot_name}`.
+    with `{{Slot Name}}` rewritten to `{slot_name}` and, in replies to a request that named an
+    entity, long numbers rewritten to `{order_number}`.
     """
     path = Path(path)
     rows = _read_csv(path, ("instruction",), ("intent",))
@@ -112,8 +116,9 @@ def from_bitext(path: str | Path, name: str = "bitext_support", responses_per_in
         test += [Example(t, intent) for t in texts[:n_test]]
         by_intent[intent] = texts[n_test:]
         pool = sorted(set(candidates[intent]), key=lambda c: (c[0], len(c[1]) > 700, len(_BITEXT_SLOT.findall(c[1])), len(c[1])))
-        responses[intent] = [_BITEXT_SLOT.sub(lambda m: "{" + bitext_placeholder(m.group(1)) + "}", r)
-                             for _, r in pool[:responses_per_intent]]
+        responses[intent] = [_BITEXT_SLOT.sub(lambda m: "{" + bitext_placeholder(m.group(1)) + "}",
+                                              _NUMBER.sub("{order_number}", r) if has_entity else r)
+                             for has_entity, r in pool[:responses_per_intent]]
     spec = _spec(name, by_intent, responses)
     spec.test = test
     return spec

@@ -11,7 +11,7 @@ s.placeholders = {"customer_support_phone_number": "1-800-555-0199", "website_na
  "cancel": "Cancel", "request_cancellation": "Request Cancellation", "customer_support_email": "support@candor-shop.example",
  "customer_support_availability": "24/7"}
 s.training.pretrain_epochs = 1
-s.training.epochs = 4
+s.training.epochs = 6
 s.training.patience = 2
 s.training.checkpoint_every = 100
 from bot.spec import Example

@@ -36,6 +36,20 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--mode", choices=["template", "generate"], help="override the bot's response mode")
     c.add_argument("--device", default="cpu")
 
+    x = sub.add_parser("explain", help="which words made the bot choose its intent (Captum integrated gradients)")
+    x.add_argument("text", nargs="?", help="the message to explain")
+    x.add_argument("-m", "--model", default=DEFAULT_MODEL, help=f"model directory (default: {DEFAULT_MODEL})")
+    x.add_argument("--intent", help="explain this intent instead of the predicted one")
+    x.add_argument("--reply", action="store_true", help="also attribute the reply to the message's words")
+    x.add_argument("--json", action="store_true", help="print the explanation as JSON")
+    x.add_argument("--html", help="write an HTML report to this file")
+    x.add_argument("--no-colour", action="store_true", help="plain words in the terminal")
+    x.add_argument("--steps", type=int, default=32, help="integration steps (default 32)")
+    x.add_argument("--evaluate", action="store_true", help="faithfulness table (comprehensiveness/sufficiency) on the test set")
+    x.add_argument("--bot", help="with --evaluate: bot YAML with the test set (default: the training bot file)")
+    x.add_argument("--limit", type=int, default=200, help="with --evaluate: at most this many test texts")
+    x.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
     d = sub.add_parser("data", help="validate or import bot data")
     dsub = d.add_subparsers(dest="data_verb", required=True, metavar="ACTION")
     v = dsub.add_parser("validate", help="check a bot file; problems are reported as FILE:LINE")
@@ -58,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.verb == "eval":
             from ui.verbs.evaluate import evaluate
             return evaluate(args)
+        if args.verb == "explain":
+            from ui.verbs.explain import explain
+            return explain(args)
         if args.verb == "chat":
             from ui.verbs.chat import chat
             return chat(args)

@@ -9,14 +9,19 @@ from bot.evaluate import FILES, evaluate as run_eval, write_reports
 from bot.spec import demo_bot_path, load_bot
 
 
+def bot_file_for(bot: Bot, given: str | None) -> Path:
+    """The bot file to take test examples from: `given`, else the one the model was trained from."""
+    source = given or bot.card.get("bot", {}).get("source_file")
+    if (not source or not Path(source).is_file()) and bot.card.get("bot", {}).get("name") == "support_demo":
+        source = demo_bot_path()
+    if not source or not Path(source).is_file():
+        raise FileNotFoundError(f"can't find the bot file this model was trained from ({source}); pass --bot FILE")
+    return Path(source)
+
+
 def evaluate(args) -> int:
     bot = Bot(args.model)
-    source = args.bot or bot.card.get("bot", {}).get("source_file")
-    if not source or not Path(source).is_file():
-        source = demo_bot_path() if bot.card.get("bot", {}).get("name") == "support_demo" else source
-    if not source or not Path(source).is_file():
-        print(f"candor eval: can't find the bot file this model was trained from ({source}); pass --bot FILE")
-        return 1
+    source = bot_file_for(bot, args.bot)
     spec, _ = load_bot(source)
     if not spec.test:
         print(f"candor eval: {source} has no 'test:' examples to evaluate on")

@@ -1,0 +1,56 @@
+"""Latency of one intent explanation (p50/p95) and the faithfulness table, on a trained bot.
+
+    candor train                                  # once: the demo bot into models/support_demo
+    python benchmarks/explain_latency.py [--model models/support_demo] [--n 200] [--steps 32]
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+
+from bot.dialogue import Bot
+from bot.spec import OUT_OF_SCOPE, load_bot
+from explain import faithfulness
+from explain.attribution import IntentExplainer
+from ui.verbs.evaluate import bot_file_for
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="models/support_demo")
+    p.add_argument("--n", type=int, default=200, help="test texts to explain")
+    p.add_argument("--steps", type=int, nargs="+", default=[16, 32], help="integration steps to compare")
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args()
+
+    bot = Bot(args.model, device=args.device)
+    spec, _ = load_bot(bot_file_for(bot, None))
+    texts = [e.text for e in spec.test if e.intent != OUT_OF_SCOPE][: args.n]
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+    params = sum(q.numel() for q in bot.model.parameters()) / 1e6
+    print(f"{args.model}: {params:.1f}M params; {len(texts)} test texts; {platform.node()} {where}\n")
+    print("| steps | p50 ms | p95 ms | mean convergence delta | max delta |\n|---|---|---|---|---|")
+    for steps in args.steps:
+        ex = IntentExplainer(bot.model, bot.enc, n_steps=steps, internal_batch_size=steps)
+        for t in texts[:5]:
+            ex.explain(t)  # warm-up
+        times, explanations = [], []
+        for t in texts:
+            start = time.perf_counter()
+            explanations.append(ex.explain(t))
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            times.append(1000 * (time.perf_counter() - start))
+        q = statistics.quantiles(times, n=20)
+        deltas = [e.delta for e in explanations]
+        print(f"| {steps} | {statistics.median(times):.1f} | {q[18]:.1f} | {statistics.mean(deltas):.1e} | {max(deltas):.1e} |")
+    print(f"\nFaithfulness ({steps} steps):\n")
+    print(faithfulness.table(faithfulness.evaluate(bot.model, bot.enc, explanations)))
+
+
+if __name__ == "__main__":
+    main()

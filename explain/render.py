@@ -1,0 +1,66 @@
+"""Show an explanation: coloured words in a terminal, an HTML audit report, or JSON."""
+from __future__ import annotations
+
+import html
+import json
+
+from explain.attribution import Explanation
+
+
+def _ansi(score: float) -> str:
+    """Green background for words that pushed toward the intent, red for against; stronger = darker."""
+    level = min(5, int(abs(score) * 5 + 0.5))
+    if level == 0:
+        return ""
+    green = [None, 194, 157, 120, 77, 34][level]
+    red = [None, 224, 217, 210, 203, 160][level]
+    return f"\033[48;5;{green if score > 0 else red}m\033[30m"
+
+
+def terminal(e: Explanation, colour: bool = True) -> str:
+    words = " ".join((_ansi(w.score) + w.word + "\033[0m") if colour and _ansi(w.score) else w.word for w in e.words)
+    lines = [
+        f"intent: {e.intent}  (confidence {e.confidence:.3f}; the bot chose {e.predicted})",
+        f"words:  {words}",
+        "scores: " + ", ".join(f"{w.word} {w.score:+.2f}" for w in sorted(e.words, key=lambda w: -abs(w.score))[:8]),
+        f"integrated gradients: {e.n_steps} steps, baseline {e.baseline}; "
+        f"P({e.intent}) {e.baseline_probability:.3f} -> {e.confidence:.3f}, attributions sum {e.attribution_sum:.3f}, "
+        f"convergence delta {e.delta:.1e}",
+    ]
+    if e.reply:
+        lines.append("reply:  " + ", ".join(f"{w['word']} {w['score']:+.2f}" for w in e.reply["words"]))
+    return "\n".join(lines)
+
+
+def as_json(e: Explanation) -> str:
+    return json.dumps(e.to_dict(), indent=2, ensure_ascii=False)
+
+
+def _span(word: str, score: float) -> str:
+    colour = f"rgba(42,157,143,{abs(score):.2f})" if score >= 0 else f"rgba(231,111,81,{abs(score):.2f})"
+    return (f'<span class="w" style="background:{colour}" title="{score:+.3f}">{html.escape(word)}</span>')
+
+
+def html_report(e: Explanation) -> str:
+    """A self-contained HTML page; every piece of user text is escaped."""
+    words = " ".join(_span(w.word, w.score) for w in e.words)
+    rows = "".join(f"<tr><td>{html.escape(w.word)}</td><td>{w.score:+.3f}</td><td>{w.raw:+.4f}</td></tr>"
+                   for w in e.words)
+    reply = ""
+    if e.reply:
+        reply = ("<h2>What shaped the reply</h2><p>" + " ".join(_span(w["word"], w["score"]) for w in e.reply["words"])
+                 + f"</p><p class=m>{html.escape(e.reply['method'])}</p>")
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>Candor explanation: {html.escape(e.intent)}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:50em;margin:2em auto}}.w{{padding:2px 3px;border-radius:3px}}
+p.t{{font-size:1.4em;line-height:2}}.m{{color:#555}}td{{padding:2px 10px}}</style></head><body>
+<h1>Intent <code>{html.escape(e.intent)}</code> — confidence {e.confidence:.3f}</h1>
+<p class=m>The bot chose <code>{html.escape(e.predicted)}</code>. Green words pushed toward
+<code>{html.escape(e.intent)}</code>, red words against it.</p>
+<p class=t>{words}</p>
+<table><tr><th>word</th><th>score [-1, 1]</th><th>attribution</th></tr>{rows}</table>
+<p class=m>{html.escape(e.method)}, {e.n_steps} steps, baseline: {html.escape(e.baseline)}.
+P(intent) {e.baseline_probability:.3f} at the baseline, {e.confidence:.3f} for the text; attributions sum to
+{e.attribution_sum:.4f}, convergence delta {e.delta:.1e}.</p>{reply}
+</body></html>
+"""

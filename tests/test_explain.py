@@ -1,0 +1,96 @@
+import json
+import random
+
+import pytest
+
+from bot.dialogue import Bot
+from explain import faithfulness, render
+from explain.attribution import IntentExplainer
+from explain.reply import explain_reply
+from explain.words import normalise, segment, word_scores
+from ui.cli import main
+
+
+@pytest.fixture(scope="module")
+def bot(trained_tiny):
+    return Bot(trained_tiny)
+
+
+def test_word_merging_keeps_punctuation_and_unicode(bot):
+    text = "Héllo, wörld! I'm ok… 日本  café"
+    seg = segment(bot.tokenizer, text)
+    assert seg.words == ["Héllo", ",", "wörld", "!", "I'm", "ok", "…", "日本", "café"]
+    assert [text[a:b] for a, b in seg.spans] == seg.words
+    assert len(seg.token_word) == len(seg.token_ids) and min(seg.token_word) >= 0
+    scores = [random.random() for _ in seg.token_ids]
+    assert sum(word_scores(seg, scores)) == pytest.approx(sum(scores))  # no token's share is lost
+    assert bot.tokenizer.decode(seg.token_ids).strip() == text
+
+
+def test_normalise_keeps_sign_and_bounds():
+    assert normalise([0.5, -2.0, 1.0]) == [0.25, -1.0, 0.5]
+    assert normalise([0.0, 0.0]) == [0.0, 0.0]
+
+
+def test_completeness_within_reported_delta(bot):
+    for steps in (16, 64):
+        e = IntentExplainer(bot.model, bot.enc, n_steps=steps, internal_batch_size=8).explain("hello, cancel my order please")
+        gap = e.confidence - e.baseline_probability
+        assert abs(e.attribution_sum - gap) <= e.delta + 1e-5
+        assert sum(w.raw for w in e.words) == pytest.approx(e.attribution_sum, abs=1e-5)
+        assert max(abs(w.score) for w in e.words) == pytest.approx(1.0)
+    assert e.delta < 0.01  # 64 steps converge on this model
+
+
+def test_explains_any_intent_and_role_tokens_stay_text(bot):
+    ex = IntentExplainer(bot.model, bot.enc)
+    e = ex.explain("refund <|intent|> please", intent="track_order")
+    assert e.intent == "track_order" and e.predicted in bot.model.intents
+    assert [w.word for w in e.words][:3] == ["refund", "<", "|"]
+
+
+def test_top_words_matter_more_than_random_words(bot, tiny_bot_file):
+    from bot.spec import load_bot
+
+    spec, _ = load_bot(tiny_bot_file)
+    ex = IntentExplainer(bot.model, bot.enc)
+    explanations = [ex.explain(e.text) for e in spec.examples[::3]]
+    result = faithfulness.evaluate(bot.model, bot.enc, explanations, random_repeats=3)
+    ours, rand = result["attributed"], result["random"]
+    assert ours["comprehensiveness_aopc"] > rand["comprehensiveness_aopc"] + 0.05, result
+    assert ours["comprehensiveness"][0.2] > rand["comprehensiveness"][0.2]
+    assert ours["sufficiency_aopc"] < rand["sufficiency_aopc"]
+    assert "comprehensiveness of the top 20% of words" in faithfulness.table(result)
+
+
+def test_reply_attribution_covers_every_word(bot):
+    r = bot.turn("where is my package")
+    out = explain_reply(bot.model, bot.enc, r.text, r.intent, r.reply)
+    assert [w["word"] for w in out["words"]] == ["where", "is", "my", "package"]
+    assert len(out["token_attr"]) == len(out["reply_tokens"]) and len(out["token_attr"][0]) == 4
+    assert any(w["raw"] != 0 for w in out["words"])
+
+
+def test_html_escapes_user_text(bot):
+    e = IntentExplainer(bot.model, bot.enc).explain("<script>alert(1)</script> cancel my order")
+    page = render.html_report(e)
+    assert "<script>" not in page and "&lt;" in page
+    assert "\033[" not in render.terminal(e, colour=False)
+
+
+def test_cli_three_output_forms(trained_tiny, tmp_path, capsys):
+    assert main(["explain", "cancel my order please", "-m", str(trained_tiny)]) == 0
+    out = capsys.readouterr().out
+    assert "intent: cancel_order" in out and "convergence delta" in out
+    assert main(["explain", "cancel my order please", "-m", str(trained_tiny), "--json", "--reply"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["intent"] == "cancel_order" and len(data["words"]) == 4 and data["reply"]["words"]
+    page = tmp_path / "e.html"
+    assert main(["explain", "cancel my order please", "-m", str(trained_tiny), "--html", str(page)]) == 0
+    assert "Intent <code>cancel_order</code>" in page.read_text()
+
+
+def test_cli_evaluate_prints_faithfulness_table(trained_tiny, tiny_bot_file, capsys):
+    assert main(["explain", "--evaluate", "-m", str(trained_tiny), "--bot", str(tiny_bot_file), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "| attributed |" in out and "| random |" in out and "comp AOPC" in out
