@@ -27,6 +27,8 @@ class DialogueModel(nn.Module):
     def __init__(self, lm: nn.Module, intents: list[str]):
         super().__init__()
         self.lm = lm
+        if getattr(lm, "loss_type", None) is None:
+            lm.loss_type = "ForCausalLM"  # HF can't infer it from "GPT2LMHeadModel" and warns
         self.intents = list(intents)
         self.score = nn.Linear(lm.config.hidden_size, len(intents), bias=False)
         nn.init.normal_(self.score.weight, std=0.02)
@@ -67,7 +69,6 @@ def build(settings: ModelSettings, tokenizer: PreTrainedTokenizerBase, intents: 
             bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
         )
-        config.loss_type = "ForCausalLM"
         lm = GPT2LMHeadModel(config)
     else:
         lm = AutoModelForCausalLM.from_pretrained(settings.base)

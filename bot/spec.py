@@ -91,6 +91,7 @@ class TrainSettings:
     checkpoint_every: int = 200
     reply_weight: float = 0.5
     reply_batch_size: int = 8
+    word_dropout: float = 0.1  # chance of dropping (and of inserting) a word in a training utterance's view
 
 
 @dataclass

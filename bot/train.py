@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import random
 import shutil
 import time
 import uuid
@@ -75,6 +76,22 @@ def _order(n: int, seed: int, stage: str, epoch: int) -> list[int]:
     return torch.randperm(n, generator=g).tolist()
 
 
+def _noisy_view(text: str, p: float, rng: random.Random, vocab: list[str] = ()) -> str:
+    """A view of the utterance: each word dropped with chance p (at least one kept) and, when a
+    vocabulary is given, a random word from it inserted before each word with chance p, so that
+    the classifier learns to look past words it has not seen with an intent."""
+    words = text.split()
+    if p <= 0 or len(words) < 2:
+        return text
+    out = []
+    for w in words:
+        if vocab and rng.random() < p:
+            out.append(rng.choice(vocab))
+        if rng.random() >= p:
+            out.append(w)
+    return " ".join(out) if out else rng.choice(words)
+
+
 def _save_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
     tensors = {"rng": torch.get_rng_state()}
     for pid, st in opt.state_dict()["state"].items():
@@ -108,6 +125,7 @@ class Trainer:
         self.val_records = [r for r in self.val_records if not r.context]
         self.reply_records = [r for r in self.train_records if r.reply]
         self.train_records = [r for r in self.train_records if not r.context] or self.train_records
+        self.vocab = sorted({w for t in corpus(spec) for w in t.split()})
 
     # ------------------------------------------------------------ setup / resume
     def _latest(self) -> Path | None:
@@ -206,7 +224,9 @@ class Trainer:
         rbs = self.t.reply_batch_size
         for k in range(self.state.batch, len(batches)):
             recs = [self.train_records[i] for i in batches[k]]
-            b = self._to(self.enc.pad_batch([self.enc.classify(r.text) for r in recs]))
+            rng = random.Random(f"{self.t.seed}-{self.state.epoch}-{k}")
+            b = self._to(self.enc.pad_batch([self.enc.classify(_noisy_view(r.text, self.t.word_dropout, rng, self.vocab))
+                                             for r in recs]))
             y = torch.tensor([intent_id[r.intent] for r in recs], device=self.device)
             ce = F.cross_entropy(self.model.intent_logits(b["input_ids"], b["attention_mask"]), y)
             loss, lm = ce, None

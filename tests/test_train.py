@@ -139,3 +139,17 @@ def test_pretrained_base_from_a_local_directory(tmp_path):
     assert bot.tokenizer.pad_token is not None and "<|intent|>" in bot.tokenizer.get_vocab()
     assert bot.model.lm.get_input_embeddings().weight.shape[0] == len(bot.tokenizer)
     assert bot.turn("cancel my order").intent in spec.intents
+
+
+def test_noisy_views_are_deterministic_and_never_empty():
+    import random
+
+    from bot.train import _noisy_view
+
+    text, vocab = "please cancel my order right now", ["zebra", "quartz"]
+    views = [_noisy_view(text, 0.5, random.Random(f"0-1-{k}"), vocab) for k in range(50)]
+    assert views == [_noisy_view(text, 0.5, random.Random(f"0-1-{k}"), vocab) for k in range(50)]
+    assert all(v and set(v.split()) <= set(text.split()) | set(vocab) for v in views)
+    assert len(set(views)) > 10 and any("zebra" in v or "quartz" in v for v in views)
+    assert any(len(set(v.split()) & set(text.split())) < 6 for v in views)  # some words dropped
+    assert _noisy_view(text, 0.0, random.Random(0), vocab) == text and _noisy_view("hi", 0.9, random.Random(0)) == "hi"
