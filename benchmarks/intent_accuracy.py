@@ -81,7 +81,7 @@ def main() -> None:
     device = torch.cuda.get_device_name() if trainer.device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"\nBANKING77 official test split ({len(test_x)} rows); {platform.node()} {device}; "
           f"epochs {args.epochs} (+{args.pretrain_epochs} LM pre-training), early stopping patience 4")
-    print(f"| model | accuracy | macro-F1 | wall time (s) |\n|---|---|---|---|")
+    print("| model | accuracy | macro-F1 | wall time (s) |\n|---|---|---|---|")
     for name, acc, f1, secs in rows:
         print(f"| {name} | {acc:.4f} | {f1:.4f} | {secs:.0f} |")
     print(f"\nGPT-2 minus baseline: {100 * (rows[1][1] - rows[0][1]):+.2f} accuracy points")

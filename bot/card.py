@@ -64,6 +64,18 @@ def render(card: dict) -> str:
         lines.append(f"- Validation accuracy {t['val_accuracy']:.3f}")
     if t.get("resumed_from_steps"):
         lines.append(f"- Resumed from checkpoints at steps {t['resumed_from_steps']}")
+    p = card.get("privacy")
+    lines += ["", "## Privacy"]
+    if p and p.get("dp"):
+        lines += [f"- Differentially private: (ε = {p['epsilon']:.2f}, δ = {p['delta']:.0e}) per training record "
+                  f"({p['unit']}), {p['accountant']} accountant",
+                  f"- Covers: {p['covers']}",
+                  f"- Public data: {p['public_data']}",
+                  f"- Not covered: {p['not_covered']}",
+                  f"- Noise multiplier {p['noise_multiplier']:.3f}, sample rate {p['sample_rate']:.4f}, clipping norm "
+                  f"{p['max_grad_norm']}, {p['steps']} steps"]
+    else:
+        lines.append("- Trained without differential privacy: no privacy guarantee for the training utterances.")
     metrics = card.get("metrics")
     if metrics:
         lines += ["", "## Evaluation", f"- Test set: {metrics['test_examples']} utterances",

@@ -46,6 +46,14 @@ class DialogueModel(nn.Module):
         last = attention_mask.sum(1) - 1
         return self.score(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])
 
+    def forward(self, input_ids, attention_mask, position_ids, intent_pos):
+        """Both heads from one pass over `<|user|> text<|intent|> name<|bot|> reply`: intent logits at
+        `intent_pos` (causal attention: they equal `intent_logits` of the prefix) and LM logits."""
+        hidden = self.lm.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                                    position_ids=position_ids).last_hidden_state
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        return self.score(hidden[rows, intent_pos]), self.lm.get_output_embeddings()(hidden)
+
     def lm_loss(self, input_ids, attention_mask, labels) -> torch.Tensor:
         return self.lm(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
 

@@ -95,6 +95,19 @@ class TrainSettings:
 
 
 @dataclass
+class PrivacySettings:
+    """DP-SGD (applied by safety/privacy.py). The guarantee covers the training utterances."""
+
+    enabled: bool = False
+    target_epsilon: float = 8.0
+    delta: float = 0.0  # 0: pick one below 1/N
+    max_grad_norm: float = 1.0
+    logical_batch: int = 256
+    physical_batch: int = 32
+    public_corpus: str = ""  # text/CSV/bot file the offline default may pre-train on ("" = bundled BANKING77 text)
+
+
+@dataclass
 class BotSpec:
     name: str
     intents: dict[str, Intent]
@@ -102,6 +115,7 @@ class BotSpec:
     settings: Settings = field(default_factory=Settings)
     model: ModelSettings = field(default_factory=ModelSettings)
     training: TrainSettings = field(default_factory=TrainSettings)
+    privacy: PrivacySettings = field(default_factory=PrivacySettings)
     placeholders: dict[str, str] = field(default_factory=dict)
     test: list[Example] = field(default_factory=list)
     dialogues: list[list[Turn]] = field(default_factory=list)
@@ -121,6 +135,7 @@ class BotSpec:
             "settings": dataclasses.asdict(self.settings),
             "model": dataclasses.asdict(self.model),
             "training": dataclasses.asdict(self.training),
+            "privacy": dataclasses.asdict(self.privacy),
             "placeholders": dict(self.placeholders),
             "intents": {
                 n: {"examples": [str(e.text) for e in i.examples], "responses": [str(r) for r in i.responses]}
@@ -209,8 +224,11 @@ def _fill(cls, raw, where: str, file: str, problems: list[Problem], line: int | 
             continue
         default = getattr(obj, key)
         try:
-            if isinstance(default, bool) or isinstance(default, str):
-                value = type(default)(value)
+            if isinstance(default, bool):
+                if not isinstance(value, bool):
+                    raise ValueError
+            elif isinstance(default, str):
+                value = str(value)
             elif isinstance(default, int):
                 if isinstance(value, float) and not value.is_integer():
                     raise ValueError
@@ -248,7 +266,8 @@ def parse_bot(text: str, file: str = "<memory>", problems: list[Problem] | None 
             problems.append(Problem(file, 1, "error", "a bot file must be a YAML mapping with 'intents:'"))
         return BotSpec(name="invalid", intents={}, fallback="", path=file)
 
-    known = {"name", "description", "fallback", "settings", "model", "training", "placeholders", "intents", "test", "dialogues"}
+    known = {"name", "description", "fallback", "settings", "model", "training", "privacy", "placeholders", "intents",
+             "test", "dialogues"}
     for key in doc:
         if key not in known:
             problems.append(Problem(file, _line(key), "error", f"unknown top-level key '{key}' (known: {', '.join(sorted(known))})"))
@@ -261,6 +280,7 @@ def parse_bot(text: str, file: str = "<memory>", problems: list[Problem] | None 
         settings=_fill(Settings, doc.get("settings"), "settings", file, problems, None),
         model=_fill(ModelSettings, doc.get("model"), "model", file, problems, None),
         training=_fill(TrainSettings, doc.get("training"), "training", file, problems, None),
+        privacy=_fill(PrivacySettings, doc.get("privacy"), "privacy", file, problems, None),
         placeholders={str(k): str(v) for k, v in (doc.get("placeholders") or {}).items()},
         path=file,
     )

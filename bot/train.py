@@ -26,7 +26,7 @@ from transformers import AutoTokenizer
 from bot import card as cards
 from bot import model as models
 from bot.classify import predict_proba
-from bot.data import Encoder, Record, corpus, records, split
+from bot.data import Encoder, corpus, records, split
 from bot.io import atomic_dir, atomic_write_json
 from bot.spec import BotSpec
 
@@ -39,6 +39,7 @@ class State:
     epoch: int = 0
     batch: int = 0  # batches done in this epoch
     step: int = 0
+    stage_start: int = 0  # global step at which this stage began (the LR schedule counts from it)
     best_val_loss: float = math.inf
     best_epoch: int = -1
     bad_epochs: int = 0
@@ -46,6 +47,7 @@ class State:
     spec_hash: str = ""
     resumed_from: list[int] = field(default_factory=list)
     seconds: float = 0.0
+    extra: dict = field(default_factory=dict)  # e.g. the DP ledger (accountant history)
 
 
 def spec_hash(spec: BotSpec) -> str:
@@ -144,15 +146,19 @@ class Trainer:
         else:
             if resume:
                 self.log(f"no checkpoint in {self.ckpt}; starting from scratch")
+            elif self._latest():
+                self.log(f"starting over: discarding the checkpoint in {self.ckpt} (pass --resume to continue it)")
             shutil.rmtree(self.ckpt, ignore_errors=True)
             self.state = State(spec_hash=spec_hash(self.spec))
-            self.tok = models.make_tokenizer(self.spec.model, corpus(self.spec))
+            self.tok = models.make_tokenizer(self.spec.model, self.tokenizer_corpus())
             self.ckpt.mkdir(parents=True, exist_ok=True)
             self.tok.save_pretrained(self.ckpt / "tokenizer")
         if self.spec.model.base != "scratch" and self.state.stage == "pretrain":
             self.state.stage = "finetune"  # a pretrained LM needs no pre-training on our text
         self.enc = Encoder(self.tok, self.spec.model.max_length)
         self.model = models.build(self.spec.model, self.tok, list(self.spec.intents)).to(self.device)
+        if latest and self.state.stage != "pretrain":
+            self.prepare_model()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.t.learning_rate, weight_decay=0.01)
         if latest:
             load_model(self.model, str(latest / "model.safetensors"), device=str(self.device))
@@ -161,13 +167,35 @@ class Trainer:
             self.log(f"resumed from step {self.state.step} ({self.state.stage}, epoch {self.state.epoch + 1}, "
                      f"batch {self.state.batch})")
 
+    # ------------------------------------------------------------ hooks (the DP trainer overrides these)
+    def tokenizer_corpus(self) -> list[str]:
+        return corpus(self.spec)
+
+    def pretrain_texts(self) -> list[str]:
+        return corpus(self.spec)
+
+    def prepare_model(self) -> None:
+        """Called once before fine-tuning starts (or resumes)."""
+
+    def start_finetune(self) -> None:
+        """Called once when fine-tuning starts or resumes, after the optimizer exists."""
+
+    def keep_best(self) -> bool:
+        return True
+
+    def card_sections(self) -> dict:
+        return {}
+
+    def _optimizer_to_save(self) -> torch.optim.Optimizer:
+        return self.opt
+
     def _checkpoint(self) -> None:
         """Write a complete step-N/ folder, then point latest.json at it: a crash at any moment leaves
         the previous checkpoint intact."""
         step_dir = self.ckpt / f"step-{self.state.step:08d}-{uuid.uuid4().hex[:6]}"
         step_dir.mkdir(parents=True)
         save_model(self.model, str(step_dir / "model.safetensors"))
-        _save_optimizer(self.opt, step_dir / "optimizer.safetensors")
+        _save_optimizer(self._optimizer_to_save(), step_dir / "optimizer.safetensors")
         atomic_write_json(step_dir / "state.json", dataclasses.asdict(self.state))
         atomic_write_json(self.ckpt / "latest.json", {"dir": step_dir.name})
         for old in self.ckpt.glob("step-*"):
@@ -188,7 +216,7 @@ class Trainer:
 
     def _step(self, loss: torch.Tensor, total_steps: int) -> None:
         for g in self.opt.param_groups:
-            g["lr"] = _lr(self.state.step, total_steps, self.t.learning_rate)
+            g["lr"] = _lr(self.state.step - self.state.stage_start, total_steps, self.t.learning_rate)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -257,7 +285,7 @@ class Trainer:
         self.state.history.append(metrics)
         self.log("epoch {epoch}: ".format(**metrics) + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()
                                                                   if k.startswith("val")))
-        loss = metrics.get("val_loss", -self.state.epoch)
+        loss = metrics.get("val_loss", -self.state.epoch) if self.keep_best() else -self.state.epoch
         if loss < self.state.best_val_loss - 1e-4:
             self.state.best_val_loss, self.state.best_epoch, self.state.bad_epochs = loss, self.state.epoch, 0
             save_model(self.model, str(self.ckpt / "best.safetensors.tmp"))
@@ -273,15 +301,22 @@ class Trainer:
         started = time.time() - self.state.seconds
         self.model.train()
         if self.state.stage == "pretrain":
-            texts = corpus(self.spec)
+            texts = self.pretrain_texts()
             while self.state.epoch < self.t.pretrain_epochs:
                 self._pretrain_epoch(texts)
                 self.state.epoch, self.state.batch = self.state.epoch + 1, 0
                 self.state.seconds = time.time() - started
                 self._checkpoint()
             self.state.stage, self.state.epoch, self.state.batch = "finetune", 0, 0
+            self.state.stage_start = self.state.step
+            self.prepare_model()
             self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.t.learning_rate, weight_decay=0.01)
             self._checkpoint()
+        elif self.state.stage == "finetune" and not self.state.history and not self.state.step:
+            self.prepare_model()  # a pretrained base starts here
+            self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.t.learning_rate, weight_decay=0.01)
+        if self.state.stage == "finetune":
+            self.start_finetune()
         while self.state.stage == "finetune" and self.state.epoch < self.t.epochs:
             self._finetune_epoch()
             stop = self._end_of_finetune_epoch()
@@ -305,7 +340,8 @@ class Trainer:
             self.model.save(tmp, self.tok)
             cards.write(tmp, self.spec, training={
                 "base": self.spec.model.base, "device": str(self.device), "seed": self.t.seed,
-                "steps": self.state.step, "best_epoch": self.state.best_epoch + 1,
+                "steps": self.state.step, "finetune_start_step": self.state.stage_start,
+                "best_epoch": self.state.best_epoch + 1,
                 "epochs_run": len(self.state.history), "history": self.state.history,
                 "resumed_from_steps": self.state.resumed_from, "seconds": round(self.state.seconds, 1),
                 "train_examples": len(self.train_records), "validation_examples": len(self.val_records),
@@ -313,11 +349,14 @@ class Trainer:
                 **{k: v for k, v in (self.state.history[self.state.best_epoch] if self.state.history
                                       and self.state.best_epoch >= 0 else {}).items() if k.startswith("val")},
             })
+            if self.card_sections():
+                cards.update(tmp, **self.card_sections())
 
 
 def train(spec: BotSpec, out_dir: str | Path, resume: bool = False, device: str | None = None,
-          progress: bool = True, log=print, keep_checkpoints: bool = False) -> Path:
-    trainer = Trainer(spec, out_dir, device=device, progress=progress, log=log)
+          progress: bool = True, log=print, keep_checkpoints: bool = False, trainer_cls=None) -> Path:
+    """Train and save; `trainer_cls` lets a layer above swap in its own Trainer (DP-SGD)."""
+    trainer = (trainer_cls or Trainer)(spec, out_dir, device=device, progress=progress, log=log)
     out = trainer.run(resume=resume)
     if not keep_checkpoints:
         shutil.rmtree(trainer.ckpt, ignore_errors=True)

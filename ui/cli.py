@@ -25,6 +25,15 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
     t.add_argument("--keep-checkpoints", action="store_true", help="keep <out>.checkpoints/ after success")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    dp = t.add_argument_group("differential privacy (DP-SGD with Opacus; or `privacy:` in the bot file)")
+    dp.add_argument("--dp", action="store_true", help="train with DP-SGD")
+    dp.add_argument("--target-epsilon", type=float, help="ε to reach over the planned epochs (default 8)")
+    dp.add_argument("--delta", type=float, help="δ (default: 1/(10·N), below 1/N)")
+    dp.add_argument("--max-grad-norm", type=float, help="per-record clipping norm C (default 1.0)")
+    dp.add_argument("--logical-batch", type=int, help="expected records per step (default 256)")
+    dp.add_argument("--physical-batch", type=int, help="records per forward pass, for memory (default 32)")
+    dp.add_argument("--public-corpus", help="public text/CSV/bot file for the tokenizer and LM pre-training "
+                                            "(default: the bundled BANKING77 text)")
 
     e = sub.add_parser("eval", help="write intent reports for a trained model")
     e.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"model directory (default: {DEFAULT_MODEL})")
@@ -49,6 +58,11 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("--bot", help="with --evaluate: bot YAML with the test set (default: the training bot file)")
     x.add_argument("--limit", type=int, default=200, help="with --evaluate: at most this many test texts")
     x.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    pr = sub.add_parser("privacy", help="the privacy guarantee of a trained model")
+    prsub = pr.add_subparsers(dest="privacy_verb", required=True, metavar="ACTION")
+    rep = prsub.add_parser("report", help="print the (ε, δ) guarantee in plain words")
+    rep.add_argument("model", nargs="?", default=DEFAULT_MODEL)
 
     d = sub.add_parser("data", help="validate or import bot data")
     dsub = d.add_subparsers(dest="data_verb", required=True, metavar="ACTION")
@@ -75,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.verb == "explain":
             from ui.verbs.explain import explain
             return explain(args)
+        if args.verb == "privacy":
+            from safety.privacy import report
+            print(report(args.model))
+            return 0
         if args.verb == "chat":
             from ui.verbs.chat import chat
             return chat(args)

@@ -19,10 +19,24 @@ def train(args) -> int:
                                ("base", "model", "base")):
         if getattr(args, flag) is not None:
             setattr(getattr(spec, section), key, getattr(args, flag))
+    for flag, key in (("target_epsilon", "target_epsilon"), ("delta", "delta"), ("max_grad_norm", "max_grad_norm"),
+                      ("logical_batch", "logical_batch"), ("physical_batch", "physical_batch"),
+                      ("public_corpus", "public_corpus")):
+        if getattr(args, flag, None) is not None:
+            setattr(spec.privacy, key, getattr(args, flag))
+    if args.dp:
+        spec.privacy.enabled = True
+    trainer_cls = None
+    if spec.privacy.enabled:
+        from safety.privacy import DPTrainer
+        trainer_cls = DPTrainer
     out = Path(args.out or Path("models") / spec.name)
     print(f"training '{spec.name}': {len(spec.intents)} intents, {len(spec.examples)} examples -> {out} "
           f"(checkpoints in {checkpoint_dir(out)})")
     run_training(spec, out, resume=args.resume, device=args.device, progress=not args.quiet,
-                 keep_checkpoints=args.keep_checkpoints)
+                 keep_checkpoints=args.keep_checkpoints, trainer_cls=trainer_cls)
+    if spec.privacy.enabled:
+        from safety.privacy import report
+        print(report(out))
     print(f"saved {out}. Next: `candor eval {out}` or `candor chat {out}`")
     return 0

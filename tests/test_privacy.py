@@ -1,0 +1,217 @@
+"""DP-SGD: the GPT-2 conversions, per-record gradients against a slow exact oracle, clipping, noise,
+the accountant and the ledger across an interruption."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from opacus import GradSampleModule, PrivacyEngine
+from opacus.accountants import PRVAccountant
+from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
+from torch.utils.data import DataLoader, TensorDataset
+
+from bot import model as models
+from bot.data import Encoder, Record
+from bot.model import read_card
+from bot.spec import ModelSettings, load_bot
+from safety.gpt2_dp import conv1d_to_linear, linear_to_conv1d, position_ids, untie
+from safety.privacy import DPTrainer, default_delta
+from tests.conftest import TINY_MODEL, tiny_bot_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+RECORDS = [Record("cancel my order", "a", "Sure, cancelled."), Record("where is my parcel now", "b", "On its way."),
+           Record("refund", "c", "Refund started for you today."), Record("hi, cancel the order please", "a", "Done.")]
+
+
+def _tiny():
+    settings = ModelSettings(**TINY_MODEL)
+    tok = models.make_tokenizer(settings, [r.text + " " + r.reply for r in RECORDS] * 10)
+    torch.manual_seed(0)
+    model = models.build(settings, tok, ["a", "b", "c"])
+    conv1d_to_linear(model.lm)
+    untie(model.lm)
+    return model, Encoder(tok, 64)
+
+
+def _batch(enc, records):
+    seqs, labels, pos = [], [], []
+    for r in records:
+        ids, lab = enc.reply(r, 32)
+        seqs.append(ids), labels.append(lab), pos.append(len(enc.classify(r.text)) - 1)
+    b = enc.pad_batch(seqs, labels)
+    y = torch.tensor([["a", "b", "c"].index(r.intent) for r in records])
+    return b, torch.tensor(pos), y
+
+
+def _per_record_loss(module, b, pos, y):
+    trainer = DPTrainer.__new__(DPTrainer)  # only its loss function is used
+    trainer.dp_model, trainer.t = module, type("T", (), {"reply_weight": 0.5})()
+    return trainer.per_record_loss(b, pos, y)
+
+
+def _oracle_grads(model, enc, records):
+    """Per-record gradients the slow way: one record at a time, no padding."""
+    out = []
+    for r in records:
+        model.zero_grad()
+        b, pos, y = _batch(enc, [r])
+        _per_record_loss(model, b, pos, y).sum().backward()
+        out.append({n: p.grad.detach().clone() for n, p in model.named_parameters()})
+    return out
+
+
+def test_conv1d_linear_round_trip_keeps_the_function():
+    settings = ModelSettings(**TINY_MODEL)
+    tok = models.make_tokenizer(settings, ["cancel my order"] * 20)
+    model = models.build(settings, tok, ["a", "b"]).eval()
+    ids = torch.tensor([Encoder(tok, 64).classify("cancel my order")])
+    before = model.lm(ids).logits
+    assert conv1d_to_linear(model.lm) == 4 * TINY_MODEL["n_layer"]
+    torch.testing.assert_close(model.lm(ids).logits, before)
+    assert linear_to_conv1d(model.lm) == 4 * TINY_MODEL["n_layer"]
+    torch.testing.assert_close(model.lm(ids).logits, before)
+    untie(model.lm)
+    assert model.lm.lm_head.weight is not model.lm.transformer.wte.weight
+    pid = position_ids(torch.ones(3, 5, dtype=torch.long))
+    assert pid.shape == (3, 5) and pid.is_contiguous() and pid[2].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_per_record_gradients_match_the_micro_batch_oracle():
+    model, enc = _tiny()
+    model.train()  # Opacus captures activations in training mode only; TINY_MODEL has dropout 0
+    oracle = _oracle_grads(model, enc, RECORDS)
+    gsm = GradSampleModule(model, loss_reduction="sum")
+    b, pos, y = _batch(enc, RECORDS)
+    _per_record_loss(gsm, b, pos, y).sum().backward()
+    checked = 0
+    for name, p in model.named_parameters():
+        for i in range(len(RECORDS)):
+            torch.testing.assert_close(p.grad_sample[i], oracle[i][name], atol=1e-5, rtol=1e-4, msg=name)
+        checked += 1
+    assert checked == len(list(model.parameters()))
+    gsm._close()
+
+
+def test_ghost_clipping_gives_the_sum_of_clipped_oracle_gradients():
+    model, enc = _tiny()
+    oracle = _oracle_grads(model, enc, RECORDS)
+    norms = [torch.sqrt(sum((g ** 2).sum() for g in o.values())) for o in oracle]
+    clip = float(min(norms)) / 2  # every record is clipped
+    expected = {n: sum(min(1.0, clip / float(norms[i])) * oracle[i][n] for i in range(len(RECORDS)))
+                for n, _ in model.named_parameters()}
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    loader = DataLoader(TensorDataset(torch.arange(4)), batch_size=4)
+    dp_model, opt, _, _ = PrivacyEngine().make_private(
+        module=model, optimizer=opt, data_loader=loader, criterion=torch.nn.CrossEntropyLoss(),
+        noise_multiplier=0.0, max_grad_norm=clip, grad_sample_mode="ghost", poisson_sampling=False)
+    b, pos, y = _batch(enc, RECORDS)
+    DPTensorFastGradientClipping(dp_model, opt, _per_record_loss(dp_model, b, pos, y), "mean").backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, expected[name], atol=2e-5, rtol=1e-3, msg=name)
+
+
+@pytest.mark.parametrize("sigma", [0.0, 1.0])
+def test_noise_is_really_added(sigma):
+    model, enc = _tiny()
+    clip = 1e-3  # tiny norm: the clipped signal is negligible next to the noise
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    loader = DataLoader(TensorDataset(torch.arange(4)), batch_size=4)
+    dp_model, opt, _, _ = PrivacyEngine().make_private(
+        module=model, optimizer=opt, data_loader=loader, criterion=torch.nn.CrossEntropyLoss(),
+        noise_multiplier=sigma, max_grad_norm=clip, grad_sample_mode="ghost", poisson_sampling=False)
+    b, pos, y = _batch(enc, RECORDS)
+    DPTensorFastGradientClipping(dp_model, opt, _per_record_loss(dp_model, b, pos, y), "mean").backward()
+    opt.step()
+    step = torch.cat([(before[n] - p.detach()).flatten() for n, p in model.named_parameters()])
+    # clipped signal: at most clip in norm; noise: N(0, (sigma * clip / batch)^2) per coordinate
+    if sigma == 0:
+        assert 0 < step.norm() <= clip + 1e-7  # the mean of 4 clipped gradients, nothing more
+    else:
+        std = float(step.std())
+        assert 0.9 * sigma * clip / 4 < std < 1.1 * sigma * clip / 4, std
+        assert abs(float(step.mean())) < 0.1 * sigma * clip / 4
+
+
+def _dp_bot(tmp_path, epochs=3):
+    pub = tmp_path / "public.txt"
+    pub.write_text("\n".join(["where is my parcel", "cancel the order", "money back please", "talk to someone"] * 30))
+    bot = tiny_bot_dict(epochs=epochs, reply_batch_size=4)
+    bot["privacy"] = {"enabled": True, "target_epsilon": 8.0, "logical_batch": 16, "physical_batch": 8,
+                      "public_corpus": str(pub)}
+    path = tmp_path / "dp.yaml"
+    path.write_text(yaml.safe_dump(bot, sort_keys=False))
+    return path
+
+
+def test_reported_epsilon_is_opacus_accountants(tmp_path):
+    spec, _ = load_bot(_dp_bot(tmp_path))
+    trainer = DPTrainer(spec, tmp_path / "m", progress=False, log=lambda *a: None)
+    out = trainer.run()
+    p = read_card(out)["privacy"]
+    steps = trainer.state.step
+    acc = PRVAccountant()
+    acc.history = [(p["noise_multiplier"], p["sample_rate"], p["steps"])]
+    assert p["epsilon"] == pytest.approx(acc.get_epsilon(p["delta"]), rel=1e-9)
+    assert p["epsilon"] == pytest.approx(trainer.engine.get_epsilon(p["delta"]), rel=1e-9)
+    assert p["epsilon"] <= 8.0 + 0.05 and p["epsilon"] > 6.0
+    assert p["steps"] == 3 * round(1 / p["sample_rate"]) and steps > p["steps"]  # pre-training steps come first
+    assert p["delta"] == default_delta(p["records"]) < 1 / p["records"]
+    assert "(ε = " in (out / "model_card.md").read_text()
+    assert (tmp_path / "public.txt").name in p["public_data"]
+
+
+def test_tokenizer_and_pretraining_never_see_private_text(tmp_path):
+    spec, _ = load_bot(_dp_bot(tmp_path))
+    trainer = DPTrainer(spec, tmp_path / "m", progress=False)
+    seen = " ".join(trainer.tokenizer_corpus() + trainer.pretrain_texts())
+    private = [e.text for e in spec.examples]
+    assert not any(t in seen for t in private if len(t) > 12)
+
+
+def test_resume_continues_the_privacy_ledger(tmp_path):
+    path = _dp_bot(tmp_path, epochs=4)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "ui.cli", "train", str(path), "-q", "--device", "cpu", "--checkpoint-every", "2"]
+    ref = subprocess.run(cmd + ["-o", str(tmp_path / "ref")], env=env, cwd=ROOT, capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    out, ckpt = tmp_path / "run", tmp_path / "run.checkpoints"
+    proc = subprocess.Popen(cmd + ["-o", str(out)], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline, state = time.time() + 300, {}
+    while time.time() < deadline:
+        pointer = ckpt / "latest.json"
+        if pointer.is_file():
+            try:
+                state = json.loads((ckpt / json.loads(pointer.read_text())["dir"] / "state.json").read_text())
+            except (FileNotFoundError, json.JSONDecodeError):
+                continue
+            if state["stage"] == "finetune" and state["extra"].get("privacy", {}).get("history"):
+                break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+    done_before = sum(h[2] for h in state["extra"]["privacy"]["history"])
+    assert done_before > 0
+    res = subprocess.run(cmd + ["-o", str(out), "--resume"], env=env, cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    for card in (read_card(tmp_path / "ref"), read_card(out)):
+        p, t = card["privacy"], card["training"]
+        # every DP step applied to the released weights is in the ledger, and nothing else
+        assert p["steps"] == t["steps"] - t["finetune_start_step"] == sum(h[2] for h in p["history"])
+        acc = PRVAccountant()
+        acc.history = [tuple(h) for h in p["history"]]
+        assert p["epsilon"] == pytest.approx(acc.get_epsilon(p["delta"]), rel=1e-9)
+    a, b = read_card(tmp_path / "ref")["privacy"], read_card(out)["privacy"]
+    assert b["noise_multiplier"] == a["noise_multiplier"] and b["sample_rate"] == a["sample_rate"]
+    assert b["steps"] > done_before  # continued from the checkpoint's ledger, not from zero
+    assert b["steps"] == a["steps"]  # the interrupted epoch is finished, not restarted or cut short
+    assert read_card(out)["training"]["resumed_from_steps"]
+    assert "ε = " in res.stdout  # the guarantee is printed after training
