@@ -74,6 +74,8 @@ class DPTrainer(Trainer):
         if self.delta >= 1 / self.n:
             raise ValueError(f"privacy.delta {self.delta} must be below 1/N = {1 / self.n:.2e}")
         self.public_path = Path(self.p.public_corpus) if self.p.public_corpus else BUNDLED_PUBLIC
+        # words inserted into a record's view must not come from other records
+        self.vocab = sorted({w for t in self.tokenizer_corpus() for w in t.split()})
 
     # ---------------------------------------------------------------- what may see private data
     def _public(self) -> list[str]:

@@ -173,6 +173,9 @@ def test_tokenizer_and_pretraining_never_see_private_text(tmp_path):
     seen = " ".join(trainer.tokenizer_corpus() + trainer.pretrain_texts())
     private = [e.text for e in spec.examples]
     assert not any(t in seen for t in private if len(t) > 12)
+    # noisy views insert words from public/authored text only, never another record's words
+    private_only = {w for t in private for w in t.split()} - set(seen.split())
+    assert private_only and not private_only & set(trainer.vocab)
 
 
 def test_resume_continues_the_privacy_ledger(tmp_path):
@@ -215,3 +218,10 @@ def test_resume_continues_the_privacy_ledger(tmp_path):
     assert b["steps"] == a["steps"]  # the interrupted epoch is finished, not restarted or cut short
     assert read_card(out)["training"]["resumed_from_steps"]
     assert "ε = " in res.stdout  # the guarantee is printed after training
+
+
+def test_privacy_report_says_when_there_is_no_guarantee(trained_tiny, capsys):
+    from ui.cli import main
+
+    assert main(["privacy", "report", str(trained_tiny)]) == 0
+    assert "WITHOUT differential privacy" in capsys.readouterr().out

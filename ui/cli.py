@@ -90,9 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             from ui.verbs.explain import explain
             return explain(args)
         if args.verb == "privacy":
-            from safety.privacy import report
-            print(report(args.model))
-            return 0
+            from ui.verbs.privacy import report
+            return report(args)
         if args.verb == "chat":
             from ui.verbs.chat import chat
             return chat(args)
