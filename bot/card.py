@@ -67,7 +67,7 @@ def render(card: dict) -> str:
     p = card.get("privacy")
     lines += ["", "## Privacy"]
     if p and p.get("dp"):
-        lines += [f"- Differentially private: (ε = {p['epsilon']:.2f}, δ = {p['delta']:.0e}) per training record "
+        lines += [f"- Differentially private: (ε = {p['epsilon']:.2f}, δ = {p['delta']:.2g}) per training record "
                   f"({p['unit']}), {p['accountant']} accountant",
                   f"- Covers: {p['covers']}",
                   f"- Public data: {p['public_data']}",

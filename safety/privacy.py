@@ -233,11 +233,11 @@ def report(model_dir: str | Path) -> str:
                 "memorised its training utterances. Retrain with `candor train --dp` for one.")
     return "\n".join([
         f"{name}: trained with differential privacy (DP-SGD, Opacus).",
-        f"Guarantee: (ε = {p['epsilon']:.2f}, δ = {p['delta']:.0e})-differential privacy for each training record "
+        f"Guarantee: (ε = {p['epsilon']:.2f}, δ = {p['delta']:.2g})-differential privacy for each training record "
         f"({p['unit']}).",
         f"In plain words: adding or removing any one of the {p['records']} training utterances changes the "
         f"probability of getting this model by at most a factor of e^{p['epsilon']:.2f} ≈ {math.exp(p['epsilon']):.1f}, "
-        f"except with probability {p['delta']:.0e}.",
+        f"except with probability {p['delta']:.2g}.",
         f"Covers: {p['covers']}.",
         f"Public data (no guarantee needed): {p['public_data']}.",
         f"Not covered: {p['not_covered']}.",
