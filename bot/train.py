@@ -7,6 +7,7 @@ directory appears only when training finished.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -127,7 +128,6 @@ class Trainer:
         self.val_records = [r for r in self.val_records if not r.context]
         self.reply_records = [r for r in self.train_records if r.reply]
         self.train_records = [r for r in self.train_records if not r.context] or self.train_records
-        self.vocab = sorted({w for t in corpus(spec) for w in t.split()})
 
     # ------------------------------------------------------------ setup / resume
     def _latest(self) -> Path | None:
@@ -166,6 +166,11 @@ class Trainer:
             self.state.resumed_from.append(self.state.step)
             self.log(f"resumed from step {self.state.step} ({self.state.stage}, epoch {self.state.epoch + 1}, "
                      f"batch {self.state.batch})")
+
+    @functools.cached_property
+    def vocab(self) -> list[str]:
+        """Words a noisy view may insert: those of the text the tokenizer is fitted on."""
+        return sorted({w for t in self.tokenizer_corpus() for w in t.split()})
 
     # ------------------------------------------------------------ hooks (the DP trainer overrides these)
     def tokenizer_corpus(self) -> list[str]:

@@ -3,7 +3,8 @@
 One record = one training utterance. Each step, Poisson sampling picks records; each record gives
 ONE sequence `<|user|> view-of-text<|intent|> name<|bot|> reply`, whose intent loss and reply loss
 make one per-record gradient, clipped (ghost clipping) before Gaussian noise is added. Views
-(word dropout/insertion, later augmentation) replace a record's text for a step, never add records.
+(word dropout/insertion, later augmentation) replace a record's text for a step, never add records;
+inserted words come only from the tokenizer's (public + authored) text, never from other records.
 Dialogue records (the same turns with context) are left out under DP.
 
 The offline default never fits its tokenizer or pre-trains on the private utterances: both use a
@@ -14,6 +15,7 @@ pick weights: the last epoch is kept.
 from __future__ import annotations
 
 import csv
+import functools
 import math
 import random
 from pathlib import Path
@@ -74,10 +76,9 @@ class DPTrainer(Trainer):
         if self.delta >= 1 / self.n:
             raise ValueError(f"privacy.delta {self.delta} must be below 1/N = {1 / self.n:.2e}")
         self.public_path = Path(self.p.public_corpus) if self.p.public_corpus else BUNDLED_PUBLIC
-        # words inserted into a record's view must not come from other records
-        self.vocab = sorted({w for t in self.tokenizer_corpus() for w in t.split()})
 
     # ---------------------------------------------------------------- what may see private data
+    @functools.cached_property
     def _public(self) -> list[str]:
         return read_public_corpus(self.public_path)
 
@@ -86,10 +87,10 @@ class DPTrainer(Trainer):
                 + [self.spec.fallback])
 
     def tokenizer_corpus(self) -> list[str]:
-        return self._public() + self._authored()
+        return self._public + self._authored()
 
     def pretrain_texts(self) -> list[str]:
-        return self._public()
+        return self._public
 
     def keep_best(self) -> bool:
         return False
