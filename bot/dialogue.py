@@ -54,19 +54,23 @@ class Bot:
     def classify(self, text: str):
         return decide(predict_proba(self.model, self.enc, [text])[0], self.model.intents, self.settings)
 
-    def reply(self, text: str, intent: str, context: list[Turn]) -> str:
-        """The reply for a confident intent; an empty generation falls back to the templates."""
+    def reply(self, text: str, intent: str, context: list[Turn], on_text=None) -> str:
+        """The reply for a confident intent; an empty generation falls back to the templates.
+        `on_text(reply_so_far)` is called as generated tokens arrive."""
         if self.settings.response_mode == "generate":
-            generated = generate_reply(self.model, self.enc, text, intent, context, self.settings.max_reply_tokens)
+            generated = generate_reply(self.model, self.enc, text, intent, context, self.settings.max_reply_tokens,
+                                       on_text=(lambda so_far: on_text(fill(so_far, self.placeholders)))
+                                       if on_text else None)
             if generated:
                 return fill(generated, self.placeholders)
         return template_reply(self.responses.get(intent, []), self.placeholders, self.rng) or self.fallback_text
 
-    def turn(self, text: str, conversation: Conversation | None = None) -> TurnResult:
+    def turn(self, text: str, conversation: Conversation | None = None, on_text=None) -> TurnResult:
         conversation = conversation if conversation is not None else Conversation()
         decision = self.classify(text)
         context = conversation.turns[-self.settings.context_turns:] if self.settings.context_turns else []
-        reply = fill(self.fallback_text, self.placeholders) if decision.fallback else self.reply(text, decision.intent, context)
+        reply = (fill(self.fallback_text, self.placeholders) if decision.fallback
+                 else self.reply(text, decision.intent, context, on_text))
         conversation.turns.append(Turn(text, reply, None if decision.fallback else decision.intent))
         return TurnResult(text, reply, decision.intent, decision.confidence, decision.fallback, decision.reason,
                           decision.confidence_threshold, decision.ambiguity_threshold, decision.ranking,

@@ -5,6 +5,7 @@ import random
 import re
 
 import torch
+from transformers import TextStreamer
 
 from bot.data import Encoder
 from bot.model import DialogueModel
@@ -22,9 +23,22 @@ def template_reply(responses: list[str], placeholders: dict[str, str], rng: rand
     return fill(rng.choice(responses), placeholders) if responses else None
 
 
+class _Callback(TextStreamer):
+    """Hands the reply decoded so far to `on_text` as tokens arrive."""
+
+    def __init__(self, tokenizer, on_text):
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.on_text, self.so_far = on_text, ""
+
+    def on_finalized_text(self, text: str, stream_end: bool = False):
+        self.so_far += text
+        if text:
+            self.on_text(self.so_far.strip())
+
+
 @torch.no_grad()
 def generate_reply(model: DialogueModel, enc: Encoder, text: str, intent: str, context: list[Turn] = (),
-                   max_new_tokens: int = 96, sample: bool = False, seed: int | None = None) -> str:
+                   max_new_tokens: int = 96, sample: bool = False, seed: int | None = None, on_text=None) -> str:
     """Decode a reply after `... <|user|> text<|intent|> intent<|bot|>` until `<|endoftext|>`."""
     budget = min(max_new_tokens, enc.max_length // 2)
     prompt = torch.tensor([enc.prompt(text, intent, context, budget=budget)], device=model.device)
@@ -34,5 +48,6 @@ def generate_reply(model: DialogueModel, enc: Encoder, text: str, intent: str, c
         prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=budget, do_sample=sample,
         top_p=0.9 if sample else None, temperature=0.8 if sample else None, top_k=None,
         eos_token_id=enc.eos, pad_token_id=enc.pad, repetition_penalty=1.1,
+        streamer=_Callback(enc.tok, on_text) if on_text else None,
     )
     return enc.tok.decode(out[0, prompt.shape[1]:], skip_special_tokens=True).strip()

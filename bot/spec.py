@@ -105,6 +105,7 @@ class PrivacySettings:
     logical_batch: int = 256
     physical_batch: int = 32
     public_corpus: str = ""  # text/CSV/bot file the offline default may pre-train on ("" = bundled BANKING77 text)
+    train_blocks: int = -1  # top transformer blocks trained privately (+ heads, final norm); -1: all, embeddings too
 
 
 @dataclass

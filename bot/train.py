@@ -159,7 +159,7 @@ class Trainer:
         self.model = models.build(self.spec.model, self.tok, list(self.spec.intents)).to(self.device)
         if latest and self.state.stage != "pretrain":
             self.prepare_model()
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.t.learning_rate, weight_decay=0.01)
+        self.opt = self._optimizer()
         if latest:
             load_model(self.model, str(latest / "model.safetensors"), device=str(self.device))
             _load_optimizer(self.opt, latest / "optimizer.safetensors")
@@ -178,6 +178,10 @@ class Trainer:
 
     def pretrain_texts(self) -> list[str]:
         return corpus(self.spec)
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=self.t.learning_rate,
+                                 weight_decay=0.01)
 
     def prepare_model(self) -> None:
         """Called once before fine-tuning starts (or resumes)."""
@@ -315,11 +319,11 @@ class Trainer:
             self.state.stage, self.state.epoch, self.state.batch = "finetune", 0, 0
             self.state.stage_start = self.state.step
             self.prepare_model()
-            self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.t.learning_rate, weight_decay=0.01)
+            self.opt = self._optimizer()
             self._checkpoint()
         elif self.state.stage == "finetune" and not self.state.history and not self.state.step:
             self.prepare_model()  # a pretrained base starts here
-            self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.t.learning_rate, weight_decay=0.01)
+            self.opt = self._optimizer()
         if self.state.stage == "finetune":
             self.start_finetune()
         while self.state.stage == "finetune" and self.state.epoch < self.t.epochs:

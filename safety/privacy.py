@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from bot.data import Record
 from bot.train import Trainer, _lr, _noisy_view
-from safety.gpt2_dp import conv1d_to_linear, linear_to_conv1d, position_ids, untie
+from safety.gpt2_dp import conv1d_to_linear, linear_to_conv1d, position_ids, train_top, untie
 
 ACCOUNTANT = "prv"
 BUNDLED_PUBLIC = Path(__file__).resolve().parents[1] / "bot" / "demo" / "public_banking77.txt"
@@ -98,6 +98,7 @@ class DPTrainer(Trainer):
     def prepare_model(self) -> None:
         conv1d_to_linear(self.model.lm)
         untie(self.model.lm)
+        self.trainable = train_top(self.model, self.p.train_blocks, lm_head=self.t.reply_weight > 0)
 
     # ---------------------------------------------------------------- Opacus
     def start_finetune(self) -> None:

@@ -59,6 +59,16 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("--limit", type=int, default=200, help="with --evaluate: at most this many test texts")
     x.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
+    s = sub.add_parser("serve", help="the web app: chat, audit log and model card (trains the demo bot if needed)")
+    s.add_argument("model", nargs="?", help=f"model directory (default: {DEFAULT_MODEL}, trained first if missing)")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (anything but localhost needs --auth-file)")
+    s.add_argument("--port", type=int, default=7860)
+    s.add_argument("--auth-file", help="sign-in users, one user:password per line; enables the audit tab")
+    s.add_argument("--audit-db", help="SQLite file or SQLAlchemy URL (default: <model>.audit.sqlite)")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--explain-steps", type=int, default=32, help="integration steps per explanation")
+    s.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
+
     pr = sub.add_parser("privacy", help="the privacy guarantee of a trained model")
     prsub = pr.add_subparsers(dest="privacy_verb", required=True, metavar="ACTION")
     rep = prsub.add_parser("report", help="print the (ε, δ) guarantee in plain words")
@@ -92,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.verb == "privacy":
             from ui.verbs.privacy import report
             return report(args)
+        if args.verb == "serve":
+            from ui.verbs.serve import serve
+            args.model_given, args.model = args.model is not None, args.model or DEFAULT_MODEL
+            return serve(args)
         if args.verb == "chat":
             from ui.verbs.chat import chat
             return chat(args)

@@ -1,0 +1,24 @@
+"""Guard the input of a chat turn: what the bot will not read at all."""
+from __future__ import annotations
+
+import unicodedata
+
+MAX_CHARS = 1000
+
+
+class Rejected(ValueError):
+    """A message the bot refuses; the text says why, for the user."""
+
+
+def guard(text: str, max_chars: int = MAX_CHARS) -> str:
+    """Normalise (NFKC, control characters dropped, whitespace collapsed) and enforce the length cap."""
+    if not isinstance(text, str):
+        raise Rejected("a message must be text")
+    text = unicodedata.normalize("NFKC", text)
+    text = "".join(c if unicodedata.category(c)[0] != "C" else " " for c in text)
+    text = " ".join(text.split())
+    if not text:
+        raise Rejected("the message is empty")
+    if len(text) > max_chars:
+        raise Rejected(f"the message is {len(text)} characters long; the limit is {max_chars}")
+    return text

@@ -1,0 +1,70 @@
+"""The audit store (SQLite through SQLAlchemy): logging, filters, exports, and that raw PII never reaches disk."""
+import csv
+import io
+import json
+from datetime import datetime, timedelta, timezone
+
+from bot.store import AuditStore, Filter, to_csv, to_json
+from safety.pii import redact_text
+
+
+def _log(store, text="hello", intent="greet", confidence=0.9, fallback=False, time=None, words=None):
+    return store.log(session="s1", text=text, reply="hi!", intent=intent, confidence=confidence, fallback=fallback,
+                     fallback_reason="low_confidence" if fallback else None,
+                     attributions=words or [(w, 0.5) for w in text.split()], model_version="tiny@abc", time=time)
+
+
+def test_raw_pii_never_reaches_the_database_file(tmp_path):
+    db = tmp_path / "audit.sqlite"
+    store = AuditStore(str(db), redact_text)
+    secret = "my card 4111 1111 1111 1111 and mail jo.smith@example.com"
+    turn = _log(store, text=secret)  # the caller "forgot" to redact: the store does it
+    row = store.get(turn)
+    assert row["text"] == "my card <CREDIT_CARD> and mail <EMAIL_ADDRESS>"
+    assert row["attributions"] == []  # words of the raw text would spell the card out: not kept
+    clean = _log(store, text="my card <CREDIT_CARD>", words=[("my", 0.1), ("card", 0.9), ("<CREDIT_CARD>", 0.2)])
+    assert store.get(clean)["attributions"] == [["my", 0.1], ["card", 0.9], ["<CREDIT_CARD>", 0.2]]
+    store.engine.dispose()
+    raw = b"".join(p.read_bytes() for p in tmp_path.iterdir())  # the database and any journal
+    assert b"4111" not in raw and b"jo.smith" not in raw and b"example.com" not in raw
+    assert b"<CREDIT_CARD>" in raw
+
+
+def test_filters_by_intent_confidence_fallback_and_date(tmp_path):
+    store = AuditStore(str(tmp_path / "a.sqlite"), redact_text)
+    now = datetime.now(timezone.utc)
+    _log(store, "cancel it", "cancel_order", 0.95, time=now - timedelta(days=3))
+    _log(store, "where is it", "track_order", 0.55, time=now - timedelta(days=1))
+    _log(store, "blah", "track_order", 0.2, fallback=True, time=now)
+    ids = lambda f: [r["text"] for r in store.query(f)]  # noqa: E731
+    assert ids(Filter()) == ["blah", "where is it", "cancel it"]  # newest first
+    assert ids(Filter(intent="track_order")) == ["blah", "where is it"]
+    assert ids(Filter(min_confidence=0.5, max_confidence=0.9)) == ["where is it"]
+    assert ids(Filter(fallback=True)) == ["blah"] and ids(Filter(fallback=False)) == ["where is it", "cancel it"]
+    assert ids(Filter(since=now - timedelta(days=2))) == ["blah", "where is it"]
+    assert ids(Filter(until=now - timedelta(days=2))) == ["cancel it"]
+    assert ids(Filter(limit=1)) == ["blah"]
+    assert store.intents() == ["cancel_order", "track_order"]
+    assert store.get(999) is None
+
+
+def test_store_survives_reopening(tmp_path):
+    path = str(tmp_path / "a.sqlite")
+    _log(AuditStore(path, redact_text), "first")
+    store = AuditStore(path, redact_text)
+    _log(store, "second")
+    assert [r["text"] for r in store.query()] == ["second", "first"]
+
+
+def test_exports_round_trip_and_defuse_spreadsheet_formulas(tmp_path):
+    store = AuditStore(f"sqlite:///{tmp_path / 'a.sqlite'}", redact_text)  # a SQLAlchemy URL works too
+    _log(store, '=HYPERLINK("http://evil.example","x")', words=[("=HYPERLINK", 1.0)])
+    _log(store, "plain words")
+    rows = store.query()
+    parsed = json.loads(to_json(rows))
+    assert [r["text"] for r in parsed] == ["plain words", '=HYPERLINK("http://evil.example","x")']
+    assert parsed[0]["attributions"] == [["plain", 0.5], ["words", 0.5]]
+    table = list(csv.DictReader(io.StringIO(to_csv(rows))))
+    assert table[1]["text"].startswith("'=HYPERLINK") and table[0]["text"] == "plain words"
+    assert json.loads(table[0]["attributions"]) == [["plain", 0.5], ["words", 0.5]]
+    assert table[0]["time"].endswith("+00:00")

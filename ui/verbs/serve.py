@@ -1,0 +1,38 @@
+"""`candor serve [MODEL_DIR]` — the web app (trains the demo bot first when there is no model yet)."""
+from __future__ import annotations
+
+import os
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+from ui.auth import AuthError, check_binding, checker, read_users
+
+
+def serve(args) -> int:
+    try:
+        users = read_users(args.auth_file) if args.auth_file else None
+        check_binding(args.host, users)
+    except AuthError as e:
+        print(f"candor serve: {e}", file=sys.stderr)
+        return 1
+    model = Path(args.model)
+    if not (model / "model.safetensors").is_file():
+        if args.model_given:
+            raise FileNotFoundError(f"{model}: not a trained model directory (no model.safetensors)")
+        print(f"{model} does not exist yet: training the demo bot first (a few minutes on a laptop CPU)")
+        from ui.verbs.train import train
+        train(Namespace(bot=None, out=str(model), resume=True, device="auto", epochs=None, pretrain_epochs=None,
+                        seed=None, base=None, checkpoint_every=None, keep_checkpoints=False, quiet=False, dp=False))
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from ui.service import ChatService
+    from ui.web import build
+
+    audit_db = args.audit_db or f"{model}.audit.sqlite"
+    print(f"loading {model}; audit log: {audit_db}")
+    service = ChatService(model, audit_db, device=args.device, explain_steps=args.explain_steps)
+    app = build(service, auth=bool(users))
+    app.queue(default_concurrency_limit=4, max_size=64)
+    app.launch(server_name=args.host, server_port=args.port, auth=checker(users) if users else None,
+               inbrowser=not args.no_browser, show_api=True, share=False, max_file_size="1mb")
+    return 0

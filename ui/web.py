@@ -1,0 +1,267 @@
+"""The Gradio web app: Chat, Audit and Model tabs over one ChatService.
+
+Every piece of user text shown in the page is HTML-escaped here (chat) or rendered as plain text
+by the component (highlights, tables). The audit tab and its exports exist only when the app
+runs with sign-in, and each audit handler checks the signed-in user again.
+"""
+from __future__ import annotations
+
+import html
+import json
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import gradio as gr
+
+from bot.store import Filter, to_csv, to_json
+from safety.guard import Rejected
+from ui.service import Answer, ChatService
+
+EXAMPLES = ["I want to cancel my order", "where is my package?", "how do I get a refund",
+            "my card 4111 1111 1111 1111 was charged twice, email me at jo@example.com"]
+CSS = "#decision {min-height: 4em}"
+
+
+def _user(text: str) -> str:
+    """Shown as typed, never as markup."""
+    return html.escape(text).replace("\n", "<br>")
+
+
+def highlights(words: list) -> list[tuple[str, float | None]]:
+    """(word, score) pairs as HighlightedText wants them, with plain spaces between the words."""
+    out: list[tuple[str, float | None]] = []
+    for i, (w, s) in enumerate(words):
+        if i:
+            out.append((" ", None))
+        out.append((w, float(s)))
+    return out
+
+
+def decision_markdown(a: Answer) -> str:
+    fallback = f"**yes** ({a.fallback_reason})" if a.fallback else "no"
+    lines = [f"**Intent:** `{a.intent}` · **confidence** {a.confidence:.2f} · **fallback:** {fallback}"]
+    if a.redacted:
+        lines.append(f"Redacted before logging: {', '.join(sorted(set(a.redacted)))}")
+    lines.append(f"<small>turn #{a.turn_id} · model {a.model_version} · explanation delta {a.explanation_delta:.1e}"
+                 "</small>")
+    return "\n\n".join(lines)
+
+
+def _require_user(request: gr.Request | None) -> str:
+    user = getattr(request, "username", None)
+    if not user:
+        raise gr.Error("The audit log needs sign-in.")
+    return user
+
+
+def _parse_date(value: str, end: bool) -> datetime | None:
+    value = (value or "").strip()
+    if not value:
+        return None
+    try:
+        d = datetime.fromisoformat(value)
+    except ValueError:
+        raise gr.Error(f"'{value}' is not a date; use YYYY-MM-DD or YYYY-MM-DD HH:MM") from None
+    if len(value) == 10 and end:
+        d = d.replace(hour=23, minute=59, second=59)
+    return d if d.tzinfo else d.replace(tzinfo=timezone.utc)
+
+
+AUDIT_HEADERS = ["id", "time", "session", "text", "intent", "confidence", "fallback"]
+
+
+def _table(rows: list[dict]) -> list[list]:
+    return [[r["id"], r["time"], r["session"][:8], r["text"], r["intent"], round(r["confidence"], 3),
+             "yes" if r["fallback"] else "no"] for r in rows]
+
+
+def build(service: ChatService, auth: bool) -> gr.Blocks:
+    name = service.card.get("bot", {}).get("name", "bot")
+    with gr.Blocks(title=f"Candor · {name}", css=CSS, analytics_enabled=False) as app:
+        gr.Markdown(f"# Candor · {html.escape(name)}\nEvery reply comes with the words that chose its intent. "
+                    "PII is redacted before anything is logged.")
+        with gr.Tabs():
+            with gr.Tab("Chat", id="chat"):
+                _chat_tab(service)
+            with gr.Tab("Audit", id="audit"):
+                _audit_tab(service) if auth else gr.Markdown(
+                    "The audit log needs sign-in. Start the app with `candor serve --auth-file FILE` "
+                    "(lines of `user:password`) to review past turns.", elem_id="audit-locked")
+            with gr.Tab("Model", id="model"):
+                _model_tab(service)
+
+        def api_respond(message: str, request: gr.Request) -> dict:
+            """One turn: reply, intent, confidence, fallback and word attributions (text already redacted)."""
+            try:
+                return service.respond(message, f"api-{request.session_hash}").to_dict()
+            except Rejected as e:
+                raise gr.Error(str(e)) from None
+
+        gr.api(api_respond, api_name="respond", concurrency_limit=4)
+    return app
+
+
+def _chat_tab(service: ChatService) -> None:
+    with gr.Row():
+        with gr.Column(scale=3):
+            chatbot = gr.Chatbot(type="messages", height=460, elem_id="chatbot", show_label=False,
+                                 render_markdown=False, sanitize_html=True, show_copy_button=True)
+            msg = gr.Textbox(placeholder="Type a message and press Enter", show_label=False, elem_id="message",
+                             max_length=service.max_chars, submit_btn=True)
+            gr.Examples(EXAMPLES, inputs=msg, label="Try")
+            clear = gr.Button("Clear conversation", size="sm")
+        with gr.Column(scale=2):
+            decision = gr.Markdown("Send a message to see how the bot decides.", elem_id="decision")
+            words = gr.HighlightedText(label="Words that chose the intent (red: toward it, purple: against)",
+                                       elem_id="attributions", combine_adjacent=False, show_legend=False,
+                                       show_inline_category=False)
+            ranking = gr.Label(label="Top intents", num_top_classes=5, elem_id="ranking")
+
+    outputs = [chatbot, msg, decision, words, ranking]
+
+    def send(message: str, history: list, request: gr.Request):
+        history = list(history or [])
+        if not (message or "").strip():
+            yield history, "", gr.update(), gr.update(), gr.update()
+            return
+        history.append({"role": "user", "content": _user(message)})
+        history.append({"role": "assistant", "content": "…"})
+        yield history, "", gr.update(), gr.update(), gr.update()
+        try:
+            for part in service.respond_stream(message, request.session_hash):
+                if isinstance(part, str):
+                    history[-1] = {"role": "assistant", "content": _user(part)}
+                    yield history, "", gr.update(), gr.update(), gr.update()
+                else:
+                    history[-1] = {"role": "assistant", "content": _user(part.reply)}
+                    yield (history, "", decision_markdown(part), highlights(part.attributions),
+                           {i: p for i, p in part.ranking})
+        except Rejected as e:
+            history[-1] = {"role": "assistant", "content": _user(f"⚠ Not sent: {e}.")}
+            history[-2] = {"role": "user", "content": _user(message[:200] + ("…" if len(message) > 200 else ""))}
+            yield history, message if len(message) <= service.max_chars else "", gr.update(), gr.update(), gr.update()
+
+    def undo(data: gr.UndoData, history: list, request: gr.Request):
+        service.undo(request.session_hash)
+        return history[: data.index], html.unescape(data.value or "")
+
+    def retry(data: gr.RetryData, history: list, request: gr.Request):
+        service.undo(request.session_hash)
+        message = html.unescape(history[data.index]["content"])
+        yield from send(message, history[: data.index], request)
+
+    def reset(request: gr.Request):
+        service.reset(request.session_hash)
+        return [], "", "Send a message to see how the bot decides.", None, None
+
+    msg.submit(send, [msg, chatbot], outputs, concurrency_limit=4, api_name=False)
+    chatbot.undo(undo, chatbot, [chatbot, msg], api_name=False)
+    chatbot.retry(retry, chatbot, outputs, concurrency_limit=4, api_name=False)
+    chatbot.clear(reset, None, outputs, api_name=False)
+    clear.click(reset, None, outputs, api_name=False)
+
+
+def _audit_tab(service: ChatService) -> None:
+    with gr.Row():
+        intent = gr.Dropdown(["(any)"], value="(any)", label="Intent", elem_id="audit-intent")
+        lo = gr.Slider(0, 1, value=0, step=0.01, label="Confidence at least")
+        hi = gr.Slider(0, 1, value=1, step=0.01, label="Confidence at most")
+        fallback = gr.Radio(["any", "yes", "no"], value="any", label="Fallback")
+    with gr.Row():
+        since = gr.Textbox(label="From (YYYY-MM-DD)", placeholder="any")
+        until = gr.Textbox(label="To (YYYY-MM-DD)", placeholder="any")
+        search = gr.Button("Search", variant="primary", elem_id="audit-search")
+    table = gr.Dataframe(headers=AUDIT_HEADERS, datatype=["number", "str", "str", "str", "str", "number", "str"],
+                         interactive=False, wrap=True, elem_id="audit-table", label="Turns (newest first)",
+                         column_widths=["6%", "17%", "9%", "40%", "15%", "8%", "5%"])
+    with gr.Row():
+        turn_id = gr.Number(label="Turn #", precision=0, elem_id="audit-turn-id")
+        open_btn = gr.Button("Open turn", elem_id="audit-open")
+        csv_btn = gr.Button("Export CSV", elem_id="audit-export-csv")
+        json_btn = gr.Button("Export JSON", elem_id="audit-export-json")
+    export = gr.File(label="Export", elem_id="audit-export", height=90)
+    detail_words = gr.HighlightedText(label="Attributions of this turn", combine_adjacent=False,
+                                      show_inline_category=False, elem_id="audit-words")
+    detail = gr.JSON(label="Turn", elem_id="audit-detail")
+    filters = [intent, lo, hi, fallback, since, until]
+
+    def _filter(intent_, lo_, hi_, fallback_, since_, until_) -> Filter:
+        return Filter(intent=None if intent_ in (None, "(any)") else intent_, min_confidence=float(lo_),
+                      max_confidence=float(hi_), fallback={"yes": True, "no": False}.get(fallback_),
+                      since=_parse_date(since_, False), until=_parse_date(until_, True))
+
+    def do_search(intent_, lo_, hi_, fallback_, since_, until_, request: gr.Request):
+        _require_user(request)
+        rows = service.store.query(_filter(intent_, lo_, hi_, fallback_, since_, until_))
+        choices = ["(any)", *service.store.intents()]
+        return gr.update(choices=choices), _table(rows)
+
+    def do_open(value, request: gr.Request):
+        _require_user(request)
+        row = service.store.get(int(value or 0))
+        if row is None:
+            raise gr.Error(f"no turn #{value}")
+        return highlights(row["attributions"]), row
+
+    def do_select(evt: gr.SelectData, request: gr.Request):
+        _require_user(request)
+        row = service.store.get(int(evt.row_value[0]))
+        return (row["id"], highlights(row["attributions"]), row) if row else (None, None, None)
+
+    def do_export(fmt: str):
+        def run(intent_, lo_, hi_, fallback_, since_, until_, request: gr.Request):
+            _require_user(request)
+            rows = service.store.query(_filter(intent_, lo_, hi_, fallback_, since_, until_))
+            folder = Path(tempfile.mkdtemp(prefix="candor-export-"))
+            path = folder / f"candor-audit-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}.{fmt}"
+            path.write_text(to_csv(rows) if fmt == "csv" else to_json(rows), encoding="utf-8")
+            return str(path)
+        return run
+
+    search.click(do_search, filters, [intent, table], api_name=False)
+    open_btn.click(do_open, turn_id, [detail_words, detail], api_name=False)
+    table.select(do_select, None, [turn_id, detail_words, detail], api_name=False)
+    csv_btn.click(do_export("csv"), filters, export, api_name=False)
+    json_btn.click(do_export("json"), filters, export, api_name=False)
+
+
+def _eval_summary(reports: Path) -> str:
+    path = reports / "intent_report.json"
+    if not path.is_file():
+        return ""
+    report = json.loads(path.read_text(encoding="utf-8"))
+    s = report.get("summary", {})
+    worst = sorted(((k, v["f1-score"]) for k, v in report.items() if isinstance(v, dict) and "confused_with" in v),
+                   key=lambda kv: kv[1])[:5]
+    rows = [f"| test examples | {s.get('test_examples', '?')} |", f"| accuracy | {s.get('accuracy', 0):.3f} |",
+            f"| macro-F1 | {s.get('macro_f1', 0):.3f} |", f"| fallback rate | {s.get('fallback_rate', 0):.3f} |"]
+    if s.get("oos_examples"):
+        rows.append(f"| out-of-scope recall ({s['oos_examples']} questions) | {s.get('oos_recall', 0):.2f} |")
+    return ("## Evaluation (`candor eval`)\n| metric | value |\n|---|---|\n" + "\n".join(rows)
+            + "\n\nLowest F1: " + ", ".join(f"`{k}` {v:.2f}" for k, v in worst))
+
+
+def _model_tab(service: ChatService) -> None:
+    from safety.privacy import report
+
+    card_md = service.model_dir / "model_card.md"
+    gr.Markdown(card_md.read_text(encoding="utf-8") if card_md.is_file() else "No model card found.",
+                elem_id="model-card")
+    gr.Markdown("## The privacy guarantee in plain words\n" + "\n\n".join(f"> {line}" for line in
+                                                                        report(service.model_dir).splitlines()),
+                elem_id="model-privacy")
+    robustness = service.card.get("robustness")
+    gr.Markdown("## Robustness\n" + (f"```\n{json.dumps(robustness, indent=2)}\n```" if robustness else
+                                    "No robustness report for this model yet."), elem_id="model-robustness")
+    reports = service.model_dir / "reports"
+    plots = sorted(reports.glob("*.png")) if reports.is_dir() else []
+    summary = _eval_summary(reports)
+    if summary:
+        gr.Markdown(summary, elem_id="model-eval")
+    if plots:
+        with gr.Row():
+            for p in plots:
+                gr.Image(str(p), label=p.stem.replace("_", " "), show_download_button=True, interactive=False)
+    if not summary:
+        gr.Markdown(f"Run `candor eval {service.model_dir}` to add test metrics and plots here.")
