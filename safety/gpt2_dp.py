@@ -67,14 +67,14 @@ def train_top(model: nn.Module, blocks: int, lm_head: bool) -> list[str]:
     """Freeze all but the top `blocks` transformer blocks, the final LayerNorm, the intent head and
     (if `lm_head`) the LM head; blocks < 0 trains everything. Fewer trainable parameters means less
     DP noise in total and a shorter backward pass. Returns the trainable parameter names."""
+    for p in model.parameters():
+        p.requires_grad_(blocks < 0)
     if blocks < 0:
-        return [n for n, p in model.named_parameters() if p.requires_grad]
+        return [n for n, _ in model.named_parameters()]
     body = model.lm.transformer
     keep = [body.h[i] for i in range(max(0, len(body.h) - blocks), len(body.h))] + [body.ln_f, model.score]
     if lm_head:
         keep.append(model.lm.get_output_embeddings())
-    for p in model.parameters():
-        p.requires_grad_(False)
     for m in keep:
         for p in m.parameters():
             p.requires_grad_(True)

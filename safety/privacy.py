@@ -211,6 +211,9 @@ class DPTrainer(Trainer):
             "epochs": self.t.epochs, "logical_batch": self.p.logical_batch, "physical_batch": self.p.physical_batch,
             "records": self.n, "unit": "one training utterance (its text and its reply target)",
             "clipping": "per record, flat, ghost clipping", "lm_head": "untied from the input embeddings",
+            "trained": ("all parameters" if self.p.train_blocks < 0 else
+                        f"top {self.p.train_blocks} transformer block(s), final norm and heads; the rest is "
+                        "frozen at its public pre-training"),
             "covers": f"the {self.n} training utterances of bot '{self.spec.name}' (intent head and reply model)",
             "public_data": (f"tokenizer and LM pre-training: {self.public_path.name} (public) plus the bot's own "
                             "responses and intent names" if self.spec.model.base == "scratch"

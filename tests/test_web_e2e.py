@@ -119,6 +119,11 @@ def test_pii_is_redacted_before_it_is_logged_and_audit_finds_the_turn(page, serv
     page.locator("#audit-open").click()
     expect(page.locator("#audit-words")).to_contain_text("CREDIT_CARD", timeout=30_000)
     assert "4111" not in page.inner_text("#audit-detail")
+    with page.expect_download() as dl:
+        page.locator("#audit-export-csv").click()
+        page.locator("#audit-export a").first.click(timeout=30_000)
+    exported = Path(dl.value.path()).read_text(encoding="utf-8")
+    assert exported.startswith("id,time,session,text,intent") and "<CREDIT_CARD>" in exported and "4111" not in exported
     page.screenshot(path=str(SHOTS / "audit.png"), full_page=True)
     raw = b"".join(p.read_bytes() for p in server[1].parent.iterdir() if p.name.startswith("audit"))
     assert b"<CREDIT_CARD>" in raw and b"4111" not in raw and b"jo.smith" not in raw

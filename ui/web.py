@@ -79,8 +79,11 @@ def _table(rows: list[dict]) -> list[list]:
 def build(service: ChatService, auth: bool) -> gr.Blocks:
     name = service.card.get("bot", {}).get("name", "bot")
     with gr.Blocks(title=f"Candor · {name}", css=CSS, analytics_enabled=False) as app:
+        privacy = service.card.get("privacy") or {}
+        guarantee = (f" Trained with differential privacy: ε = {privacy['epsilon']:.2f}, δ = {privacy['delta']:.2g}."
+                     if privacy.get("dp") else "")
         gr.Markdown(f"# Candor · {html.escape(name)}\nEvery reply comes with the words that chose its intent. "
-                    "PII is redacted before anything is logged.")
+                    f"PII is redacted before anything is logged.{guarantee}", elem_id="header")
         with gr.Tabs():
             with gr.Tab("Chat", id="chat"):
                 _chat_tab(service)

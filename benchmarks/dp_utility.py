@@ -1,0 +1,148 @@
+"""Privacy–utility: intent accuracy without DP and at ε = 1, 3, 8, for the demo bot and BANKING77.
+
+Each bot is trained once without DP (Candor's default recipe) and once per ε with DP-SGD
+(`safety/privacy.py`, public pre-training, private fine-tuning), same model size, and tested on
+its held-out test set (demo: the bot file's in-scope test utterances; BANKING77: the official
+test split). Prints a table, writes benchmarks/out/dp_utility.{json,png}.
+
+    python benchmarks/dp_utility.py                                  # both bots, ε = 1 3 8
+    python benchmarks/dp_utility.py --bots demo --epsilons 8 --dp-epochs 10
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from bot.classify import predict_proba
+from bot.importers import from_banking77
+from bot.spec import OUT_OF_SCOPE, demo_bot_path, load_bot
+from bot.train import Trainer
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+BITEXT = SHARED / "bitext_customer_support" / "Bitext_Sample_Customer_Support_Training_Dataset.csv"
+
+
+def load(name: str, args):
+    """(spec, test texts, test intents, public corpus for DP pre-training)."""
+    if name == "demo":
+        spec, _ = load_bot(demo_bot_path())
+        test = [e for e in spec.test if e.intent != OUT_OF_SCOPE]
+        return spec, [e.text for e in test], [e.intent for e in test], ""  # bundled BANKING77 text is public
+    import csv
+    spec = from_banking77(SHARED / "banking77")
+    with open(SHARED / "banking77" / "test.csv", encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    spec.test = []
+    spec.model.max_length = 128
+    spec.training.epochs, spec.training.pretrain_epochs = args.banking_epochs, 1
+    # BANKING77 is the private data here, so its public corpus is another one: the Bitext utterances
+    return spec, [r["text"].strip() for r in rows], [r["category"] for r in rows], str(BITEXT)
+
+
+def accuracy(trainer, texts, intents) -> float:
+    probs = predict_proba(trainer.model, trainer.enc, texts)
+    pred = [trainer.model.intents[i] for i in probs.argmax(1).tolist()]
+    return sum(p == t for p, t in zip(pred, intents)) / len(intents)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--bots", nargs="+", default=["demo", "banking77"], choices=["demo", "banking77"])
+    p.add_argument("--epsilons", nargs="+", type=float, default=[1, 3, 8])
+    p.add_argument("--dp-epochs", type=int, default=None, help="DP fine-tuning epochs (default: privacy defaults)")
+    p.add_argument("--banking-epochs", type=int, default=6, help="non-private BANKING77 epochs (default 6)")
+    p.add_argument("--plain-model", nargs="*", default=[], metavar="BOT=DIR",
+                   help="reuse an already trained non-private model, e.g. demo=models/support_demo")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/out/dp_utility"))
+    args = p.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    results = []
+    for name in args.bots:
+        spec, texts, intents, public = load(name, args)
+        spec.training.checkpoint_every = 0
+        t0 = time.time()
+        reuse = dict(m.split("=", 1) for m in args.plain_model).get(name)
+        if reuse:
+            from bot.data import Encoder
+            from bot.model import load as load_model, read_card
+            model, tok = load_model(reuse)
+            trainer = argparse.Namespace(model=model, enc=Encoder(tok, spec.model.max_length))
+            card = read_card(reuse)["training"]
+            epochs, seconds = card["epochs_run"], card["seconds"]
+        else:
+            trainer = Trainer(spec, args.out / f"{name}-plain", device=args.device, progress=True)
+            trainer.run()
+            epochs, seconds = len(trainer.state.history), time.time() - t0
+        base = accuracy(trainer, texts, intents)
+        results.append(dict(bot=name, dp=False, target_epsilon=None, epsilon=None, delta=None, accuracy=base,
+                            seconds=seconds, epochs=epochs))
+        print(f"{name} without DP: accuracy {base:.4f}", flush=True)
+        for eps in args.epsilons:
+            from safety.privacy import DPTrainer
+
+            dp_spec = copy.deepcopy(spec)
+            dp_spec.privacy.enabled, dp_spec.privacy.target_epsilon = True, eps
+            dp_spec.privacy.public_corpus = public
+            if args.dp_epochs:
+                dp_spec.training.epochs = args.dp_epochs
+            t0 = time.time()
+            trainer = DPTrainer(dp_spec, args.out / f"{name}-eps{eps:g}", device=args.device, progress=True)
+            trainer.run()
+            acc = accuracy(trainer, texts, intents)
+            ledger = trainer.card_sections()["privacy"]
+            results.append(dict(bot=name, dp=True, target_epsilon=eps, epsilon=ledger["epsilon"],
+                                delta=ledger["delta"], accuracy=acc, seconds=time.time() - t0,
+                                epochs=dp_spec.training.epochs, noise_multiplier=ledger["noise_multiplier"],
+                                steps=ledger["steps"]))
+            print(f"{name} ε={eps:g}: accuracy {acc:.4f} (ε from the accountant {ledger['epsilon']:.2f})", flush=True)
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu" \
+        else f"CPU, {torch.get_num_threads()} threads"
+    print(f"\nintent accuracy on held-out test sets; {platform.node()}, {device}")
+    print("| bot | training | ε (accountant) | δ | accuracy | vs non-private (points) | minutes |")
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+        base = next(b["accuracy"] for b in results if b["bot"] == r["bot"] and not b["dp"])
+        if r["dp"]:
+            print(f"| {r['bot']} | DP-SGD, target ε {r['target_epsilon']:g}, {r['epochs']} epochs, "
+                  f"σ {r['noise_multiplier']:.2f} | {r['epsilon']:.2f} | {r['delta']:.1e} | {r['accuracy']:.4f} | "
+                  f"{100 * (r['accuracy'] - base):+.1f} | {r['seconds'] / 60:.1f} |")
+        else:
+            print(f"| {r['bot']} | no DP, {r['epochs']} epochs | ∞ | – | {r['accuracy']:.4f} | 0 | {r['seconds'] / 60:.1f} |")
+    (args.out / "dp_utility.json").write_text(json.dumps(results, indent=2))
+    plot(results, args.out / "dp_utility.png")
+    print(f"\nwrote {args.out / 'dp_utility.json'} and {args.out / 'dp_utility.png'}")
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, bot in enumerate(dict.fromkeys(r["bot"] for r in results)):
+        colour = f"C{i}"
+        dp = sorted((r for r in results if r["bot"] == bot and r["dp"]), key=lambda r: r["epsilon"])
+        ax.plot([r["epsilon"] for r in dp], [100 * r["accuracy"] for r in dp], "o-", color=colour, label=f"{bot}, DP-SGD")
+        base = next(r["accuracy"] for r in results if r["bot"] == bot and not r["dp"])
+        ax.axhline(100 * base, color=colour, ls="--", label=f"{bot}, no DP")
+        ax.axhspan(100 * base - 3, 100 * base, color=colour, alpha=0.08)
+    ax.set_xscale("log")
+    ax.set_xlabel("ε (δ below 1/N)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Privacy–utility (shaded: within 3 points of no DP)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
