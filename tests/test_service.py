@@ -51,3 +51,13 @@ def test_undo_and_reset_forget_the_conversation(service):
     assert [t.intent for t in service.conversation("s4").turns] == ["track_order"]
     service.reset("s4")
     assert service.conversation("s4").turns == []
+
+
+def test_chat_shows_user_text_as_text_and_retry_gets_it_back():
+    from ui.web import _typed, _user, highlights
+
+    typed = 'line one <b>bold</b> & "quotes"\nline two <br>'
+    shown = _user(typed)
+    assert "<b>" not in shown and shown.count("<br>") == 1  # only the real line break is markup
+    assert _typed(shown) == typed
+    assert highlights([("a", 0.5), ("b", -1.0)]) == [("a", 0.5), (" ", None), ("b", -1.0)]

@@ -28,6 +28,11 @@ def _user(text: str) -> str:
     return html.escape(text).replace("\n", "<br>")
 
 
+def _typed(shown: str) -> str:
+    """Back from `_user` to what was typed (for retry and undo)."""
+    return html.unescape((shown or "").replace("<br>", "\n"))
+
+
 def highlights(words: list) -> list[tuple[str, float | None]]:
     """(word, score) pairs as HighlightedText wants them, with plain spaces between the words."""
     out: list[tuple[str, float | None]] = []
@@ -147,11 +152,11 @@ def _chat_tab(service: ChatService) -> None:
 
     def undo(data: gr.UndoData, history: list, request: gr.Request):
         service.undo(request.session_hash)
-        return history[: data.index], html.unescape(data.value or "")
+        return history[: data.index], _typed(history[data.index]["content"])
 
     def retry(data: gr.RetryData, history: list, request: gr.Request):
         service.undo(request.session_hash)
-        message = html.unescape(history[data.index]["content"])
+        message = _typed(history[data.index]["content"])
         yield from send(message, history[: data.index], request)
 
     def reset(request: gr.Request):
