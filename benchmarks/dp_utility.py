@@ -7,6 +7,8 @@ test split). Prints a table, writes benchmarks/out/dp_utility.{json,png}.
 
     python benchmarks/dp_utility.py                                  # both bots, ε = 1 3 8
     python benchmarks/dp_utility.py --bots demo --epsilons 8 --dp-epochs 10
+    python benchmarks/dp_utility.py --bots demo --epsilons 8 --dp-lora-rank 8 --dp-lr 1e-2
+    python benchmarks/dp_utility.py --bots demo --dp-base benchmarks/out/banking77 --dp-blocks 0
 """
 from __future__ import annotations
 
@@ -58,13 +60,25 @@ def main() -> None:
     p.add_argument("--dp-epochs", type=int, default=None, help="DP fine-tuning epochs (default: privacy defaults)")
     p.add_argument("--dp-reply-weight", type=float, default=None,
                    help="reply loss weight under DP (0: intent head only, ~5x cheaper per step on CPU)")
+    p.add_argument("--dp-lora-rank", type=int, default=0, help="train LoRA adapters of this rank under DP (0: off)")
+    p.add_argument("--dp-base", default=None, metavar="DIR",
+                   help="start DP fine-tuning from this model trained on public data only (e.g. the BANKING77 "
+                        "model benchmarks/intent_accuracy.py writes), instead of the offline default")
+    p.add_argument("--dp-blocks", type=int, default=None, help="privacy.train_blocks under DP (0: heads only)")
+    p.add_argument("--dp-lr", type=float, default=None, help="DP fine-tuning learning rate (default: the bot's)")
     p.add_argument("--banking-epochs", type=int, default=6, help="non-private BANKING77 epochs (default 6)")
     p.add_argument("--plain-model", nargs="*", default=[], metavar="BOT=DIR",
                    help="reuse an already trained non-private model, e.g. demo=models/support_demo")
+    p.add_argument("--replot", nargs="+", metavar="JSON", help="train nothing: plot these runs' results into --out")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, default=Path("benchmarks/out/dp_utility"))
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.replot:
+        rows = [json.loads(Path(f).read_text()) for f in args.replot]
+        plot(rows[0] + [r for more in rows[1:] for r in more if r["dp"]], args.out / "dp_utility.png")
+        print(f"wrote {args.out / 'dp_utility.png'}")
+        return
 
     results = []
     for name in args.bots:
@@ -97,6 +111,13 @@ def main() -> None:
                 dp_spec.training.epochs = args.dp_epochs
             if args.dp_reply_weight is not None:
                 dp_spec.training.reply_weight = args.dp_reply_weight
+            if args.dp_lr:
+                dp_spec.training.learning_rate = args.dp_lr
+            dp_spec.privacy.lora_rank = args.dp_lora_rank
+            if args.dp_blocks is not None:
+                dp_spec.privacy.train_blocks = args.dp_blocks
+            if args.dp_base:
+                dp_spec.model.base = args.dp_base
             t0 = time.time()
             trainer = DPTrainer(dp_spec, args.out / f"{name}-eps{eps:g}", device=args.device, progress=True)
             trainer.run()
@@ -105,7 +126,9 @@ def main() -> None:
             results.append(dict(bot=name, dp=True, target_epsilon=eps, epsilon=ledger["epsilon"],
                                 delta=ledger["delta"], accuracy=acc, seconds=time.time() - t0,
                                 epochs=dp_spec.training.epochs, noise_multiplier=ledger["noise_multiplier"],
-                                reply_weight=dp_spec.training.reply_weight,
+                                reply_weight=dp_spec.training.reply_weight, lora_rank=args.dp_lora_rank,
+                                base=dp_spec.model.base, train_blocks=dp_spec.privacy.train_blocks,
+                                learning_rate=dp_spec.training.learning_rate,
                                 steps=ledger["steps"]))
             print(f"{name} ε={eps:g}: accuracy {acc:.4f} (ε from the accountant {ledger['epsilon']:.2f})", flush=True)
 
@@ -118,6 +141,8 @@ def main() -> None:
         base = next(b["accuracy"] for b in results if b["bot"] == r["bot"] and not b["dp"])
         if r["dp"]:
             print(f"| {r['bot']} | DP-SGD, target ε {r['target_epsilon']:g}, {r['epochs']} epochs, "
+                  f"base {r['base']}, "
+                  f"{trained(r)}, lr {r['learning_rate']:g}, "
                   f"reply weight {r['reply_weight']:g}, "
                   f"σ {r['noise_multiplier']:.2f} | {r['epsilon']:.2f} | {r['delta']:.1e} | {r['accuracy']:.4f} | "
                   f"{100 * (r['accuracy'] - base):+.1f} | {r['seconds'] / 60:.1f} |")
@@ -128,16 +153,30 @@ def main() -> None:
     print(f"\nwrote {args.out / 'dp_utility.json'} and {args.out / 'dp_utility.png'}")
 
 
+def trained(r: dict) -> str:
+    if r.get("lora_rank"):
+        return f"LoRA r{r['lora_rank']}"
+    blocks = r.get("train_blocks", -1)
+    return "all weights" if blocks < 0 else "intent head + final norm" if blocks == 0 else f"top {blocks} blocks + heads"
+
+
+def recipe(r: dict) -> str:
+    base = r.get("base", "scratch")
+    return f"{'public LM pre-training' if base == 'scratch' else 'base ' + Path(base).name}, {trained(r)}"
+
+
 def plot(results: list[dict], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, bot in enumerate(dict.fromkeys(r["bot"] for r in results)):
         colour = f"C{i}"
-        dp = sorted((r for r in results if r["bot"] == bot and r["dp"]), key=lambda r: r["epsilon"])
-        ax.plot([r["epsilon"] for r in dp], [100 * r["accuracy"] for r in dp], "o-", color=colour, label=f"{bot}, DP-SGD")
+        for j, how in enumerate(dict.fromkeys(recipe(r) for r in results if r["bot"] == bot and r["dp"])):
+            dp = sorted((r for r in results if r["bot"] == bot and r["dp"] and recipe(r) == how), key=lambda r: r["epsilon"])
+            ax.plot([r["epsilon"] for r in dp], [100 * r["accuracy"] for r in dp], "os^vD"[j % 5] + "-",
+                    color=colour, alpha=1 - 0.25 * (j % 3), label=f"{bot}, DP-SGD: {how}")
         base = next(r["accuracy"] for r in results if r["bot"] == bot and not r["dp"])
         ax.axhline(100 * base, color=colour, ls="--", label=f"{bot}, no DP")
         ax.axhspan(100 * base - 3, 100 * base, color=colour, alpha=0.08)

@@ -71,6 +71,7 @@ def render(card: dict) -> str:
                   f"({p['unit']}), {p['accountant']} accountant",
                   f"- Covers: {p['covers']}",
                   f"- Public data: {p['public_data']}",
+                  *([f"- Trained privately: {p['trained']}"] if p.get("trained") else []),
                   f"- Not covered: {p['not_covered']}",
                   f"- Noise multiplier {p['noise_multiplier']:.3f}, sample rate {p['sample_rate']:.4f}, clipping norm "
                   f"{p['max_grad_norm']}, {p['steps']} steps"]

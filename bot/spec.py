@@ -106,6 +106,7 @@ class PrivacySettings:
     physical_batch: int = 32
     public_corpus: str = ""  # text/CSV/bot file the offline default may pre-train on ("" = bundled BANKING77 text)
     train_blocks: int = -1  # top transformer blocks trained privately (+ heads, final norm); -1: all, embeddings too
+    lora_rank: int = 0  # > 0: train peft LoRA adapters of this rank (+ intent head, final norm) instead of blocks
 
 
 @dataclass

@@ -6,6 +6,7 @@
 - `lm_head` is tied to `wte`; ghost clipping refuses tied parameters, so `untie` gives `lm_head`
   its own copy (the saved config then says `tie_word_embeddings: false`).
 - Position ids must be per example (`position_ids(...)`, made with `repeat`, not `expand`).
+- Optional LoRA (peft) on the converted projections: `add_lora`, and `merge_lora` before saving.
 """
 from __future__ import annotations
 
@@ -63,12 +64,14 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return torch.arange(t, device=attention_mask.device).unsqueeze(0).repeat(b, 1)
 
 
-def train_top(model: nn.Module, blocks: int, lm_head: bool) -> list[str]:
+def train_top(model: nn.Module, blocks: int, lm_head: bool, freeze_rest: bool = True) -> list[str]:
     """Freeze all but the top `blocks` transformer blocks, the final LayerNorm, the intent head and
     (if `lm_head`) the LM head; blocks < 0 trains everything. Fewer trainable parameters means less
-    DP noise in total and a shorter backward pass. Returns the trainable parameter names."""
+    DP noise in total and a shorter backward pass. `freeze_rest=False` keeps what is already trainable
+    (LoRA adapters). Returns the trainable parameter names."""
     for p in model.parameters():
-        p.requires_grad_(blocks < 0)
+        if freeze_rest or blocks < 0:
+            p.requires_grad_(blocks < 0)
     if blocks < 0:
         return [n for n, _ in model.named_parameters()]
     body = model.lm.transformer
@@ -79,3 +82,34 @@ def train_top(model: nn.Module, blocks: int, lm_head: bool) -> list[str]:
         for p in m.parameters():
             p.requires_grad_(True)
     return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+LORA_TARGETS = ["c_attn", "c_proj", "c_fc"]
+
+
+def add_lora(model: nn.Module, rank: int, alpha: float | None = None) -> list[str]:
+    """peft LoRA adapters (rank `rank`) on every GPT-2 projection of `model.lm`, after
+    `conv1d_to_linear`, on the model's device. Only the adapters stay trainable here; the caller
+    decides about heads and norms. Returns the adapter parameter names."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    for p in model.parameters():
+        p.requires_grad_(False)
+    config = LoraConfig(r=rank, lora_alpha=alpha or 2 * rank, lora_dropout=0.0, target_modules=LORA_TARGETS)
+    inject_adapter_in_model(config, model.lm)
+    return [n for n, p in model.named_parameters() if "lora_" in n and p.requires_grad]
+
+
+def merge_lora(module: nn.Module) -> int:
+    """Fold every LoRA adapter into its base layer and put the plain layer back (for saving)."""
+    from peft.tuners.lora import LoraLayer
+
+    count = 0
+    for name, child in list(module.named_children()):
+        if isinstance(child, LoraLayer):
+            child.merge()
+            setattr(module, name, child.get_base_layer())
+            count += 1
+        else:
+            count += merge_lora(child)
+    return count

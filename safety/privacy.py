@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from bot.data import Record
 from bot.train import Trainer, _lr, _noisy_view
-from safety.gpt2_dp import conv1d_to_linear, linear_to_conv1d, position_ids, train_top, untie
+from safety.gpt2_dp import add_lora, conv1d_to_linear, linear_to_conv1d, merge_lora, position_ids, train_top, untie
 
 ACCOUNTANT = "prv"
 BUNDLED_PUBLIC = Path(__file__).resolve().parents[1] / "bot" / "demo" / "public_banking77.txt"
@@ -98,7 +98,11 @@ class DPTrainer(Trainer):
     def prepare_model(self) -> None:
         conv1d_to_linear(self.model.lm)
         untie(self.model.lm)
-        self.trainable = train_top(self.model, self.p.train_blocks, lm_head=self.t.reply_weight > 0)
+        if self.p.lora_rank > 0:  # adapters everywhere + intent head and final norm; LM head frozen
+            add_lora(self.model.to(self.device), self.p.lora_rank)
+            self.trainable = train_top(self.model, 0, lm_head=False, freeze_rest=False)
+        else:
+            self.trainable = train_top(self.model, self.p.train_blocks, lm_head=self.t.reply_weight > 0)
 
     # ---------------------------------------------------------------- Opacus
     def start_finetune(self) -> None:
@@ -195,6 +199,7 @@ class DPTrainer(Trainer):
 
     # ---------------------------------------------------------------- saving
     def _save_final(self) -> None:
+        merge_lora(self.model.lm)
         linear_to_conv1d(self.model.lm)
         super()._save_final()
 
@@ -211,7 +216,10 @@ class DPTrainer(Trainer):
             "epochs": self.t.epochs, "logical_batch": self.p.logical_batch, "physical_batch": self.p.physical_batch,
             "records": self.n, "unit": "one training utterance (its text and its reply target)",
             "clipping": "per record, flat, ghost clipping", "lm_head": "untied from the input embeddings",
-            "trained": ("all parameters" if self.p.train_blocks < 0 else
+            "trained": (f"LoRA adapters of rank {self.p.lora_rank} on every attention and MLP projection "
+                        "(merged into the saved weights), final norm and intent head; the rest is frozen at its "
+                        "public pre-training" if self.p.lora_rank > 0 else
+                        "all parameters" if self.p.train_blocks < 0 else
                         f"top {self.p.train_blocks} transformer block(s), final norm and heads; the rest is "
                         "frozen at its public pre-training"),
             "covers": f"the {self.n} training utterances of bot '{self.spec.name}' (intent head and reply model)",
@@ -246,6 +254,7 @@ def report(model_dir: str | Path) -> str:
         f"Covers: {p['covers']}.",
         f"Public data (no guarantee needed): {p['public_data']}.",
         f"Not covered: {p['not_covered']}.",
+        *([f"Trained privately: {p['trained']}."] if p.get("trained") else []),
         f"How: {p['accountant']} accountant; noise multiplier {p['noise_multiplier']:.3f}, sample rate "
         f"{p['sample_rate']:.4f}, clipping norm {p['max_grad_norm']}, {p['steps']} steps over {p['epochs']} epochs "
         f"({p['clipping']}; LM head {p['lm_head']}).",

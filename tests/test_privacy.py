@@ -20,7 +20,7 @@ from bot import model as models
 from bot.data import Encoder, Record
 from bot.model import read_card
 from bot.spec import ModelSettings, load_bot
-from safety.gpt2_dp import conv1d_to_linear, linear_to_conv1d, position_ids, train_top, untie
+from safety.gpt2_dp import add_lora, conv1d_to_linear, linear_to_conv1d, merge_lora, position_ids, train_top, untie
 from safety.privacy import DPTrainer, default_delta
 from tests.conftest import TINY_MODEL, tiny_bot_dict
 
@@ -62,7 +62,7 @@ def _oracle_grads(model, enc, records):
         model.zero_grad()
         b, pos, y = _batch(enc, [r])
         _per_record_loss(model, b, pos, y).sum().backward()
-        out.append({n: p.grad.detach().clone() for n, p in model.named_parameters()})
+        out.append({n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None})
     return out
 
 
@@ -111,22 +111,55 @@ def test_per_record_gradients_match_the_micro_batch_oracle():
     gsm._close()
 
 
-def test_ghost_clipping_gives_the_sum_of_clipped_oracle_gradients():
-    model, enc = _tiny()
+def _check_ghost_clipping(model, enc):
+    """Ghost-clipped gradients of the trainable parameters == the sum of clipped oracle gradients;
+    frozen parameters get none. Returns the Opacus-wrapped model."""
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     oracle = _oracle_grads(model, enc, RECORDS)
-    norms = [torch.sqrt(sum((g ** 2).sum() for g in o.values())) for o in oracle]
+    norms = [torch.sqrt(sum((o[n] ** 2).sum() for n in trainable)) for o in oracle]
     clip = float(min(norms)) / 2  # every record is clipped
-    expected = {n: sum(min(1.0, clip / float(norms[i])) * oracle[i][n] for i in range(len(RECORDS)))
-                for n, _ in model.named_parameters()}
-    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    expected = {n: sum(min(1.0, clip / float(norms[i])) * oracle[i][n] for i in range(len(RECORDS))) for n in trainable}
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
     loader = DataLoader(TensorDataset(torch.arange(4)), batch_size=4)
     dp_model, opt, _, _ = PrivacyEngine().make_private(
         module=model, optimizer=opt, data_loader=loader, criterion=torch.nn.CrossEntropyLoss(),
         noise_multiplier=0.0, max_grad_norm=clip, grad_sample_mode="ghost", poisson_sampling=False)
     b, pos, y = _batch(enc, RECORDS)
     DPTensorFastGradientClipping(dp_model, opt, _per_record_loss(dp_model, b, pos, y), "mean").backward()
-    for name, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, expected[name], atol=2e-5, rtol=1e-3, msg=name)
+    for n, p in model.named_parameters():
+        if n in trainable:
+            torch.testing.assert_close(p.grad, expected[n], atol=2e-5, rtol=1e-3, msg=n)
+        else:
+            assert p.grad is None, n
+    return dp_model
+
+
+def test_ghost_clipping_gives_the_sum_of_clipped_oracle_gradients():
+    model, enc = _tiny()
+    _check_ghost_clipping(model, enc)
+
+
+def test_lora_under_ghost_clipping_matches_the_oracle_and_merges_for_saving():
+    model, enc = _tiny()
+    names = add_lora(model, rank=4)
+    trainable = train_top(model, 0, lm_head=False, freeze_rest=False)
+    assert set(names) < set(trainable) and "score.weight" in trainable
+    assert all("lora_" in n or n.startswith(("lm.transformer.ln_f.", "score.")) for n in trainable)
+    with torch.no_grad():  # peft starts B at zero; give the adapters a real effect
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(std=0.05)
+    dp_model = _check_ghost_clipping(model, enc)
+    b, pos, _ = _batch(enc, RECORDS)
+    dp_model._close()
+    model.eval()
+    before = model(b["input_ids"], b["attention_mask"], position_ids(b["attention_mask"]), pos)
+    assert merge_lora(model.lm) == 4 * TINY_MODEL["n_layer"]
+    assert not any("lora_" in n for n, _ in model.named_parameters())
+    linear_to_conv1d(model.lm)
+    after = model(b["input_ids"], b["attention_mask"], position_ids(b["attention_mask"]), pos)
+    for x, z in zip(before, after):
+        torch.testing.assert_close(z, x, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("sigma", [0.0, 1.0])
@@ -266,3 +299,22 @@ def test_dp_plumbing_without_noise_learns_the_intents(tmp_path):
     trainer.run()
     accuracy = [h["val_accuracy"] for h in trainer.state.history]
     assert accuracy[-1] >= 0.75, accuracy  # 4 intents: chance is 0.25
+
+
+def test_candor_train_dp_with_lora_saves_a_plain_merged_gpt2(tmp_path, capsys):
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    from ui.cli import main
+
+    out = tmp_path / "m"
+    assert main(["train", str(_dp_bot(tmp_path, epochs=2)), "-q", "--device", "cpu", "--lora-rank", "2",
+                 "-o", str(out)]) == 0
+    with safe_open(str(out / "model.safetensors"), framework="pt") as f:
+        keys = list(f.keys())
+    assert "score.weight" in keys and not any("lora" in k or "base_layer" in k for k in keys)
+    p = read_card(out)["privacy"]
+    assert p["trained"].startswith("LoRA adapters of rank 2") and p["epsilon"] <= 8.05
+    lm = AutoModelForCausalLM.from_pretrained(out, use_safetensors=True)  # plain GPT-2 (Conv1D) again
+    assert type(lm.transformer.h[0].attn.c_attn).__name__ == "Conv1D"
+    assert "LoRA adapters of rank 2" in capsys.readouterr().out + (out / "model_card.md").read_text()

@@ -32,6 +32,8 @@ def parser() -> argparse.ArgumentParser:
     dp.add_argument("--max-grad-norm", type=float, help="per-record clipping norm C (default 1.0)")
     dp.add_argument("--logical-batch", type=int, help="expected records per step (default 256)")
     dp.add_argument("--physical-batch", type=int, help="records per forward pass, for memory (default 32)")
+    dp.add_argument("--lora-rank", type=int, help="train peft LoRA adapters of this rank (+ intent head) instead "
+                                             "of all weights; merged into the saved model (default 0: off)")
     dp.add_argument("--public-corpus", help="public text/CSV/bot file for the tokenizer and LM pre-training "
                                             "(default: the bundled BANKING77 text)")
 

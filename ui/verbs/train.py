@@ -21,7 +21,7 @@ def train(args) -> int:
             setattr(getattr(spec, section), key, getattr(args, flag))
     for flag, key in (("target_epsilon", "target_epsilon"), ("delta", "delta"), ("max_grad_norm", "max_grad_norm"),
                       ("logical_batch", "logical_batch"), ("physical_batch", "physical_batch"),
-                      ("public_corpus", "public_corpus")):
+                      ("public_corpus", "public_corpus"), ("lora_rank", "lora_rank")):
         if getattr(args, flag, None) is not None:
             setattr(spec.privacy, key, getattr(args, flag))
     if args.dp:
