@@ -84,7 +84,35 @@ def render(card: dict) -> str:
                   f"- Fallback rate {metrics['fallback_rate']:.3f}"]
         if metrics.get("oos_recall") is not None:
             lines.append(f"- Out-of-scope recall {metrics['oos_recall']:.3f}")
+    lines += ["", "## Robustness"]
+    lines += [robustness_table(card["robustness"])] if card.get("robustness") else [
+        "- No attack report yet: `candor attack MODEL` (or `candor train --attack-report`) adds one."]
     lines += ["", "## Limitations",
               "- Trained only on this bot's examples; it will be unsure about, or wrong on, requests unlike them.",
               "- Generated replies can be wrong or invented; `template` mode only ever sends the bot's own responses."]
     return "\n".join(lines) + "\n"
+
+
+def _pct(x) -> str:
+    return "–" if x is None else f"{x:.1%}"
+
+
+def robustness_table(report: dict) -> str:
+    """The attack report (safety/attack_report.py) as a Markdown table: the card, the web app and the terminal."""
+    rows = ["| recipe | attacked | clean accuracy | accuracy under attack | attack success rate | words perturbed "
+            "| queries | wrong, no fallback |", "|---|---|---|---|---|---|---|---|"]
+    for r in report["recipes"]:
+        stopped = f" (stopped: {r['stopped']})" if r.get("stopped") else ""
+        queries = "–" if r["queries"] is None else f"{r['queries']:.0f}"
+        rows.append(f"| {r['recipe']} | {r['attacked']}{stopped} | {_pct(r['clean_accuracy'])} | "
+                    f"{_pct(r['accuracy_under_attack'])} | {_pct(r['attack_success_rate'])} | "
+                    f"{_pct(r['words_perturbed'])} | {queries} | {_pct(r['wrong_without_fallback'])} |")
+    nn = report.get("natural_noise") or {}
+    notes = [f"Attacked {report['model_version']} on {report['created'][:10]} through the served input path "
+             f"(normalisation, length cap, PII redaction); test messages from {report.get('test_source') or 'the bot file'}."]
+    if nn.get("examples"):
+        notes.append(f"Random typos, no attacker ({nn['description']}): accuracy {_pct(nn['clean_accuracy'])} → "
+                     f"{_pct(nn['noisy_accuracy'])} on the same {nn['examples']} messages.")
+    notes.append("Attack success rate: share of correctly classified messages the attack flipped. Wrong, no fallback: "
+                 "share of those the bot would answer with the wrong intent instead of falling back.")
+    return "\n".join(rows) + "\n\n" + "\n".join(f"- {n}" for n in notes)

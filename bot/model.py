@@ -8,6 +8,7 @@ saved directory loads with plain transformers both ways:
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -115,3 +116,13 @@ def load(directory: str | Path, device: str | torch.device = "cpu"):
 def read_card(directory: str | Path) -> dict:
     path = Path(directory) / CARD_JSON
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def model_version(directory: str | Path, card: dict | None = None) -> str:
+    """`<bot name>@<first 12 hex of the weights' SHA-256>`: which exact weights made a decision."""
+    card = read_card(directory) if card is None else card
+    h = hashlib.sha256()
+    with open(Path(directory) / "model.safetensors", "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return f"{card.get('bot', {}).get('name', 'bot')}@{h.hexdigest()[:12]}"

@@ -11,6 +11,9 @@ from pathlib import Path
 import yaml
 
 OUT_OF_SCOPE = "out_of_scope"
+# Training views that `robustness:` may ask for (safety/augment.py and safety/recipes.py implement them).
+AUGMENTERS = ("charswap", "typo", "deletion", "swap", "synonym", "eda")
+ADVERSARIAL_RECIPES = ("deepwordbug", "pruthi", "pwws")
 
 
 class Located(str):
@@ -110,6 +113,19 @@ class PrivacySettings:
 
 
 @dataclass
+class RobustnessSettings:
+    """Views of a training record for robustness (applied by safety/): each replaces the record for one step."""
+
+    augment: list[str] = field(default_factory=list)  # TextAttack augmenters, one picked per augmented view
+    augment_share: float = 0.3  # chance that a record's view this step is an augmented one
+    adversarial: bool = False  # adversarial training: attack training records against the current model
+    adversarial_recipe: str = "deepwordbug"
+    adversarial_share: float = 0.25  # share of the training records attacked at the start of each adversarial epoch
+    adversarial_clean_epochs: int = 2  # clean epochs before the first adversarial one
+    adversarial_query_budget: int = 200  # model queries per attacked record at most
+
+
+@dataclass
 class BotSpec:
     name: str
     intents: dict[str, Intent]
@@ -118,6 +134,7 @@ class BotSpec:
     model: ModelSettings = field(default_factory=ModelSettings)
     training: TrainSettings = field(default_factory=TrainSettings)
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
+    robustness: RobustnessSettings = field(default_factory=RobustnessSettings)
     placeholders: dict[str, str] = field(default_factory=dict)
     test: list[Example] = field(default_factory=list)
     dialogues: list[list[Turn]] = field(default_factory=list)
@@ -138,6 +155,7 @@ class BotSpec:
             "model": dataclasses.asdict(self.model),
             "training": dataclasses.asdict(self.training),
             "privacy": dataclasses.asdict(self.privacy),
+            "robustness": dataclasses.asdict(self.robustness),
             "placeholders": dict(self.placeholders),
             "intents": {
                 n: {"examples": [str(e.text) for e in i.examples], "responses": [str(r) for r in i.responses]}
@@ -229,6 +247,11 @@ def _fill(cls, raw, where: str, file: str, problems: list[Problem], line: int | 
             if isinstance(default, bool):
                 if not isinstance(value, bool):
                     raise ValueError
+            elif isinstance(default, list):  # a YAML list or a comma-separated string of names
+                items = value.split(",") if isinstance(value, str) else value
+                if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
+                    raise ValueError
+                value = [v.strip() for v in items if v.strip()]
             elif isinstance(default, str):
                 value = str(value)
             elif isinstance(default, int):
@@ -268,8 +291,8 @@ def parse_bot(text: str, file: str = "<memory>", problems: list[Problem] | None 
             problems.append(Problem(file, 1, "error", "a bot file must be a YAML mapping with 'intents:'"))
         return BotSpec(name="invalid", intents={}, fallback="", path=file)
 
-    known = {"name", "description", "fallback", "settings", "model", "training", "privacy", "placeholders", "intents",
-             "test", "dialogues"}
+    known = {"name", "description", "fallback", "settings", "model", "training", "privacy", "robustness",
+             "placeholders", "intents", "test", "dialogues"}
     for key in doc:
         if key not in known:
             problems.append(Problem(file, _line(key), "error", f"unknown top-level key '{key}' (known: {', '.join(sorted(known))})"))
@@ -283,6 +306,7 @@ def parse_bot(text: str, file: str = "<memory>", problems: list[Problem] | None 
         model=_fill(ModelSettings, doc.get("model"), "model", file, problems, None),
         training=_fill(TrainSettings, doc.get("training"), "training", file, problems, None),
         privacy=_fill(PrivacySettings, doc.get("privacy"), "privacy", file, problems, None),
+        robustness=_fill(RobustnessSettings, doc.get("robustness"), "robustness", file, problems, None),
         placeholders={str(k): str(v) for k, v in (doc.get("placeholders") or {}).items()},
         path=file,
     )
@@ -332,8 +356,28 @@ def parse_bot(text: str, file: str = "<memory>", problems: list[Problem] | None 
             turns.append(Turn(str(t["user"]), str(t["bot"]), str(t["intent"]) if t.get("intent") else None))
         spec.dialogues.append(turns)
 
+    problems.extend(check_robustness(spec.robustness, doc.get("robustness"), file))
     problems.extend(validate(spec))
     return spec
+
+
+def check_robustness(r: RobustnessSettings, raw=None, file: str = "<command line>") -> list[Problem]:
+    """Problems with `robustness:` (lines from the raw YAML mapping when given)."""
+    lines = {str(k): _line(k) for k in raw} if isinstance(raw, dict) else {}
+    out = [Problem(file, lines.get("augment"), "error", f"robustness.augment: unknown augmenter '{name}' (known: "
+                                                        f"{', '.join(AUGMENTERS)})")
+           for name in r.augment if name not in AUGMENTERS]
+    if r.adversarial_recipe not in ADVERSARIAL_RECIPES:
+        out.append(Problem(file, lines.get("adversarial_recipe"), "error",
+                           f"robustness.adversarial_recipe: '{r.adversarial_recipe}' is not one of the offline "
+                           f"recipes ({', '.join(ADVERSARIAL_RECIPES)}); see `candor attack --list`"))
+    for key in ("augment_share", "adversarial_share"):
+        if not 0 < getattr(r, key) <= 1:
+            out.append(Problem(file, lines.get(key), "error", f"robustness.{key} must be above 0 and at most 1"))
+    for key, low in (("adversarial_clean_epochs", 0), ("adversarial_query_budget", 1)):
+        if getattr(r, key) < low:
+            out.append(Problem(file, lines.get(key), "error", f"robustness.{key} must be at least {low}"))
+    return out
 
 
 def validate(spec: BotSpec) -> list[Problem]:

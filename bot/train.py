@@ -1,5 +1,10 @@
 """Training: (offline default) LM pre-training on the bot's text, then joint intent + reply fine-tuning.
 
+Each fine-tuning step the classifier sees one *view* of each record it trains on: the first of
+`views` (pluggable, e.g. TextAttack augmentation or adversarial examples from safety/) that offers
+one, else the noisy view (word dropout/insertion). A view replaces its record for that step, never
+adds one, so the DP trainer gets one sequence per sampled record whatever the views are.
+
 Checkpoints (safetensors + JSON, never pickles) go to `<out>.checkpoints/` every `checkpoint_every`
 steps and at each epoch's end; `resume=True` continues from the last one. The final model
 directory appears only when training finished.
@@ -17,6 +22,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +33,7 @@ from transformers import AutoTokenizer
 from bot import card as cards
 from bot import model as models
 from bot.classify import predict_proba
-from bot.data import Encoder, corpus, records, split
+from bot.data import Encoder, Record, corpus, records, split
 from bot.io import atomic_dir, atomic_write_json
 from bot.spec import BotSpec
 
@@ -95,6 +101,19 @@ def _noisy_view(text: str, p: float, rng: random.Random, vocab: list[str] = ()) 
     return " ".join(out) if out else rng.choice(words)
 
 
+class View(Protocol):
+    """A pluggable view of training records (see the module docstring)."""
+
+    def start_epoch(self, trainer: "Trainer") -> None:
+        """Called before every fine-tuning epoch (and again when one resumes); may look at the model."""
+
+    def __call__(self, index: int, record: Record, rng: random.Random) -> str | None:
+        """The text to train on instead of `record.text` this step, or None to leave it to the next view."""
+
+    def describe(self) -> dict:
+        """What this view did, for the model card."""
+
+
 def _save_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
     tensors = {"rng": torch.get_rng_state()}
     for pid, st in opt.state_dict()["state"].items():
@@ -117,8 +136,9 @@ def _load_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
 
 class Trainer:
     def __init__(self, spec: BotSpec, out_dir: str | Path, device: str | None = None, progress: bool = True,
-                 log=print):
+                 log=print, views: list[View] = ()):
         self.spec, self.t = spec, spec.training
+        self.views = list(views)
         self.out_dir, self.ckpt = Path(out_dir), checkpoint_dir(out_dir)
         self.device = pick_device(device)
         self.progress, self.log = progress, log
@@ -171,6 +191,14 @@ class Trainer:
     def vocab(self) -> list[str]:
         """Words a noisy view may insert: those of the text the tokenizer is fitted on."""
         return sorted({w for t in self.tokenizer_corpus() for w in t.split()})
+
+    def view(self, index: int, record: Record, rng: random.Random) -> str:
+        """The text training record `index` is seen as this step (see the module docstring)."""
+        for v in self.views:
+            text = v(index, record, rng)
+            if text is not None:
+                return text
+        return _noisy_view(record.text, self.t.word_dropout, rng, self.vocab)
 
     # ------------------------------------------------------------ hooks (the DP trainer overrides these)
     def tokenizer_corpus(self) -> list[str]:
@@ -262,8 +290,7 @@ class Trainer:
         for k in range(self.state.batch, len(batches)):
             recs = [self.train_records[i] for i in batches[k]]
             rng = random.Random(f"{self.t.seed}-{self.state.epoch}-{k}")
-            b = self._to(self.enc.pad_batch([self.enc.classify(_noisy_view(r.text, self.t.word_dropout, rng, self.vocab))
-                                             for r in recs]))
+            b = self._to(self.enc.pad_batch([self.enc.classify(self.view(i, r, rng)) for i, r in zip(batches[k], recs)]))
             y = torch.tensor([intent_id[r.intent] for r in recs], device=self.device)
             ce = F.cross_entropy(self.model.intent_logits(b["input_ids"], b["attention_mask"]), y)
             loss, lm = ce, None
@@ -327,6 +354,8 @@ class Trainer:
         if self.state.stage == "finetune":
             self.start_finetune()
         while self.state.stage == "finetune" and self.state.epoch < self.t.epochs:
+            for v in self.views:
+                v.start_epoch(self)
             self._finetune_epoch()
             stop = self._end_of_finetune_epoch()
             self.state.epoch, self.state.batch = self.state.epoch + 1, 0
@@ -355,6 +384,7 @@ class Trainer:
                 "resumed_from_steps": self.state.resumed_from, "seconds": round(self.state.seconds, 1),
                 "train_examples": len(self.train_records), "validation_examples": len(self.val_records),
                 "reply_examples": len(self.reply_records),
+                **({"views": [v.describe() for v in self.views]} if self.views else {}),
                 **{k: v for k, v in (self.state.history[self.state.best_epoch] if self.state.history
                                       and self.state.best_epoch >= 0 else {}).items() if k.startswith("val")},
             })
@@ -363,9 +393,11 @@ class Trainer:
 
 
 def train(spec: BotSpec, out_dir: str | Path, resume: bool = False, device: str | None = None,
-          progress: bool = True, log=print, keep_checkpoints: bool = False, trainer_cls=None) -> Path:
-    """Train and save; `trainer_cls` lets a layer above swap in its own Trainer (DP-SGD)."""
-    trainer = (trainer_cls or Trainer)(spec, out_dir, device=device, progress=progress, log=log)
+          progress: bool = True, log=print, keep_checkpoints: bool = False, trainer_cls=None,
+          views: list[View] = ()) -> Path:
+    """Train and save; `trainer_cls` lets a layer above swap in its own Trainer (DP-SGD) and `views` add
+    views of the records (augmentation, adversarial examples)."""
+    trainer = (trainer_cls or Trainer)(spec, out_dir, device=device, progress=progress, log=log, views=views)
     out = trainer.run(resume=resume)
     if not keep_checkpoints:
         shutil.rmtree(trainer.ckpt, ignore_errors=True)

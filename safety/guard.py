@@ -1,4 +1,4 @@
-"""Guard the input of a chat turn: what the bot will not read at all."""
+"""Guard the input of a chat turn: what the bot will not read at all, and how it reads the rest."""
 from __future__ import annotations
 
 import unicodedata
@@ -22,3 +22,12 @@ def guard(text: str, max_chars: int = MAX_CHARS) -> str:
     if len(text) > max_chars:
         raise Rejected(f"the message is {len(text)} characters long; the limit is {max_chars}")
     return text
+
+
+def read_message(message: str, max_chars: int = MAX_CHARS):
+    """The input path of every served turn: guard, then redact. Returns the `safety.pii.Redaction`
+    whose `.text` is what the model, the explanation and the audit log see. Attacks go through
+    here too, so whatever defence sits in this path is measured."""
+    from safety.pii import redact
+
+    return redact(guard(message, max_chars))

@@ -3,8 +3,10 @@
 One record = one training utterance. Each step, Poisson sampling picks records; each record gives
 ONE sequence `<|user|> view-of-text<|intent|> name<|bot|> reply`, whose intent loss and reply loss
 make one per-record gradient, clipped (ghost clipping) before Gaussian noise is added. Views
-(word dropout/insertion, later augmentation) replace a record's text for a step, never add records;
-inserted words come only from the tokenizer's (public + authored) text, never from other records.
+(`Trainer.view`: word dropout/insertion, TextAttack augmentation, adversarial examples) replace a
+record's text for a step, never add records, and are made from that record alone plus public
+resources (inserted words come only from the tokenizer's public + authored text, synonyms from
+WordNet, adversarial examples from attacking that record against the current, already private, model).
 Dialogue records (the same turns with context) are left out under DP.
 
 The offline default never fits its tokenizer or pre-trains on the private utterances: both use a
@@ -30,7 +32,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 from bot.data import Record
-from bot.train import Trainer, _lr, _noisy_view
+from bot.train import Trainer, _lr
 from safety.gpt2_dp import add_lora, conv1d_to_linear, linear_to_conv1d, merge_lora, position_ids, train_top, untie
 
 ACCOUNTANT = "prv"
@@ -146,7 +148,7 @@ class DPTrainer(Trainer):
         seqs, labels, pos, ys = [], [], [], []
         for i in idx:
             r = self.train_records[i]
-            text = _noisy_view(r.text, self.t.word_dropout, rng, self.vocab)
+            text = self.view(i, r, rng)
             prefix = self.enc.classify(text)
             if r.reply and self.t.reply_weight > 0:
                 ids, lab = self.enc.reply(Record(text, r.intent, r.reply), self.spec.settings.max_reply_tokens)

@@ -36,6 +36,17 @@ def parser() -> argparse.ArgumentParser:
                                              "of all weights; merged into the saved model (default 0: off)")
     dp.add_argument("--public-corpus", help="public text/CSV/bot file for the tokenizer and LM pre-training "
                                             "(default: the bundled BANKING77 text)")
+    rb = t.add_argument_group("robustness (TextAttack; or `robustness:` in the bot file)")
+    rb.add_argument("--augment", help="augmented views of the training records, e.g. charswap,typo "
+                                      "(charswap, typo, deletion, swap, synonym, eda)")
+    rb.add_argument("--augment-share", type=float, help="chance that a record is seen augmented in a step (default 0.3)")
+    rb.add_argument("--adversarial", action="store_true", help="adversarial training: after the clean epochs, attack "
+                                                              "a share of the training records each epoch and train "
+                                                              "on the adversarial examples that succeed")
+    rb.add_argument("--adversarial-recipe", help="deepwordbug (default), pruthi or pwws")
+    rb.add_argument("--attack-report", action="store_true", help="after training, attack the new model "
+                                                                 "(deepwordbug, pruthi, pwws on 200 test messages) "
+                                                                 "and put the table in its model card")
 
     e = sub.add_parser("eval", help="write intent reports for a trained model")
     e.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"model directory (default: {DEFAULT_MODEL})")
@@ -71,6 +82,19 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--explain-steps", type=int, default=32, help="integration steps per explanation")
     s.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
 
+    a = sub.add_parser("attack", help="attack the served bot with TextAttack recipes; robustness report")
+    a.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"model directory (default: {DEFAULT_MODEL})")
+    a.add_argument("--recipe", default="deepwordbug,pruthi,pwws",
+                   help="comma-separated recipes (default deepwordbug,pruthi,pwws; see --list)")
+    a.add_argument("-n", type=int, default=200, help="test messages to attack (default 200; the same for every recipe)")
+    a.add_argument("--time-budget", type=float, help="seconds for the whole run, shared by the recipes; stops cleanly "
+                                                     "and reports what was attacked")
+    a.add_argument("--query-budget", type=int, help="model queries per message at most (default: the recipe's own)")
+    a.add_argument("--bot", help="bot YAML whose 'test:' section to attack (default: the one it was trained from)")
+    a.add_argument("--seed", type=int, default=0, help="which test messages, and the recipes' random choices")
+    a.add_argument("--list", action="store_true", help="list TextAttack's recipes: which run offline, and why not")
+    a.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
     pr = sub.add_parser("privacy", help="the privacy guarantee of a trained model")
     prsub = pr.add_subparsers(dest="privacy_verb", required=True, metavar="ACTION")
     rep = prsub.add_parser("report", help="print the (ε, δ) guarantee in plain words")
@@ -101,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.verb == "explain":
             from ui.verbs.explain import explain
             return explain(args)
+        if args.verb == "attack":
+            from ui.verbs.attack import attack
+            return attack(args)
         if args.verb == "privacy":
             from ui.verbs.privacy import report
             return report(args)

@@ -5,7 +5,6 @@ shared embedding layer) runs under one lock; redaction and the audit store run o
 """
 from __future__ import annotations
 
-import hashlib
 import queue
 import threading
 from collections import OrderedDict
@@ -13,21 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bot.dialogue import Bot, Conversation
+from bot.model import model_version
 from bot.store import AuditStore
 from explain.attribution import N_STEPS, IntentExplainer
-from safety.guard import MAX_CHARS, guard
-from safety.pii import redact, redact_text, warm_up
+from safety.guard import MAX_CHARS, read_message
+from safety.pii import redact_text, warm_up
 
 MAX_SESSIONS = 1000
-
-
-def model_version(model_dir: str | Path, card: dict) -> str:
-    """`<bot name>@<first 12 hex of the weights' SHA-256>`: which exact weights made a decision."""
-    h = hashlib.sha256()
-    with open(Path(model_dir) / "model.safetensors", "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return f"{card.get('bot', {}).get('name', 'bot')}@{h.hexdigest()[:12]}"
 
 
 @dataclass
@@ -88,8 +79,7 @@ class ChatService:
 
     def respond(self, message: str, session: str, on_text=None) -> Answer:
         """Raises safety.guard.Rejected for a message the bot will not read."""
-        text = guard(message, self.max_chars)
-        red = redact(text)
+        red = read_message(message, self.max_chars)
         with self.lock:
             result = self.bot.turn(red.text, self.conversation(session), on_text=on_text)
             explanation = self.explainer.explain(red.text, result.intent)

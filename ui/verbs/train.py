@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bot.spec import demo_bot_path, load_bot
+from bot.spec import BotFileError, check_robustness, demo_bot_path, load_bot
 from bot.train import checkpoint_dir
 from bot.train import train as run_training
 
@@ -26,6 +26,16 @@ def train(args) -> int:
             setattr(spec.privacy, key, getattr(args, flag))
     if args.dp:
         spec.privacy.enabled = True
+    for flag, key in (("augment", "augment"), ("augment_share", "augment_share"),
+                      ("adversarial_recipe", "adversarial_recipe")):
+        if getattr(args, flag, None) is not None:
+            setattr(spec.robustness, key, [a.strip() for a in args.augment.split(",") if a.strip()]
+                    if flag == "augment" else getattr(args, flag))
+    if getattr(args, "adversarial", False):
+        spec.robustness.adversarial = True
+    problems = check_robustness(spec.robustness, file=f"{path} with the command line's options")
+    if problems:
+        raise BotFileError(problems)
     trainer_cls = None
     if spec.privacy.enabled:
         from safety.privacy import DPTrainer
@@ -34,9 +44,28 @@ def train(args) -> int:
     print(f"training '{spec.name}': {len(spec.intents)} intents, {len(spec.examples)} examples -> {out} "
           f"(checkpoints in {checkpoint_dir(out)})")
     run_training(spec, out, resume=args.resume, device=args.device, progress=not args.quiet,
-                 keep_checkpoints=args.keep_checkpoints, trainer_cls=trainer_cls)
+                 keep_checkpoints=args.keep_checkpoints, trainer_cls=trainer_cls,
+                 views=views(spec, progress=not args.quiet))
     if spec.privacy.enabled:
         from safety.privacy import report
         print(report(out))
+    if getattr(args, "attack_report", False):
+        from safety.attack_report import DEFAULT_RECIPES
+        from ui.verbs.attack import attack_report
+        attack_report(out, DEFAULT_RECIPES, 200, progress=not args.quiet)
     print(f"saved {out}. Next: `candor eval {out}` or `candor chat {out}`")
     return 0
+
+
+def views(spec, progress: bool = True, log=print) -> list:
+    """The robustness views the bot file asks for: adversarial examples first, then augmentation
+    (the noisy view, the trainer's own, comes last)."""
+    r, out = spec.robustness, []
+    if r.adversarial:
+        from safety.adversarial import AdversarialView
+        out.append(AdversarialView(r.adversarial_recipe, r.adversarial_share, r.adversarial_clean_epochs,
+                                   r.adversarial_query_budget, progress=progress, log=log))
+    if r.augment:
+        from safety.augment import AugmentView
+        out.append(AugmentView(r.augment, r.augment_share))
+    return out

@@ -1,0 +1,59 @@
+"""`candor attack [MODEL] --recipe deepwordbug,pruthi,pwws -n 200` and `candor attack --list`."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from bot.card import robustness_table
+from bot.model import read_card
+from bot.spec import demo_bot_path, load_bot
+from safety.recipes import UnavailableRecipe, check, table
+
+
+def test_set(model: str | Path, given: str | None):
+    """The test examples to attack: from `given`, else the bot file the model was trained from."""
+    card = read_card(model)
+    if not card:
+        raise FileNotFoundError(f"{model}: no candor.json here; is this a Candor model directory?")
+    source = given or card.get("bot", {}).get("source_file")
+    if (not source or not Path(source).is_file()) and card.get("bot", {}).get("name") == "support_demo":
+        source = demo_bot_path()
+    if not source or not Path(source).is_file():
+        raise FileNotFoundError(f"can't find the bot file this model was trained from ({source}); pass --bot FILE")
+    return load_bot(source)[0].test, str(source)
+
+
+def attack_report(model: str | Path, recipes: list[str], n: int, time_budget: float | None = None,
+                  query_budget: int | None = None, bot: str | None = None, seed: int = 0,
+                  progress: bool = True) -> dict:
+    """Run the attacks, print the table and where the files went (used by `candor train --attack-report` too)."""
+    from safety.attack_report import CSV, JSON, PNG, run
+
+    test, source = test_set(model, bot)
+    print(f"attacking {model} with {', '.join(recipes)} on up to {n} test messages of {source} "
+          f"(through the served input path)" + (f", time budget {time_budget:.0f} s" if time_budget else ""))
+    report = run(model, test, recipes, n, time_budget=time_budget, query_budget=query_budget, seed=seed,
+                 progress=progress, source=source)
+    print(robustness_table(report))
+    out = Path(model) / "reports"
+    print(f"  wrote {out / JSON}, {out / CSV} (successful adversarial examples), {out / PNG}; "
+          "the model card's Robustness section now shows this table")
+    return report
+
+
+def attack(args) -> int:
+    if args.list:
+        print(table())
+        return 0
+    recipes = [r.strip() for r in args.recipe.split(",") if r.strip()]
+    try:
+        check(recipes)
+    except UnavailableRecipe as e:
+        print(f"candor attack: {e}. `candor attack --list` shows every recipe and why.", file=sys.stderr)
+        return 2
+    if args.n < 1:
+        print("candor attack: -n must be at least 1", file=sys.stderr)
+        return 2
+    report = attack_report(args.model, recipes, args.n, args.time_budget, args.query_budget, args.bot, args.seed,
+                           progress=not args.quiet)
+    return 130 if any(r["stopped"] == "interrupted" for r in report["recipes"]) else 0
