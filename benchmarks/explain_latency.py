@@ -28,7 +28,7 @@ def main() -> None:
     args = p.parse_args()
 
     bot = Bot(args.model, device=args.device)
-    spec, _ = load_bot(bot_file_for(bot, None))
+    spec, _ = load_bot(bot_file_for(bot.card, None))
     texts = [e.text for e in spec.test if e.intent != OUT_OF_SCOPE][: args.n]
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
     params = sum(q.numel() for q in bot.model.parameters()) / 1e6

@@ -15,6 +15,7 @@ Defences:
   augment         + TextAttack augmentation views (--augment, share --augment-share)
   adversarial     + adversarial training (--adversarial-recipe on --adversarial-share of the records each
                   epoch after --clean-epochs clean ones)
+  adversarial-augment  both of the above
   dp              DP-SGD at ε = 8 (head + final norm, intent only; base: the BANKING77 model trained in this run,
                   public data only — trained first when needed — for the demo bot)
   dp-adversarial  dp + adversarial training as above
@@ -36,10 +37,11 @@ from bot.importers import from_banking77
 from bot.spec import OUT_OF_SCOPE, demo_bot_path, load_bot
 from bot.train import Trainer
 from safety.attack_report import DEFAULT_RECIPES, run
+from safety.guard import served_text
 from ui.verbs.train import views
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-DEFENCES = ["undefended", "augment", "adversarial", "dp", "dp-adversarial"]
+DEFENCES = ["undefended", "augment", "adversarial", "adversarial-augment", "dp", "dp-adversarial"]
 
 
 def load(name: str):
@@ -47,7 +49,7 @@ def load(name: str):
         return load_bot(demo_bot_path())[0]
     spec = from_banking77(SHARED / "banking77")
     spec.model.max_length = 128
-    spec.training.epochs, spec.training.pretrain_epochs, spec.training.patience = 8, 2, 3
+    spec.training.epochs, spec.training.pretrain_epochs, spec.training.patience = 6, 2, 3
     return spec
 
 
@@ -55,9 +57,10 @@ def configure(spec, defence: str, args, out: Path):
     spec = copy.deepcopy(spec)
     spec.training.checkpoint_every = 0
     r = spec.robustness
-    if defence == "augment":
+    spec.training.seed = args.seed
+    if defence.endswith("augment"):
         r.augment, r.augment_share = args.augment.split(","), args.augment_share
-    if defence.endswith("adversarial"):
+    if "adversarial" in defence:
         r.adversarial, r.adversarial_recipe = True, args.adversarial_recipe
         r.adversarial_share, r.adversarial_clean_epochs = args.adversarial_share, args.clean_epochs
     if defence.startswith("dp"):
@@ -79,7 +82,7 @@ def train(spec, defence: str, out_dir: Path, device: str) -> float:
         from safety.privacy import DPTrainer
         trainer_cls = DPTrainer
     t0 = time.time()
-    trainer = trainer_cls(spec, out_dir, device=device, progress=True, views=views(spec))
+    trainer = trainer_cls(spec, out_dir, device=device, progress=True, views=views(spec), read=served_text)
     trainer.run()
     return time.time() - t0
 
@@ -108,6 +111,7 @@ def main() -> None:
     p.add_argument("--clean-epochs", type=int, default=2)
     p.add_argument("--dp-epochs", type=int, default=10)
     p.add_argument("--dp-lr", type=float, default=3e-2)
+    p.add_argument("--seed", type=int, default=0, help="training seed (data order, views, initialisation)")
     p.add_argument("--reuse", action="store_true", help="attack models already in --out instead of training them")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, default=Path("benchmarks/out/robustness"))
@@ -116,9 +120,9 @@ def main() -> None:
     recipes = args.recipes.split(",")
     results = []
     jobs = [(b, d) for b in args.bots for d in args.defences if not (b == "banking77" and d.startswith("dp"))]
-    if any(b == "demo" and d.startswith("dp") for b, d in jobs) and ("banking77", "undefended") not in jobs \
-            and not (args.out / "banking77-undefended" / "model.safetensors").is_file():
-        jobs.insert(0, ("banking77", "undefended"))  # the public base of the demo bot's DP runs
+    if any(b == "demo" and d.startswith("dp") for b, d in jobs) and (
+            ("banking77", "undefended") in jobs or not (args.out / "banking77-undefended" / "model.safetensors").is_file()):
+        jobs = [("banking77", "undefended")] + [j for j in jobs if j != ("banking77", "undefended")]  # the demo DP base
     for bot, defence in jobs:
         spec = load(bot)
         model_dir = args.out / f"{bot}-{defence}"

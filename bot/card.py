@@ -38,7 +38,8 @@ def update(directory: str | Path, **sections) -> dict:
     return card
 
 
-def render(card: dict) -> str:
+def render(card: dict, robustness: bool = True) -> str:
+    """The Markdown card; `robustness=False` leaves out the Robustness section (the web app shows it on its own)."""
     bot, m, t, s = card["bot"], card["model"], card["training"], card["settings"]
     base = "GPT-2 trained from scratch (byte-level BPE fitted on the bot's text; LM pre-trained on it)" \
         if m["base"] == "scratch" else f"`{m['base']}`"
@@ -62,6 +63,8 @@ def render(card: dict) -> str:
     ]
     if "val_accuracy" in t:
         lines.append(f"- Validation accuracy {t['val_accuracy']:.3f}")
+    for v in t.get("views", []):
+        lines.append("- " + view_line(v))
     if t.get("resumed_from_steps"):
         lines.append(f"- Resumed from checkpoints at steps {t['resumed_from_steps']}")
     p = card.get("privacy")
@@ -84,13 +87,27 @@ def render(card: dict) -> str:
                   f"- Fallback rate {metrics['fallback_rate']:.3f}"]
         if metrics.get("oos_recall") is not None:
             lines.append(f"- Out-of-scope recall {metrics['oos_recall']:.3f}")
-    lines += ["", "## Robustness"]
-    lines += [robustness_table(card["robustness"])] if card.get("robustness") else [
-        "- No attack report yet: `candor attack MODEL` (or `candor train --attack-report`) adds one."]
+    if robustness:
+        lines += ["", "## Robustness"]
+        lines += [robustness_table(card["robustness"])] if card.get("robustness") else [
+            "- No attack report yet: `candor attack MODEL` (or `candor train --attack-report`) adds one."]
     lines += ["", "## Limitations",
               "- Trained only on this bot's examples; it will be unsure about, or wrong on, requests unlike them.",
               "- Generated replies can be wrong or invented; `template` mode only ever sends the bot's own responses."]
     return "\n".join(lines) + "\n"
+
+
+def view_line(v: dict) -> str:
+    """One training view (bot/train.py) in words."""
+    if v.get("view") == "augment":
+        return (f"Augmentation: {v['share']:.0%} of the records each step seen through one of "
+                f"{', '.join(v['augmenters'])} (TextAttack)")
+    if v.get("view") == "adversarial":
+        done = "; ".join(f"epoch {e['epoch']}: {e['fooled']} of {e['attacked']} fooled" for e in v.get("epochs", []))
+        return (f"Adversarial training: after {v['clean_epochs']} clean epochs, {v['share']:.0%} of the records "
+                f"attacked with {v['recipe']} each epoch, successful adversarial examples trained on in their place"
+                + (f" ({done})" if done else ""))
+    return f"Training view: {v}"
 
 
 def _pct(x) -> str:

@@ -1,5 +1,9 @@
 """Training: (offline default) LM pre-training on the bot's text, then joint intent + reply fine-tuning.
 
+Records are trained on as the served bot reads messages: `read` (from the layer above: the serving
+guard and PII redaction) is applied to every utterance first, so placeholders such as
+`<ACCOUNT_NUMBER>` are learned, not met for the first time in production.
+
 Each fine-tuning step the classifier sees one *view* of each record it trains on: the first of
 `views` (pluggable, e.g. TextAttack augmentation or adversarial examples from safety/) that offers
 one, else the noisy view (word dropout/insertion). A view replaces its record for that step, never
@@ -136,13 +140,16 @@ def _load_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
 
 class Trainer:
     def __init__(self, spec: BotSpec, out_dir: str | Path, device: str | None = None, progress: bool = True,
-                 log=print, views: list[View] = ()):
+                 log=print, views: list[View] = (), read=None):
         self.spec, self.t = spec, spec.training
         self.views = list(views)
         self.out_dir, self.ckpt = Path(out_dir), checkpoint_dir(out_dir)
         self.device = pick_device(device)
         self.progress, self.log = progress, log
         all_records = records(spec)
+        if read is not None:
+            all_records = [dataclasses.replace(r, text=read(r.text), context=[
+                dataclasses.replace(t, user=read(t.user)) for t in r.context]) for r in all_records]
         self.train_records, self.val_records = split(all_records, self.t.val_fraction, self.t.seed)
         # Validation uses each held-out utterance once, without dialogue context duplicates.
         self.val_records = [r for r in self.val_records if not r.context]
@@ -394,10 +401,11 @@ class Trainer:
 
 def train(spec: BotSpec, out_dir: str | Path, resume: bool = False, device: str | None = None,
           progress: bool = True, log=print, keep_checkpoints: bool = False, trainer_cls=None,
-          views: list[View] = ()) -> Path:
-    """Train and save; `trainer_cls` lets a layer above swap in its own Trainer (DP-SGD) and `views` add
-    views of the records (augmentation, adversarial examples)."""
-    trainer = (trainer_cls or Trainer)(spec, out_dir, device=device, progress=progress, log=log, views=views)
+          views: list[View] = (), read=None) -> Path:
+    """Train and save; `trainer_cls` lets a layer above swap in its own Trainer (DP-SGD), `views` add
+    views of the records (augmentation, adversarial examples) and `read` is how the served bot reads a message."""
+    trainer = (trainer_cls or Trainer)(spec, out_dir, device=device, progress=progress, log=log, views=views,
+                                       read=read)
     out = trainer.run(resume=resume)
     if not keep_checkpoints:
         shutil.rmtree(trainer.ckpt, ignore_errors=True)

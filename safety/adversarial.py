@@ -61,7 +61,7 @@ class AdversarialView:
             result = attack_one(attack, r.text, intents.index(r.intent), hash((seed, epoch, i)) & 0x7FFFFFFF)
             if status(result) == "successful":
                 out[i] = result.perturbed_result.attacked_text.text
-            bar.set_postfix(fooled=len(out))
+            bar.set_postfix(fooled=len(out), refresh=False)
         bar.close()
         self.history.append({"epoch": epoch + 1, "attacked": len(pick), "fooled": len(out),
                              "seconds": round(time.time() - t0, 1)})

@@ -125,7 +125,7 @@ def run(model_dir: str | Path, test: list[Example], recipes: list[str] = DEFAULT
     wrapper = ServedIntentModel(bot.model, bot.enc)
     examples = select(test, bot.model.intents, n, seed)
     if not examples:
-        raise ValueError("no in-scope test examples to attack")
+        raise ValueError(f"{source or 'the test set'} has no in-scope test examples (intents of this model) to attack")
     report = {"model_version": model_version(model_dir, bot.card),
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "test_source": source,
               "requested": n, "seed": seed, "query_budget": query_budget,
@@ -149,7 +149,7 @@ def run(model_dir: str | Path, test: list[Example], recipes: list[str] = DEFAULT
                     result = attack_one(attack, ex.text, bot.model.intents.index(ex.intent), seed * 100_003 + j)
                     mine.append(outcome(name, ex, result, bot.model.intents, bot.settings))
                     s = summarise(mine)
-                    bar.set_postfix(success=f"{s['attack_success_rate'] or 0:.0%}")
+                    bar.set_postfix(success=f"{s['attack_success_rate'] or 0:.0%}", refresh=False)
             except KeyboardInterrupt:
                 why = stop = "interrupted"
             finally:

@@ -31,3 +31,9 @@ def read_message(message: str, max_chars: int = MAX_CHARS):
     from safety.pii import redact
 
     return redact(guard(message, max_chars))
+
+
+def served_text(text: str) -> str:
+    """`text` as a served turn reads it (normalised, PII redacted), for training and evaluation: the
+    model learns and is measured on what it will see. No length cap: a long training text is kept."""
+    return read_message(text, max_chars=len(text) + 1).text

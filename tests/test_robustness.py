@@ -68,6 +68,10 @@ def test_the_guard_catches_network_use(tmp_path):
 def test_textattack_recipes_and_augmenters_run_offline_from_the_shipped_data(trained_tiny, tmp_path):
     """A fresh HOME (no TextAttack cache, no NLTK data): import, WordNet, stop words, every offline recipe and
     every augmenter, and `candor attack` itself, with the network blocked."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(trained_tiny, model)
     res = _offline_python(f"""
         from safety.resources import textattack, NLTK_DATA
         ta = textattack()
@@ -79,7 +83,7 @@ def test_textattack_recipes_and_augmenters_run_offline_from_the_shipped_data(tra
         for name in {list(AUGMENTERS)!r}:
             assert make(name)("please cancel my order from yesterday", 1), name
         from ui.cli import main
-        code = main(["attack", {str(trained_tiny)!r}, "--recipe", "{','.join(offline())}", "-n", "2", "-q"])
+        code = main(["attack", {str(model)!r}, "--recipe", "{','.join(offline())}", "-n", "2", "-q"])
         assert code == 0, code
         print("OK", NLTK_DATA)
     """, tmp_path)
@@ -297,3 +301,11 @@ def test_adversarial_examples_are_kept_for_a_resumed_epoch(tmp_path):
     again.start_epoch(trainer)
     assert again.examples == first and len(calls) == 1  # resumed: the same examples, no new attack
     assert again(next(iter(first)), None, None) == first[next(iter(first))] and again(-1, None, None) is None
+
+
+def test_serving_and_chat_do_not_import_textattack():
+    code = ("import sys, ui.cli, ui.web, ui.service, ui.verbs.serve, ui.verbs.chat, ui.verbs.train, ui.verbs.attack\n"
+            "print(sorted(m for m in ('textattack', 'nltk', 'flair') if m in sys.modules))")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 0 and res.stdout.strip() == "[]", res.stdout + res.stderr[-1000:]

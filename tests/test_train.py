@@ -156,3 +156,22 @@ def test_noisy_views_are_deterministic_and_never_empty():
     assert len(set(views)) > 10 and any("zebra" in v or "quartz" in v for v in views)
     assert any(len(set(v.split()) & set(text.split())) < 6 for v in views)  # some words dropped
     assert _noisy_view(text, 0.0, random.Random(0), vocab) == text and _noisy_view("hi", 0.9, random.Random(0)) == "hi"
+
+
+def test_records_are_trained_on_as_the_served_turn_reads_them(tmp_path):
+    """No train/serve skew: what a served turn redacts (here an order number, an e-mail address, a
+    full-width letter) is redacted in the training records too, so the model learns the placeholders."""
+    from bot.spec import load_bot
+    from bot.train import Trainer
+    from safety.guard import served_text
+
+    bot = tiny_bot_dict()
+    bot["intents"]["track_order"]["examples"] += ["where is order 00004587345", "status of my ｏrder, mail me at "
+                                                  "jo@example.com"]
+    path = tmp_path / "b.yaml"
+    path.write_text(yaml.safe_dump(bot, sort_keys=False))
+    spec, _ = load_bot(path)
+    trainer = Trainer(spec, tmp_path / "m", progress=False, log=lambda *a: None, read=served_text)
+    texts = {r.text for r in trainer.train_records + trainer.val_records}
+    assert "where is order <ACCOUNT_NUMBER>" in texts and "status of my order, mail me at <EMAIL_ADDRESS>" in texts
+    assert len(texts) == len({e.text for e in spec.examples})  # nothing dropped or merged

@@ -38,8 +38,13 @@ def _free_port() -> int:
 def server(trained_tiny, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("web")
     (tmp / "users").write_text(f"{USER}:{PASSWORD}\n")
+    model = tmp / "model"  # a copy with an attack report, so the Model tab has a Robustness table
+    shutil.copytree(trained_tiny, model)
+    res = subprocess.run([sys.executable, "-m", "ui.cli", "attack", str(model), "--recipe", "deepwordbug", "-n", "4",
+                          "-q"], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
     port, db = _free_port(), tmp / "audit.sqlite"
-    proc = subprocess.Popen([sys.executable, "-m", "ui.cli", "serve", str(trained_tiny), "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "ui.cli", "serve", str(model), "--port", str(port),
                              "--auth-file", str(tmp / "users"), "--audit-db", str(db), "--no-browser"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -145,6 +150,9 @@ def test_html_payload_renders_as_text_everywhere(page):
     page.get_by_role("tab", name="Model").click()
     from playwright.sync_api import expect as ex
     ex(page.locator("#model-privacy")).to_contain_text("WITHOUT differential privacy")
+    robustness = page.inner_text("#model-robustness")
+    assert "attack success rate" in robustness and "deepwordbug" in robustness and "Random typos" in robustness
+    assert "No robustness report" not in robustness and "Robustness" not in page.inner_text("#model-card")
     page.screenshot(path=str(SHOTS / "model.png"), full_page=True)
 
 

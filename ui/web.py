@@ -6,6 +6,7 @@ runs with sign-in, and each audit handler checks the signed-in user again.
 """
 from __future__ import annotations
 
+import csv
 import html
 import json
 import tempfile
@@ -250,19 +251,40 @@ def _eval_summary(reports: Path) -> str:
             + "\n\nLowest F1: " + ", ".join(f"`{k}` {v:.2f}" for k, v in worst))
 
 
+def _adversarial_examples(reports: Path, k: int = 8) -> str:
+    """A few successful adversarial examples from `candor attack`, as a Markdown table (text escaped)."""
+    path = reports / "attack_examples.csv"
+    if not path.is_file():
+        return ""
+    with open(path, encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh))[:k]
+    if not rows:
+        return "The attacks found no adversarial example."
+
+    def cell(text: str) -> str:
+        return html.escape(text).replace("|", "&#124;")
+
+    return ("Examples the attacks found (`" + str(path.name) + "` has them all):\n\n"
+            "| recipe | original | adversarial | intent → decided | fell back |\n|---|---|---|---|---|\n"
+            + "\n".join(f"| {r['recipe']} | {cell(r['original'])} | {cell(r['perturbed'])} | "
+                        f"`{r['true_intent']}` → `{r['predicted_intent']}` | {'yes' if r['fallback'] == 'True' else 'no'} |"
+                        for r in rows))
+
+
 def _model_tab(service: ChatService) -> None:
+    from bot.card import render, robustness_table
     from safety.privacy import report
 
-    card_md = service.model_dir / "model_card.md"
-    gr.Markdown(card_md.read_text(encoding="utf-8") if card_md.is_file() else "No model card found.",
+    gr.Markdown(render(service.card, robustness=False) if service.card else "No model card found.",
                 elem_id="model-card")
     gr.Markdown("## The privacy guarantee in plain words\n" + "\n\n".join(f"> {line}" for line in
                                                                         report(service.model_dir).splitlines()),
                 elem_id="model-privacy")
-    robustness = service.card.get("robustness")
-    gr.Markdown("## Robustness\n" + (f"```\n{json.dumps(robustness, indent=2)}\n```" if robustness else
-                                    "No robustness report for this model yet."), elem_id="model-robustness")
     reports = service.model_dir / "reports"
+    robustness = service.card.get("robustness")
+    gr.Markdown("## Robustness\n" + (robustness_table(robustness) + "\n\n" + _adversarial_examples(reports)
+                                     if robustness else "No robustness report for this model yet: run "
+                                     f"`candor attack {service.model_dir}`."), elem_id="model-robustness")
     plots = sorted(reports.glob("*.png")) if reports.is_dir() else []
     summary = _eval_summary(reports)
     if summary:

@@ -6,8 +6,9 @@ from pathlib import Path
 
 from bot.card import robustness_table
 from bot.model import read_card
-from bot.spec import demo_bot_path, load_bot
+from bot.spec import load_bot
 from safety.recipes import UnavailableRecipe, check, table
+from ui.verbs.evaluate import bot_file_for
 
 
 def test_set(model: str | Path, given: str | None):
@@ -15,11 +16,7 @@ def test_set(model: str | Path, given: str | None):
     card = read_card(model)
     if not card:
         raise FileNotFoundError(f"{model}: no candor.json here; is this a Candor model directory?")
-    source = given or card.get("bot", {}).get("source_file")
-    if (not source or not Path(source).is_file()) and card.get("bot", {}).get("name") == "support_demo":
-        source = demo_bot_path()
-    if not source or not Path(source).is_file():
-        raise FileNotFoundError(f"can't find the bot file this model was trained from ({source}); pass --bot FILE")
+    source = bot_file_for(card, given)
     return load_bot(source)[0].test, str(source)
 
 
@@ -54,6 +51,10 @@ def attack(args) -> int:
     if args.n < 1:
         print("candor attack: -n must be at least 1", file=sys.stderr)
         return 2
-    report = attack_report(args.model, recipes, args.n, args.time_budget, args.query_budget, args.bot, args.seed,
-                           progress=not args.quiet)
+    try:
+        report = attack_report(args.model, recipes, args.n, args.time_budget, args.query_budget, args.bot, args.seed,
+                               progress=not args.quiet)
+    except ValueError as e:  # e.g. a bot file without in-scope test examples
+        print(f"candor attack: {e}", file=sys.stderr)
+        return 1
     return 130 if any(r["stopped"] == "interrupted" for r in report["recipes"]) else 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 
 from bot.dialogue import Bot, Conversation
+from safety.guard import Rejected, read_message
 
 HELP = "Type a message. /reset starts a new conversation, /quit (or Ctrl-D) leaves."
 
@@ -27,6 +28,11 @@ def chat(args, stdin=None, stdout=None) -> int:
         if text == "/reset":
             conversation = Conversation()
             print("(new conversation)", file=stdout)
+            continue
+        try:
+            text = read_message(text).text  # as served: normalised, PII redacted
+        except Rejected as e:
+            print(f"     [not sent: {e}]", file=stdout, flush=True)
             continue
         r = bot.turn(text, conversation)
         print(f"bot> {r.reply}", file=stdout)

@@ -6,13 +6,14 @@ from pathlib import Path
 from bot import card as cards
 from bot.dialogue import Bot
 from bot.evaluate import FILES, evaluate as run_eval, write_reports
-from bot.spec import demo_bot_path, load_bot
+from bot.spec import Example, demo_bot_path, load_bot
+from safety.guard import served_text
 
 
-def bot_file_for(bot: Bot, given: str | None) -> Path:
-    """The bot file to take test examples from: `given`, else the one the model was trained from."""
-    source = given or bot.card.get("bot", {}).get("source_file")
-    if (not source or not Path(source).is_file()) and bot.card.get("bot", {}).get("name") == "support_demo":
+def bot_file_for(card: dict, given: str | None) -> Path:
+    """The bot file to take test examples from: `given`, else the one the model (its card) was trained from."""
+    source = given or card.get("bot", {}).get("source_file")
+    if (not source or not Path(source).is_file()) and card.get("bot", {}).get("name") == "support_demo":
         source = demo_bot_path()
     if not source or not Path(source).is_file():
         raise FileNotFoundError(f"can't find the bot file this model was trained from ({source}); pass --bot FILE")
@@ -21,12 +22,13 @@ def bot_file_for(bot: Bot, given: str | None) -> Path:
 
 def evaluate(args) -> int:
     bot = Bot(args.model)
-    source = bot_file_for(bot, args.bot)
+    source = bot_file_for(bot.card, args.bot)
     spec, _ = load_bot(source)
     if not spec.test:
         print(f"candor eval: {source} has no 'test:' examples to evaluate on")
         return 1
-    result = run_eval(bot.model, bot.enc, spec.test, bot.settings)
+    test = [Example(served_text(e.text), e.intent, e.line) for e in spec.test]  # as a served turn reads them
+    result = run_eval(bot.model, bot.enc, test, bot.settings)
     out = write_reports(result, args.out or Path(args.model) / "reports")
     cards.update(args.model, metrics=result["summary"])
     s = result["summary"]

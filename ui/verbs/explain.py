@@ -40,7 +40,7 @@ def explain(args) -> int:
 
 
 def _evaluate(args, bot, explainer) -> int:
-    spec, _ = load_bot(bot_file_for(bot, args.bot))
+    spec, _ = load_bot(bot_file_for(bot.card, args.bot))
     texts = [ex.text for ex in spec.test if ex.intent != OUT_OF_SCOPE][: args.limit]
     if not texts:
         print("candor explain --evaluate: the bot file has no test examples", file=sys.stderr)

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bot.spec import BotFileError, check_robustness, demo_bot_path, load_bot
+from bot.spec import OUT_OF_SCOPE, BotFileError, Problem, check_robustness, demo_bot_path, load_bot
 from bot.train import checkpoint_dir
 from bot.train import train as run_training
+from safety.guard import served_text
 
 
 def train(args) -> int:
@@ -34,6 +35,9 @@ def train(args) -> int:
     if getattr(args, "adversarial", False):
         spec.robustness.adversarial = True
     problems = check_robustness(spec.robustness, file=f"{path} with the command line's options")
+    if getattr(args, "attack_report", False) and not any(e.intent != OUT_OF_SCOPE for e in spec.test):
+        problems.append(Problem(str(path), None, "error", "--attack-report needs in-scope examples under 'test:' "
+                                                          "to attack"))
     if problems:
         raise BotFileError(problems)
     trainer_cls = None
@@ -45,7 +49,7 @@ def train(args) -> int:
           f"(checkpoints in {checkpoint_dir(out)})")
     run_training(spec, out, resume=args.resume, device=args.device, progress=not args.quiet,
                  keep_checkpoints=args.keep_checkpoints, trainer_cls=trainer_cls,
-                 views=views(spec, progress=not args.quiet))
+                 views=views(spec, progress=not args.quiet), read=served_text)
     if spec.privacy.enabled:
         from safety.privacy import report
         print(report(out))
