@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from bot.importers import from_banking77
-from bot.spec import OUT_OF_SCOPE, demo_bot_path, load_bot
+from bot.spec import OUT_OF_SCOPE, Example, demo_bot_path, load_bot
 from bot.train import Trainer
 from safety.attack_report import DEFAULT_RECIPES, run
 from safety.guard import served_text
@@ -88,14 +88,13 @@ def train(spec, defence: str, out_dir: Path, device: str) -> float:
 
 
 def full_accuracy(model_dir: Path, test) -> float:
+    """In-scope accuracy on the whole test set, read as served (what `candor eval` reports)."""
     from bot.dialogue import Bot
-    from safety.attacks import ServedIntentModel
+    from bot.evaluate import evaluate
 
     bot = Bot(model_dir)
-    wrapper = ServedIntentModel(bot.model, bot.enc)
-    examples = [e for e in test if e.intent != OUT_OF_SCOPE]
-    pred = wrapper([e.text for e in examples]).argmax(1)
-    return float(sum(bot.model.intents[p] == e.intent for p, e in zip(pred, examples)) / len(examples))
+    examples = [Example(served_text(e.text), e.intent) for e in test if e.intent != OUT_OF_SCOPE]
+    return evaluate(bot.model, bot.enc, examples, bot.settings)["summary"]["accuracy"]
 
 
 def main() -> None:

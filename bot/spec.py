@@ -356,13 +356,14 @@ def parse_bot(text: str, file: str = "<memory>", problems: list[Problem] | None 
             turns.append(Turn(str(t["user"]), str(t["bot"]), str(t["intent"]) if t.get("intent") else None))
         spec.dialogues.append(turns)
 
-    problems.extend(check_robustness(spec.robustness, doc.get("robustness"), file))
+    problems.extend(check_robustness(spec, doc.get("robustness")))
     problems.extend(validate(spec))
     return spec
 
 
-def check_robustness(r: RobustnessSettings, raw=None, file: str = "<command line>") -> list[Problem]:
+def check_robustness(spec: BotSpec, raw=None, file: str | None = None) -> list[Problem]:
     """Problems with `robustness:` (lines from the raw YAML mapping when given)."""
+    r, file = spec.robustness, file or spec.path
     lines = {str(k): _line(k) for k in raw} if isinstance(raw, dict) else {}
     out = [Problem(file, lines.get("augment"), "error", f"robustness.augment: unknown augmenter '{name}' (known: "
                                                         f"{', '.join(AUGMENTERS)})")
@@ -377,6 +378,10 @@ def check_robustness(r: RobustnessSettings, raw=None, file: str = "<command line
     for key, low in (("adversarial_clean_epochs", 0), ("adversarial_query_budget", 1)):
         if getattr(r, key) < low:
             out.append(Problem(file, lines.get(key), "error", f"robustness.{key} must be at least {low}"))
+    if r.adversarial and r.adversarial_clean_epochs >= spec.training.epochs:
+        out.append(Problem(file, lines.get("adversarial_clean_epochs") or lines.get("adversarial"), "error",
+                           f"adversarial training would never start: robustness.adversarial_clean_epochs "
+                           f"({r.adversarial_clean_epochs}) must be below training.epochs ({spec.training.epochs})"))
     return out
 
 

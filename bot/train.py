@@ -1,8 +1,9 @@
 """Training: (offline default) LM pre-training on the bot's text, then joint intent + reply fine-tuning.
 
 Records are trained on as the served bot reads messages: `read` (from the layer above: the serving
-guard and PII redaction) is applied to every utterance first, so placeholders such as
-`<ACCOUNT_NUMBER>` are learned, not met for the first time in production.
+guard and PII redaction) is applied to every utterance, to the text the tokenizer and the LM
+pre-training see and to every view, so placeholders such as `<ACCOUNT_NUMBER>` are learned, not met
+for the first time in production, and raw PII never reaches the weights.
 
 Each fine-tuning step the classifier sees one *view* of each record it trains on: the first of
 `views` (pluggable, e.g. TextAttack augmentation or adversarial examples from safety/) that offers
@@ -117,6 +118,9 @@ class View(Protocol):
     def describe(self) -> dict:
         """What this view did, for the model card."""
 
+    def may_keep(self, epoch: int) -> bool:
+        """Whether the weights after fine-tuning epoch `epoch` (0-based) may be kept as the best ones."""
+
 
 def _save_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
     tensors = {"rng": torch.get_rng_state()}
@@ -142,14 +146,12 @@ class Trainer:
     def __init__(self, spec: BotSpec, out_dir: str | Path, device: str | None = None, progress: bool = True,
                  log=print, views: list[View] = (), read=None):
         self.spec, self.t = spec, spec.training
-        self.views = list(views)
+        self.views, self.read = list(views), read or (lambda text: text)
         self.out_dir, self.ckpt = Path(out_dir), checkpoint_dir(out_dir)
         self.device = pick_device(device)
         self.progress, self.log = progress, log
-        all_records = records(spec)
-        if read is not None:
-            all_records = [dataclasses.replace(r, text=read(r.text), context=[
-                dataclasses.replace(t, user=read(t.user)) for t in r.context]) for r in all_records]
+        all_records = [dataclasses.replace(r, text=self.read(r.text), context=[
+            dataclasses.replace(t, user=self.read(t.user)) for t in r.context]) for r in records(spec)]
         self.train_records, self.val_records = split(all_records, self.t.val_fraction, self.t.seed)
         # Validation uses each held-out utterance once, without dialogue context duplicates.
         self.val_records = [r for r in self.val_records if not r.context]
@@ -200,19 +202,23 @@ class Trainer:
         return sorted({w for t in self.tokenizer_corpus() for w in t.split()})
 
     def view(self, index: int, record: Record, rng: random.Random) -> str:
-        """The text training record `index` is seen as this step (see the module docstring)."""
+        """The text training record `index` is seen as this step (see the module docstring), read as served."""
         for v in self.views:
             text = v(index, record, rng)
             if text is not None:
-                return text
+                return self.read(text)
         return _noisy_view(record.text, self.t.word_dropout, rng, self.vocab)
+
+    @functools.cached_property
+    def _corpus(self) -> list[str]:
+        return [self.read(t) for t in corpus(self.spec)]
 
     # ------------------------------------------------------------ hooks (the DP trainer overrides these)
     def tokenizer_corpus(self) -> list[str]:
-        return corpus(self.spec)
+        return self._corpus
 
     def pretrain_texts(self) -> list[str]:
-        return corpus(self.spec)
+        return self._corpus
 
     def _optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=self.t.learning_rate,
@@ -329,6 +335,8 @@ class Trainer:
         self.log("epoch {epoch}: ".format(**metrics) + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()
                                                                   if k.startswith("val")))
         loss = metrics.get("val_loss", -self.state.epoch) if self.keep_best() else -self.state.epoch
+        if not all(v.may_keep(self.state.epoch) for v in self.views):  # e.g. before adversarial training began
+            return False
         if loss < self.state.best_val_loss - 1e-4:
             self.state.best_val_loss, self.state.best_epoch, self.state.bad_epochs = loss, self.state.epoch, 0
             save_model(self.model, str(self.ckpt / "best.safetensors.tmp"))

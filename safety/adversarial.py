@@ -8,7 +8,10 @@ the epoch (bot/train.py), replacing it — never an extra record. Under DP a rec
 version therefore still give one clipped gradient per step, and the example depends only on that
 record and the current model (already a private release), so the accountant's ε stays true.
 
-The examples of an epoch are kept in the checkpoint, so a resumed epoch trains on the same ones.
+The examples of an epoch are kept in the checkpoint (`<out>.checkpoints/`, the trainer's working
+folder, removed after training unless --keep-checkpoints; the texts are training records as read by
+the served input path, PII redacted), so a resumed epoch trains on the same ones. The weights kept
+as "best" come from an adversarial epoch, never from the clean ones before.
 """
 from __future__ import annotations
 
@@ -51,8 +54,10 @@ class AdversarialView:
         records, epoch, seed = trainer.train_records, trainer.state.epoch, trainer.t.seed
         pick = sorted(random.Random(f"{seed}-adversarial-{epoch}").sample(range(len(records)),
                                                                           max(1, round(self.share * len(records)))))
-        attack = build(self.recipe, ServedIntentModel(trainer.model, trainer.enc), self.query_budget)
+        wrapper = ServedIntentModel(trainer.model, trainer.enc)
+        attack = build(self.recipe, wrapper, self.query_budget)
         intents = trainer.model.intents
+        pick = [i for i in pick if wrapper.served_text(records[i].text) is not None]  # the bot would refuse the rest
         out, t0 = {}, time.time()
         bar = tqdm(pick, desc=f"attack {epoch + 1}/{trainer.t.epochs} ({self.recipe})", disable=not self.progress,
                    unit="rec")
@@ -71,6 +76,10 @@ class AdversarialView:
 
     def __call__(self, index: int, record, rng: random.Random) -> str | None:
         return self.examples.get(index)
+
+    def may_keep(self, epoch: int) -> bool:
+        """Keep-best must not fall back to weights from before adversarial training began."""
+        return epoch >= self.clean_epochs
 
     def describe(self) -> dict:
         out = {"view": "adversarial", "recipe": self.recipe, "share": self.share, "clean_epochs": self.clean_epochs,

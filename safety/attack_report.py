@@ -14,7 +14,8 @@ through the served input path (`safety.attacks.ServedIntentModel`). Per recipe:
 These are TextAttack's own definitions (`textattack.metrics`); a test checks the two agree.
 Natural noise beside them: accuracy on the same messages with random keyboard typos, no attacker.
 Files: `attack_report.json`, `attack_examples.csv` (the successful adversarial examples) and
-`attack_report.png` in `MODEL/reports/`; the report also goes into the model card.
+`attack_report.png` in `MODEL/reports/`; the report also goes into the model card. Texts in them
+are as the served bot read them: PII redacted, like the audit log.
 """
 from __future__ import annotations
 
@@ -46,10 +47,10 @@ class Outcome:
     """One attacked message."""
 
     recipe: str
-    text: str
+    text: str  # as the served bot read it (normalised, PII redacted)
     intent: str  # the true intent
     status: str  # "successful", "failed" or "skipped" (misclassified before any attack)
-    perturbed: str  # the adversarial example ("" unless successful)
+    perturbed: str  # the adversarial example as read ("" unless successful)
     predicted: str  # the intent decided for `perturbed` (successful) or for `text`
     confidence: float
     fallback: bool  # the served bot would fall back on `perturbed` / `text`
@@ -67,14 +68,16 @@ def select(test: list[Example], intents: list[str], n: int, seed: int = 0) -> li
     return [e for i, e in enumerate(pool) if i in keep]
 
 
-def outcome(recipe: str, example: Example, result, intents: list[str], settings: Settings) -> Outcome:
+def outcome(recipe: str, example: Example, result, wrapper, settings: Settings) -> Outcome:
+    """One attacked message; its texts as the served bot read them (PII redacted), never the raw ones."""
     from safety.attacks import status
 
     st = status(result)
     final = result.perturbed_result if st == "successful" else result.original_result
-    d = decide(torch.as_tensor(final.raw_output).float().cpu(), intents, settings)
+    d = decide(torch.as_tensor(final.raw_output).float().cpu(), wrapper.intents, settings)
     original, perturbed = result.original_result.attacked_text, result.perturbed_result.attacked_text
-    return Outcome(recipe, example.text, example.intent, st, perturbed.text if st == "successful" else "",
+    return Outcome(recipe, wrapper.served_text(example.text), example.intent, st,
+                   wrapper.served_text(perturbed.text) or "" if st == "successful" else "",
                    d.intent, round(d.confidence, 4), d.fallback, len(original.words),
                    len(original.all_words_diff(perturbed)) if st == "successful" else 0,
                    0 if st == "skipped" else int(result.num_queries))
@@ -115,45 +118,57 @@ def natural_noise(wrapper, examples: list[Example], seed: int = 0) -> dict:
 def run(model_dir: str | Path, test: list[Example], recipes: list[str] = DEFAULT_RECIPES, n: int = 200,
         time_budget: float | None = None, query_budget: int | None = None, seed: int = 0, progress: bool = True,
         log=print, source: str = "") -> dict:
-    """Attack, write the report files and the model card section; returns the report."""
+    """Attack, write the report files and the model card section; returns the report.
+
+    `time_budget` (seconds) counts from here; each recipe gets an equal share of what is left, and a
+    message still being attacked when its share runs out is dropped (the wrapper stops answering).
+    Ctrl-C stops the same way; either way the report says what was attacked."""
     check(recipes)  # before loading anything: unknown or unavailable recipes fail at once
     from bot.dialogue import Bot
-    from safety.attacks import ServedIntentModel, attack_one, build
+    from safety.attacks import OutOfTime, ServedIntentModel, attack_one, build
 
+    started = time.monotonic()
     model_dir = Path(model_dir)
     bot = Bot(model_dir)
     wrapper = ServedIntentModel(bot.model, bot.enc)
-    examples = select(test, bot.model.intents, n, seed)
+    candidates = select(test, bot.model.intents, len(test), seed)
+    served = [e for e in candidates if wrapper.served_text(e.text) is not None]
+    examples = select(served, bot.model.intents, n, seed)
     if not examples:
         raise ValueError(f"{source or 'the test set'} has no in-scope test examples (intents of this model) to attack")
+    if len(served) < len(candidates):
+        log(f"left out {len(candidates) - len(served)} test message(s) the served bot refuses (empty or too long)")
     report = {"model_version": model_version(model_dir, bot.card),
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "test_source": source,
-              "requested": n, "seed": seed, "query_budget": query_budget,
+              "requested": n, "seed": seed, "query_budget": query_budget, "time_budget": time_budget,
               "input_path": "as served: Unicode normalisation, length cap, PII redaction, then the intent head",
-              "natural_noise": natural_noise(wrapper, examples, seed), "recipes": []}
+              "natural_noise": None, "recipes": []}
     outcomes: list[Outcome] = []
-    started, stop = time.monotonic(), None
+    stop = None
+    try:
+        report["natural_noise"] = natural_noise(wrapper, examples, seed)
+    except KeyboardInterrupt:
+        stop = "interrupted"
     for k, name in enumerate(recipes):
         mine: list[Outcome] = []
-        t0 = time.monotonic()
-        share = None if time_budget is None else (time_budget - (t0 - started)) / (len(recipes) - k)
-        why = stop
+        t0, why = time.monotonic(), stop
         if why is None:
-            attack = build(name, wrapper, query_budget)
+            wrapper.deadline = None if time_budget is None else t0 + (time_budget - (t0 - started)) / (len(recipes) - k)
             bar = tqdm(examples, desc=f"{name}", disable=not progress, unit="msg")
             try:
+                attack = build(name, wrapper, query_budget)
                 for j, ex in enumerate(bar):
-                    if share is not None and time.monotonic() - t0 > share:
-                        why = "time budget"
-                        break
                     result = attack_one(attack, ex.text, bot.model.intents.index(ex.intent), seed * 100_003 + j)
-                    mine.append(outcome(name, ex, result, bot.model.intents, bot.settings))
+                    mine.append(outcome(name, ex, result, wrapper, bot.settings))
                     s = summarise(mine)
                     bar.set_postfix(success=f"{s['attack_success_rate'] or 0:.0%}", refresh=False)
+            except OutOfTime:
+                why = "time budget"
             except KeyboardInterrupt:
                 why = stop = "interrupted"
             finally:
                 bar.close()
+                wrapper.deadline = None
         report["recipes"].append({"recipe": name, "perturbs": RECIPES[name].perturbs, "requested": len(examples),
                                   "stopped": why, "seconds": round(time.monotonic() - t0, 1), **summarise(mine)})
         outcomes += mine

@@ -7,6 +7,8 @@ Importing this module imports TextAttack (seconds); only attacks and robust trai
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from bot.classify import predict_proba
@@ -15,6 +17,10 @@ from safety.recipes import check
 from safety.resources import seeded, textattack
 
 ta = textattack()
+
+
+class OutOfTime(Exception):
+    """Raised by the wrapper once its `deadline` has passed: the attack in progress stops there."""
 
 
 class ServedIntentModel(ta.models.wrappers.ModelWrapper):
@@ -26,6 +32,7 @@ class ServedIntentModel(ta.models.wrappers.ModelWrapper):
 
     def __init__(self, model, enc, max_chars: int = MAX_CHARS, batch_size: int = 64):
         self.model, self.enc, self.max_chars, self.batch_size = model, enc, max_chars, batch_size
+        self.deadline: float | None = None  # time.monotonic() after which queries raise OutOfTime
 
     @property
     def intents(self) -> list[str]:
@@ -39,6 +46,8 @@ class ServedIntentModel(ta.models.wrappers.ModelWrapper):
             return None
 
     def __call__(self, text_input_list: list[str], **kwargs) -> np.ndarray:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise OutOfTime
         n = len(self.intents)
         out = np.full((len(text_input_list), n), 1.0 / n, dtype=np.float32)
         read = [(i, t) for i, raw in enumerate(text_input_list) if (t := self.served_text(raw)) is not None]

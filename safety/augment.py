@@ -118,3 +118,6 @@ class AugmentView:
 
     def describe(self) -> dict:
         return {"view": "augment", "augmenters": self.names, "share": self.share}
+
+    def may_keep(self, epoch: int) -> bool:
+        return True

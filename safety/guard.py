@@ -1,6 +1,7 @@
 """Guard the input of a chat turn: what the bot will not read at all, and how it reads the rest."""
 from __future__ import annotations
 
+import sys
 import unicodedata
 
 MAX_CHARS = 1000
@@ -35,5 +36,9 @@ def read_message(message: str, max_chars: int = MAX_CHARS):
 
 def served_text(text: str) -> str:
     """`text` as a served turn reads it (normalised, PII redacted), for training and evaluation: the
-    model learns and is measured on what it will see. No length cap: a long training text is kept."""
-    return read_message(text, max_chars=len(text) + 1).text
+    model learns and is measured on what it will see. No length cap (a long training text is kept);
+    a text with nothing left after normalisation is returned unchanged."""
+    try:
+        return read_message(text, max_chars=sys.maxsize).text
+    except Rejected:
+        return text

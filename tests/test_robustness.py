@@ -165,7 +165,8 @@ def test_summary_agrees_with_textattacks_metrics(trained_tiny):
     examples = select(spec.test, bot.model.intents, 8)
     attack = build("deepwordbug", ServedIntentModel(bot.model, bot.enc))
     results = [attack_one(attack, e.text, bot.model.intents.index(e.intent), k) for k, e in enumerate(examples)]
-    s = summarise([outcome("deepwordbug", e, r, bot.model.intents, bot.settings) for e, r in zip(examples, results)])
+    wrapper = ServedIntentModel(bot.model, bot.enc)
+    s = summarise([outcome("deepwordbug", e, r, wrapper, bot.settings) for e, r in zip(examples, results)])
     rate = ta_metrics.AttackSuccessRate().calculate(results)
     assert s["clean_accuracy"] * 100 == pytest.approx(rate["original_accuracy"], abs=0.01)
     assert s["accuracy_under_attack"] * 100 == pytest.approx(rate["attack_accuracy_perc"], abs=0.01)
@@ -244,12 +245,18 @@ def test_augmented_views_replace_records_one_for_one(tmp_path):
 
 
 class _Counting(DPTrainer):
-    """Records, for every DP batch, how many records were sampled and how many sequences were built."""
+    """Records, for every DP batch, how many records were sampled and how many sequences were built, and
+    every text the batches were built from."""
 
     def _batch(self, idx):
         b, pos, y = super()._batch(idx)
-        self.sizes.append((len(idx), b["input_ids"].shape[0], len(set(idx))))
+        self.sizes.append((len(idx), b["input_ids"].shape[0]))
         return b, pos, y
+
+    def view(self, index, record, rng):
+        text = super().view(index, record, rng)
+        self.seen.append((index, text))
+        return text
 
 
 def _dp_run(tmp_path, **robustness):
@@ -259,7 +266,7 @@ def _dp_run(tmp_path, **robustness):
     logs = []
     trainer = _Counting(spec, tmp_path / "m", progress=False, log=logs.append,
                         views=views(spec, progress=False, log=logs.append))
-    trainer.sizes = []
+    trainer.sizes, trainer.seen = [], []
     out = trainer.run()
     return trainer, read_card(out), logs
 
@@ -269,8 +276,12 @@ def test_adversarial_training_under_dp_keeps_one_gradient_per_record_and_the_acc
                               adversarial_query_budget=60)
     plain, plain_card, _ = _dp_run(tmp_path / "plain")
     fooled = [int(line.split("on ")[1].split(" of")[0]) for line in logs if "fooled the model" in line]
-    assert len(fooled) == 1 and fooled[0] > 0, logs  # one adversarial epoch, and its examples were used
-    assert all(sampled == seqs == unique for sampled, seqs, unique in adv.sizes)  # one sequence per sampled record
+    assert len(fooled) == 1 and fooled[0] > 0, logs  # one adversarial epoch
+    examples = adv.views[0].examples
+    used = [(i, t) for i, t in adv.seen if examples.get(i) == t]
+    assert used and all(adv.train_records[i].text != t for i, t in used)  # its adversarial examples were trained on
+    assert all(sampled == seqs for sampled, seqs in adv.sizes)  # one sequence per sampled record, views or not
+    assert len(adv.seen) == sum(sampled for sampled, _ in adv.sizes)
     p, q = card["privacy"], plain_card["privacy"]
     assert p["records"] == q["records"] == len(adv.train_records)  # adversarial examples are not extra records
     assert (p["noise_multiplier"], p["sample_rate"], p["steps"]) == (q["noise_multiplier"], q["sample_rate"], q["steps"])
@@ -282,25 +293,49 @@ def test_adversarial_training_under_dp_keeps_one_gradient_per_record_and_the_acc
     assert view["view"] == "adversarial" and "epochs" not in view  # how often attacks worked is not published under DP
 
 
-def test_adversarial_examples_are_kept_for_a_resumed_epoch(tmp_path):
+def _counted_view():
     from safety.adversarial import AdversarialView
 
-    spec = _spec(tmp_path, adversarial=True, adversarial_clean_epochs=0, adversarial_share=0.5)
-    trainer = Trainer(spec, tmp_path / "m", progress=False, log=lambda *a: None)
-    trainer._setup(False)
     view = AdversarialView("deepwordbug", 0.5, 0, 60, progress=False, log=lambda *a: None)
-    calls = []
-    real = view._attack
-    view._attack = lambda t: (calls.append(1), real(t))[1]
-    view.start_epoch(trainer)
-    first = dict(view.examples)
-    assert first and all(trainer.train_records[i].text != text for i, text in first.items())
-    state = json.loads(json.dumps(trainer.state.extra))  # what a checkpoint keeps
-    again = AdversarialView("deepwordbug", 0.5, 0, 60, progress=False, log=lambda *a: None)
-    trainer.state.extra = state
-    again.start_epoch(trainer)
-    assert again.examples == first and len(calls) == 1  # resumed: the same examples, no new attack
-    assert again(next(iter(first)), None, None) == first[next(iter(first))] and again(-1, None, None) is None
+    view.calls, real = 0, view._attack
+
+    def counting(trainer):
+        view.calls += 1
+        return real(trainer)
+
+    view._attack = counting
+    return view
+
+
+def test_a_resumed_adversarial_epoch_trains_on_the_same_examples(tmp_path):
+    spec = _spec(tmp_path, epochs=1, adversarial=True, adversarial_clean_epochs=0, adversarial_share=0.5)
+    spec.training.checkpoint_every = 1
+
+    class Crash(Trainer):
+        def _step(self, loss, total):
+            super()._step(loss, total)
+            if self.state.stage == "finetune" and self.state.batch == 2:
+                raise RuntimeError("killed mid-epoch")
+
+    first = _counted_view()
+    with pytest.raises(RuntimeError, match="killed mid-epoch"):
+        Crash(spec, tmp_path / "m", progress=False, log=lambda *a: None, views=[first]).run()
+    assert first.calls == 1 and first.examples
+    again = _counted_view()
+    resumed = Trainer(spec, tmp_path / "m", progress=False, log=lambda *a: None, views=[again])
+    resumed.run(resume=True)
+    assert again.calls == 0 and again.examples == first.examples  # from the checkpoint, not a new attack
+    assert all(resumed.train_records[i].text != text for i, text in again.examples.items())
+
+
+def test_adversarial_training_needs_an_adversarial_epoch_and_keeps_weights_from_one(tmp_path):
+    from bot.spec import BotFileError
+
+    with pytest.raises(BotFileError, match="adversarial training would never start"):
+        _spec(tmp_path / "a", epochs=2, adversarial=True, adversarial_clean_epochs=2)
+    view = _counted_view()
+    view.clean_epochs = 2
+    assert [view.may_keep(e) for e in range(4)] == [False, False, True, True]
 
 
 def test_serving_and_chat_do_not_import_textattack():

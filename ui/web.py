@@ -253,7 +253,9 @@ def _eval_summary(reports: Path) -> str:
 
 def _adversarial_examples(reports: Path, k: int = 8) -> str:
     """A few successful adversarial examples from `candor attack`, as a Markdown table (text escaped)."""
-    path = reports / "attack_examples.csv"
+    from safety.attack_report import CSV
+
+    path = reports / CSV
     if not path.is_file():
         return ""
     with open(path, encoding="utf-8", newline="") as fh:

@@ -11,6 +11,7 @@ from bot.spec import OUT_OF_SCOPE, load_bot
 from explain import faithfulness, render
 from explain.attribution import IntentExplainer
 from explain.reply import explain_reply
+from safety.guard import served_text
 from ui.verbs.evaluate import bot_file_for
 
 
@@ -41,7 +42,7 @@ def explain(args) -> int:
 
 def _evaluate(args, bot, explainer) -> int:
     spec, _ = load_bot(bot_file_for(bot.card, args.bot))
-    texts = [ex.text for ex in spec.test if ex.intent != OUT_OF_SCOPE][: args.limit]
+    texts = [served_text(ex.text) for ex in spec.test if ex.intent != OUT_OF_SCOPE][: args.limit]  # as served
     if not texts:
         print("candor explain --evaluate: the bot file has no test examples", file=sys.stderr)
         return 1

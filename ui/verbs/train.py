@@ -34,7 +34,7 @@ def train(args) -> int:
                     if flag == "augment" else getattr(args, flag))
     if getattr(args, "adversarial", False):
         spec.robustness.adversarial = True
-    problems = check_robustness(spec.robustness, file=f"{path} with the command line's options")
+    problems = check_robustness(spec, file=f"{path} with the command line's options")
     if getattr(args, "attack_report", False) and not any(e.intent != OUT_OF_SCOPE for e in spec.test):
         problems.append(Problem(str(path), None, "error", "--attack-report needs in-scope examples under 'test:' "
                                                           "to attack"))
