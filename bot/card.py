@@ -14,11 +14,14 @@ from bot.spec import BotSpec
 CARD_MD = "model_card.md"
 
 
-def write(directory: str | Path, spec: BotSpec, training: dict) -> dict:
+def write(directory: str | Path, spec: BotSpec, training: dict, counts: bool = True) -> dict:
+    """`counts=False` (DP models) leaves out every exact count of training data."""
     card = {
         "candor_card_version": 1,
         "bot": {"name": spec.name, "description": spec.description, "source_file": spec.path},
-        "intents": {n: {"examples": len(i.examples), "responses": list(i.responses)} for n, i in spec.intents.items()},
+        "intents": {n: {**({"examples": len(i.examples)} if counts else {}), "responses": list(i.responses),
+                        **({"responses_source": i.responses_source} if i.responses_source else {})}
+                    for n, i in spec.intents.items()},
         "fallback": spec.fallback,
         "placeholders": spec.placeholders,
         "settings": dataclasses.asdict(spec.settings),
@@ -56,8 +59,9 @@ def render(card: dict, robustness: bool = True) -> str:
         "- Load with plain transformers: `AutoModelForSequenceClassification.from_pretrained(dir)` (intent) or "
         "`AutoModelForCausalLM.from_pretrained(dir)` (replies).", "",
         "## Training",
-        f"- {t.get('train_examples')} training / {t.get('validation_examples')} validation utterances, "
-        f"{t.get('reply_examples')} reply examples",
+        f"- {t['train_examples']} training / {t['validation_examples']} validation utterances, "
+        f"{t['reply_examples']} reply examples" if "train_examples" in t else
+        "- Record counts not published (differential privacy: see Privacy)",
         f"- {t.get('steps')} steps on {t.get('device')}, best epoch {t.get('best_epoch')} of {t.get('epochs_run')}, "
         f"{t.get('seconds')} s; seed {t.get('seed')}",
     ]
@@ -76,10 +80,16 @@ def render(card: dict, robustness: bool = True) -> str:
                   f"- Public data: {p['public_data']}",
                   *([f"- Trained privately: {p['trained']}"] if p.get("trained") else []),
                   f"- Not covered: {p['not_covered']}",
+                  f"- ε = {p['epsilon_sgd']:.2f} (DP-SGD) + {p['epsilon_count']:g} (noisy record count: about "
+                  f"{p['records_noisy']})",
+                  f"- Randomness: {p['noise']}",
+                  f"- Published about the data: {p['published_counts']}",
                   f"- Noise multiplier {p['noise_multiplier']:.3f}, sample rate {p['sample_rate']:.4f}, clipping norm "
                   f"{p['max_grad_norm']}, {p['steps']} steps"]
     else:
         lines.append("- Trained without differential privacy: no privacy guarantee for the training utterances.")
+    if card.get("audits"):
+        lines += ["", "## Privacy audits"] + [f"- {a}" for a in audit_lines(card)]
     metrics = card.get("metrics")
     if metrics:
         lines += ["", "## Evaluation", f"- Test set: {metrics['test_examples']} utterances",
@@ -133,3 +143,40 @@ def robustness_table(report: dict) -> str:
     notes.append("Attack success rate: share of correctly classified messages the attack flipped. Wrong, no fallback: "
                  "share of those the bot would answer with the wrong intent instead of falling back.")
     return "\n".join(rows) + "\n\n" + "\n".join(f"- {n}" for n in notes)
+
+
+def membership_summary(result: dict) -> dict:
+    """What the card keeps of a membership audit (safety/membership.py): no per-record data."""
+    return {k: result[k] for k in ("attack", "members", "auc", "tpr_at_1pct_fpr", "tpr_at_10pct_fpr", "created")}
+
+
+def canary_summary(report: dict) -> dict:
+    """What the card keeps of a canary audit (ui/verbs/audit.py): the largest exposure per run and repeat count."""
+    runs = []
+    for run in report["runs"]:
+        levels = sorted({c["repeats"] for c in run["canaries"]})
+        runs.append({"mode": run["mode"], "epsilon": run["epsilon"], "max_exposure": {
+            str(r): max(c["exposure"] for c in run["canaries"] if c["repeats"] == r) for r in levels}})
+    return {"space_bits": report["space_bits"], "bot": report["bot"], "created": report["created"], "runs": runs}
+
+
+def audit_lines(card: dict) -> list[str]:
+    """The privacy audits in words: the card, `candor privacy report` and the web app's Model tab."""
+    audits, out = card.get("audits") or {}, []
+    m = audits.get("membership")
+    if m:
+        out.append(f"Membership inference ({m['attack']}, {m['members']} training vs {m['members']} held-out "
+                   f"utterances): AUC {m['auc']:.3f} (0.5 = a coin toss), true positives at 1% false positives "
+                   f"{m['tpr_at_1pct_fpr']:.1%}, on {m['created'][:10]}.")
+    c = audits.get("canaries")
+    if c:
+        for run in c["runs"]:
+            who = "without DP" if run["epsilon"] is None else f"with DP at ε = {run['epsilon']:.2f}"
+            levels = ", ".join(f"{'never planted (control)' if r == '0' else r + 'x'}: {e:.1f}"
+                               for r, e in run["max_exposure"].items())
+            out.append(f"Canary exposure, bot '{c['bot']}' retrained {who} with random secrets planted "
+                       f"(largest exposure in bits of {c['space_bits']:.1f} possible, by times planted): {levels}.")
+    if out:
+        out.append("Audit figures are computed on the training data and are not covered by the guarantee; "
+                   "canary figures come from models retrained with the same settings, not these weights.")
+    return out

@@ -1,19 +1,19 @@
 """Records and their token sequences.
 
-A record is one user utterance with its intent and, when the bot has one, the reply and the
-conversation before it. Sequences:
+A record is one distinct user utterance with its intent and, when the bot has one, the reply and
+the conversation before it. Sequences:
 
     classify:  <|user|> text<|intent|>                         (intent head reads the last token)
     reply:     [<|user|> u<|bot|> b]* <|user|> text<|intent|> name<|bot|> reply<|endoftext|>
 """
 from __future__ import annotations
 
-import random
+import hashlib
 from dataclasses import dataclass, field
 
 import torch
 
-from bot.spec import BotSpec, Turn
+from bot.spec import BotSpec, Turn, normalize
 from bot.tokenizer import BOT, INTENT, USER
 
 
@@ -25,34 +25,59 @@ class Record:
     context: list[Turn] = field(default_factory=list)
 
 
-def records(spec: BotSpec) -> list[Record]:
-    """One record per example (replies drawn round-robin from its intent) plus each dialogue turn."""
-    out = []
+def record_key(text: str, seed: int, purpose: str) -> float:
+    """A number in [0, 1) that depends only on this utterance (normalised), the seed and the purpose: the
+    validation split and the reply a record trains on are decided per record, so adding or removing one
+    utterance never moves another (the unit the DP guarantee is about)."""
+    h = hashlib.blake2b(normalize(text).encode(), key=f"{seed}:{purpose}".encode()[:64], digest_size=8)
+    return int.from_bytes(h.digest(), "big") / 2 ** 64
+
+
+def records(spec: BotSpec, dialogues: bool = True, seed: int = 0) -> list[Record]:
+    """One record per distinct utterance (normalised): each example, with a reply picked from its intent's
+    responses by a keyed hash of its text; with `dialogues`, a dialogue turn that repeats an example gives
+    that record its conversation and reply instead of adding a second record, and other intent-labelled
+    turns become records of their own."""
+    out: dict[str, Record] = {}
     for intent in spec.intents.values():
-        for k, ex in enumerate(intent.examples):
-            reply = intent.responses[k % len(intent.responses)] if intent.responses else None
-            out.append(Record(ex.text, intent.name, reply))
-    n = spec.settings.context_turns
-    for dialogue in spec.dialogues:
-        for k, turn in enumerate(dialogue):
-            if turn.intent:
-                out.append(Record(turn.user, turn.intent, turn.bot, dialogue[max(0, k - n):k]))
-    return out
+        for ex in intent.examples:
+            key = normalize(ex.text)
+            if key in out:
+                continue
+            reply = (intent.responses[int(record_key(ex.text, seed, "reply") * len(intent.responses))]
+                     if intent.responses else None)
+            out[key] = Record(ex.text, intent.name, reply)
+    if dialogues:
+        n = spec.settings.context_turns
+        merged = set()
+        for dialogue in spec.dialogues:
+            for k, turn in enumerate(dialogue):
+                key = normalize(turn.user)
+                if not turn.intent or key in merged:
+                    continue
+                merged.add(key)
+                context = dialogue[max(0, k - n):k]
+                if key in out:
+                    out[key] = Record(out[key].text, out[key].intent, turn.bot, context)
+                else:
+                    out[key] = Record(turn.user, turn.intent, turn.bot, context)
+    return list(out.values())
 
 
-def split(items: list[Record], fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
-    """Stratified split by intent: (train, held_out). Intents with one example stay in train."""
-    by_intent: dict[str, list[Record]] = {}
-    for r in items:
-        by_intent.setdefault(r.intent, []).append(r)
-    rng = random.Random(seed)
+def split(items: list[Record], fraction: float, seed: int,
+          keep_one: bool = True) -> tuple[list[Record], list[Record]]:
+    """(train, held_out): a record is held out when the keyed hash of its text falls below `fraction`, so
+    the same utterance always lands on the same side. `keep_one` moves an intent's records back to train
+    when all of them were held out (that decision depends on the intent's other records: the DP trainer
+    passes False)."""
     train, held = [], []
-    for name in sorted(by_intent):
-        group = by_intent[name][:]
-        rng.shuffle(group)
-        k = int(round(len(group) * fraction)) if len(group) > 1 else 0
-        held += group[:k]
-        train += group[k:]
+    for r in items:
+        (held if record_key(r.text, seed, "split") < fraction else train).append(r)
+    if keep_one:
+        trained = {r.intent for r in train}
+        back = [r for r in held if r.intent not in trained]
+        train += back
+        held = [r for r in held if r.intent in trained]
     return train, held
 
 
@@ -94,6 +119,18 @@ class Encoder:
         prompt = self.prompt(r.text, r.intent, r.context, budget=len(target))
         target = target[: self.max_length - len(prompt)]
         return prompt + target, [-100] * len(prompt) + target
+
+    def joint(self, text: str, intent: str, reply: str | None, max_reply_tokens: int) -> tuple[list[int], list[int], int]:
+        """(ids, labels, intent position) of ONE sequence for both heads (the DP trainer): the classifier's
+        prefix exactly as served (`classify`, never cut from the left), then the intent name, <|bot|> and the
+        reply, cut to fit; without a reply, or without room for one, just the prefix."""
+        prefix = self.classify(text)
+        head = prefix + self.words(intent) + [self.bot]
+        room = self.max_length - len(head)
+        if reply is None or room < 1:
+            return prefix, [-100] * len(prefix), len(prefix) - 1
+        target = (self.words(reply) + [self.eos])[:min(max_reply_tokens, room)]
+        return head + target, [-100] * len(head) + target, len(prefix) - 1
 
     def lm(self, text: str) -> list[int]:
         return (self.words(text) + [self.eos])[: self.max_length]

@@ -15,10 +15,13 @@ from bot.spec import BotFileError, BotSpec, Example, Intent, Problem, Turn, norm
 DEFAULT_FALLBACK = "Sorry, I'm not sure I understood. Could you rephrase that?"
 
 
-def _spec(name: str, by_intent: dict[str, list[str]], responses: dict[str, list[str]] | None = None, **kw) -> BotSpec:
+def _spec(name: str, by_intent: dict[str, list[str]], responses: dict[str, list[str]] | None = None,
+          source: str = "", **kw) -> BotSpec:
+    """`source`: where responses taken from data rows came from (they are private under DP; bot/spec.py)."""
     responses = responses or {}
     intents = {
-        n: Intent(n, [Example(t, n) for t in texts], list(responses.get(n, [])))
+        n: Intent(n, [Example(t, n) for t in texts], list(responses.get(n, [])),
+                  responses_source=source if responses.get(n) else "")
         for n, texts in sorted(by_intent.items())
     }
     return BotSpec(name=name, intents=intents, fallback=kw.pop("fallback", DEFAULT_FALLBACK), **kw)
@@ -65,7 +68,7 @@ def from_csv(path: str | Path, name: str | None = None) -> BotSpec:
             responses[intent].append(resp)
     if problems:
         raise BotFileError(problems)
-    return _spec(name or path.stem, by_intent, responses)
+    return _spec(name or path.stem, by_intent, responses, source=f"response column of {path.name}")
 
 
 def from_banking77(folder: str | Path, name: str = "banking77") -> BotSpec:
@@ -119,7 +122,7 @@ def from_bitext(path: str | Path, name: str = "bitext_support", responses_per_in
         responses[intent] = [_BITEXT_SLOT.sub(lambda m: "{" + bitext_placeholder(m.group(1)) + "}",
                                               _NUMBER.sub("{order_number}", r) if has_entity else r)
                              for has_entity, r in pool[:responses_per_intent]]
-    spec = _spec(name, by_intent, responses)
+    spec = _spec(name, by_intent, responses, source=f"response column of {path.name}")
     spec.test = test
     return spec
 
@@ -170,7 +173,7 @@ def from_sgd(folders: list[str | Path], name: str = "sgd", services: list[str] |
         for t in d:
             if t.intent not in intents:
                 t.intent = None
-    return _spec(name, by_intent, responses, dialogues=dialogues)
+    return _spec(name, by_intent, responses, source="system turns of Schema-Guided Dialogue", dialogues=dialogues)
 
 
 _RASA_ENTITY = re.compile(r"\[([^\]]+)\](\([^)]*\)|\{[^}]*\})")

@@ -60,6 +60,7 @@ class Intent:
     examples: list[Example] = field(default_factory=list)
     responses: list[str] = field(default_factory=list)
     line: int | None = None
+    responses_source: str = ""  # "" = authored in the bot file; else where an importer took them from (data rows)
 
 
 @dataclass
@@ -110,6 +111,8 @@ class PrivacySettings:
     public_corpus: str = ""  # text/CSV/bot file the offline default may pre-train on ("" = bundled BANKING77 text)
     train_blocks: int = -1  # top transformer blocks trained privately (+ heads, final norm); -1: all, embeddings too
     lora_rank: int = 0  # > 0: train peft LoRA adapters of this rank (+ intent head, final norm) instead of blocks
+    count_epsilon: float = 0.05  # part of target_epsilon spent on the one noisy count of training records
+    imported_responses: str = "private"  # responses imported from data: "private" (not used, not shipped) or "public"
 
 
 @dataclass
@@ -158,7 +161,8 @@ class BotSpec:
             "robustness": dataclasses.asdict(self.robustness),
             "placeholders": dict(self.placeholders),
             "intents": {
-                n: {"examples": [str(e.text) for e in i.examples], "responses": [str(r) for r in i.responses]}
+                n: {"examples": [str(e.text) for e in i.examples], "responses": [str(r) for r in i.responses],
+                    **({"responses_source": i.responses_source} if i.responses_source else {})}
                 for n, i in self.intents.items()
             },
             "test": [{"text": str(e.text), "intent": str(e.intent)} for e in self.test],
@@ -326,8 +330,10 @@ def parse_bot(text: str, file: str = "<memory>", problems: list[Problem] | None 
             problems.append(Problem(file, _line(name), "error", f"intent '{name}' must map to 'examples' and 'responses'"))
             continue
         for key in body:
-            if key not in ("examples", "responses"):
-                problems.append(Problem(file, _line(key), "error", f"unknown key '{key}' in intent '{name}' (use 'examples' and 'responses')"))
+            if key not in ("examples", "responses", "responses_source"):
+                problems.append(Problem(file, _line(key), "error", f"unknown key '{key}' in intent '{name}' (use 'examples', "
+                                        "'responses' and, for responses taken from data, 'responses_source')"))
+        intent.responses_source = str(body.get("responses_source") or "")
         for ex in body.get("examples") or []:
             if not isinstance(ex, str) or not ex.strip():
                 problems.append(Problem(file, _line(ex) or _line(name), "error", f"intent '{name}': empty or non-text example {ex!r}"))
@@ -399,6 +405,11 @@ def validate(spec: BotSpec) -> list[Problem]:
         out.append(Problem(f, None, "error", "model.n_embd must be divisible by model.n_head"))
     if len(spec.intents) == 1:
         out.append(Problem(f, None, "error", "a bot needs at least two intents to classify between"))
+    if spec.privacy.imported_responses not in ("private", "public"):
+        out.append(Problem(f, None, "error", "privacy.imported_responses must be 'private' or 'public', "
+                                             f"got '{spec.privacy.imported_responses}'"))
+    if not 0 < spec.privacy.count_epsilon < spec.privacy.target_epsilon:
+        out.append(Problem(f, None, "error", "privacy.count_epsilon must be above 0 and below privacy.target_epsilon"))
 
     seen: dict[str, Example] = {}
     for intent in spec.intents.values():

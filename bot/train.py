@@ -142,21 +142,40 @@ def _load_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
     opt.load_state_dict(sd)
 
 
+def served(r: Record, read) -> Record:
+    """The record as the served bot reads it (`read`: guard and PII redaction, from the layer above)."""
+    return dataclasses.replace(r, text=read(r.text), context=[dataclasses.replace(t, user=read(t.user))
+                                                              for t in r.context])
+
+
+def training_split(spec: BotSpec, read=None, per_record: bool = False) -> tuple[list[Record], list[Record]]:
+    """(training, validation) records exactly as the trainer makes them; `per_record` as for DP training
+    (no multi-turn context, no per-intent fix-up of the split). The membership audit uses it too."""
+    read = read or (lambda text: text)
+    recs = [served(r, read) for r in records(spec, not per_record, spec.training.seed)]
+    return split(recs, spec.training.val_fraction, spec.training.seed, keep_one=not per_record)
+
+
 class Trainer:
+    # The DP trainer sets this: each record is protected on its own, so no multi-turn context (other
+    # records' text) in a record's sequence, and the validation split is strictly per record.
+    per_record = False
+
     def __init__(self, spec: BotSpec, out_dir: str | Path, device: str | None = None, progress: bool = True,
-                 log=print, views: list[View] = (), read=None):
+                 log=print, views: list[View] = (), read=None, extra_records: list[Record] = ()):
         self.spec, self.t = spec, spec.training
         self.views, self.read = list(views), read or (lambda text: text)
         self.out_dir, self.ckpt = Path(out_dir), checkpoint_dir(out_dir)
         self.device = pick_device(device)
         self.progress, self.log = progress, log
-        all_records = [dataclasses.replace(r, text=self.read(r.text), context=[
-            dataclasses.replace(t, user=self.read(t.user)) for t in r.context]) for r in records(spec)]
-        self.train_records, self.val_records = split(all_records, self.t.val_fraction, self.t.seed)
-        # Validation uses each held-out utterance once, without dialogue context duplicates.
-        self.val_records = [r for r in self.val_records if not r.context]
+        self.train_records, self.val_records = training_split(spec, self.read, self.per_record)
+        # Records planted in training only (the canary audit), read as served like every other record.
+        self.extra_records = [self._served(r) for r in extra_records]
+        self.train_records += self.extra_records
         self.reply_records = [r for r in self.train_records if r.reply]
-        self.train_records = [r for r in self.train_records if not r.context] or self.train_records
+
+    def _served(self, r: Record) -> Record:
+        return served(r, self.read)
 
     # ------------------------------------------------------------ setup / resume
     def _latest(self) -> Path | None:
@@ -211,7 +230,8 @@ class Trainer:
 
     @functools.cached_property
     def _corpus(self) -> list[str]:
-        return [self.read(t) for t in corpus(self.spec)]
+        planted = [t for r in self.extra_records for t in (r.text, r.reply) if t]
+        return [self.read(t) for t in corpus(self.spec)] + planted
 
     # ------------------------------------------------------------ hooks (the DP trainer overrides these)
     def tokenizer_corpus(self) -> list[str]:
@@ -235,6 +255,10 @@ class Trainer:
 
     def card_sections(self) -> dict:
         return {}
+
+    def card_counts(self) -> bool:
+        """Whether the card may publish exact counts of records (the DP trainer says no)."""
+        return True
 
     def _optimizer_to_save(self) -> torch.optim.Optimizer:
         return self.opt
@@ -391,14 +415,15 @@ class Trainer:
     def _save_final(self) -> None:
         with atomic_dir(self.out_dir) as tmp:
             self.model.save(tmp, self.tok)
-            cards.write(tmp, self.spec, training={
+            counts = self.card_counts()
+            cards.write(tmp, self.spec, counts=counts, training={
                 "base": self.spec.model.base, "device": str(self.device), "seed": self.t.seed,
                 "steps": self.state.step, "finetune_start_step": self.state.stage_start,
                 "best_epoch": self.state.best_epoch + 1,
                 "epochs_run": len(self.state.history), "history": self.state.history,
                 "resumed_from_steps": self.state.resumed_from, "seconds": round(self.state.seconds, 1),
-                "train_examples": len(self.train_records), "validation_examples": len(self.val_records),
-                "reply_examples": len(self.reply_records),
+                **({"train_examples": len(self.train_records), "validation_examples": len(self.val_records),
+                    "reply_examples": len(self.reply_records)} if counts else {}),
                 **({"views": [v.describe() for v in self.views]} if self.views else {}),
                 **{k: v for k, v in (self.state.history[self.state.best_epoch] if self.state.history
                                       and self.state.best_epoch >= 0 else {}).items() if k.startswith("val")},
@@ -409,11 +434,11 @@ class Trainer:
 
 def train(spec: BotSpec, out_dir: str | Path, resume: bool = False, device: str | None = None,
           progress: bool = True, log=print, keep_checkpoints: bool = False, trainer_cls=None,
-          views: list[View] = (), read=None) -> Path:
+          views: list[View] = (), read=None, extra_records: list[Record] = ()) -> Path:
     """Train and save; `trainer_cls` lets a layer above swap in its own Trainer (DP-SGD), `views` add
     views of the records (augmentation, adversarial examples) and `read` is how the served bot reads a message."""
     trainer = (trainer_cls or Trainer)(spec, out_dir, device=device, progress=progress, log=log, views=views,
-                                       read=read)
+                                       read=read, extra_records=extra_records)
     out = trainer.run(resume=resume)
     if not keep_checkpoints:
         shutil.rmtree(trainer.ckpt, ignore_errors=True)

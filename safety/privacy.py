@@ -1,13 +1,23 @@
 """DP-SGD for the whole bot (intent head and reply model) with Opacus.
 
-One record = one training utterance. Each step, Poisson sampling picks records; each record gives
-ONE sequence `<|user|> view-of-text<|intent|> name<|bot|> reply`, whose intent loss and reply loss
-make one per-record gradient, clipped (ghost clipping) before Gaussian noise is added. Views
+One record = one distinct training utterance (bot/data.py: its validation split and its reply are
+decided by a keyed hash of its own text, so adding or removing it moves no other record). Each step,
+Poisson sampling picks records; each record gives ONE sequence `<|user|> view-of-text<|intent|> name<|bot|>
+reply` (the classifier's prefix never truncated), whose intent loss and reply loss make one per-record
+gradient, clipped (ghost clipping) before Gaussian noise is added.
+
+The noise and the Poisson sampling come from generators seeded from the operating system's CSPRNG at
+every start and never saved (Opacus' secure mode when torchcsprng is installed), so neither can be
+replayed from the published seed. Nothing exact about the private data is published: the number of
+training records is released once as a Laplace-noised count (its ε is added to the stated ε) and
+that noisy count alone sets the sample rate, the steps per epoch and the default δ; per-intent and
+split sizes are left out of the card. Responses imported from data (CSV, Bitext, SGD) are private
+unless the bot file declares them public (`privacy.imported_responses: public`). Views
 (`Trainer.view`: word dropout/insertion, TextAttack augmentation, adversarial examples) replace a
 record's text for a step, never add records, and are made from that record alone plus public
 resources (inserted words come only from the tokenizer's public + authored text, synonyms from
 WordNet, adversarial examples from attacking that record against the current, already private, model).
-Dialogue records (the same turns with context) are left out under DP.
+Multi-turn context is left out under DP (it is other records' text); each utterance is one record.
 
 The offline default never fits its tokenizer or pre-trains on the private utterances: both use a
 public corpus (the bundled BANKING77 training text unless `privacy.public_corpus` names another)
@@ -16,22 +26,24 @@ pick weights: the last epoch is kept.
 """
 from __future__ import annotations
 
+import copy
 import csv
 import functools
 import math
 import random
+import secrets
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from opacus import PrivacyEngine
 from opacus.accountants import PRVAccountant
+from opacus.data_loader import DPDataLoader
 from opacus.utils.batch_memory_manager import BatchMemoryManager
 from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
-from bot.data import Record
 from bot.train import Trainer, _lr
 from safety.gpt2_dp import add_lora, conv1d_to_linear, linear_to_conv1d, merge_lora, position_ids, train_top, untie
 
@@ -39,10 +51,62 @@ ACCOUNTANT = "prv"
 BUNDLED_PUBLIC = Path(__file__).resolve().parents[1] / "bot" / "demo" / "public_banking77.txt"
 
 
-def default_delta(n_records: int) -> float:
-    """Below 1/N: 1/(10·N), rounded down to one significant digit."""
-    x = 1.0 / (10 * n_records)
+COUNT_NOTE = ("no exact count of the private data is published: the number of training records is released once "
+              "as a Laplace-noised count (its ε is part of the stated ε), which alone sets the sample rate, the steps "
+              "per epoch and the default δ; per-intent and train/validation sizes are left out")
+FLOAT_CAVEAT = ("not Opacus' secure mode (torchcsprng is not installed), so the floating-point caveat applies: "
+                "Gaussian noise sampled in floating point can leak more than the accountant assumes (Mironov 2012, "
+                "'On significance of the least significant bits for differential privacy')")
+
+
+def default_delta(n_records: float) -> float:
+    """1e-5, or below that for large N: 1/(10·N) rounded down to one significant digit. `n_records` is the
+    noisy count, so δ is the same for all but very large datasets and reveals nothing exact."""
+    x = min(1e-5, 1.0 / (10 * max(n_records, 1)))
     return float(f"{x:.0e}") if float(f"{x:.0e}") <= x else float(f"{x:.0e}") / 2
+
+
+def noisy_count(n: int, epsilon: float) -> int:
+    """n + Laplace(1/ε) from the OS CSPRNG, rounded (ε-DP for add/remove-one: the sensitivity is 1)."""
+    u = secrets.SystemRandom().random() - 0.5
+    return max(1, round(n - math.copysign(1.0, u) * math.log(1 - 2 * abs(u)) / epsilon))
+
+
+def secure_mode() -> bool:
+    """Opacus' secure mode needs torchcsprng (no wheel for current torch on PyPI)."""
+    try:
+        import torchcsprng  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def os_seeded_generator(device) -> torch.Generator:
+    """A torch generator seeded from the OS CSPRNG; the seed is never stored or logged."""
+    return torch.Generator(device=device).manual_seed(secrets.randbits(63))
+
+
+def private_spec(spec, log=print):
+    """The spec the DP trainer may use: responses imported from data are private unless the bot file declares
+    them public; private ones are not used for the tokenizer, the vocabulary or reply training, and not shipped."""
+    imported = {n: i.responses_source for n, i in spec.intents.items() if i.responses and i.responses_source}
+    if not imported:
+        return spec, None
+    sources = sorted(set(imported.values()))
+    if spec.privacy.imported_responses == "public":
+        log(f"WARNING: responses of {len(imported)} intent(s) were imported from data ({'; '.join(sources)}) and are "
+            "DECLARED PUBLIC by this bot file (privacy.imported_responses: public): they train the tokenizer and the "
+            "reply model and are shipped verbatim, OUTSIDE the privacy guarantee.")
+        return spec, (f"responses of {len(imported)} intent(s) imported from data ({'; '.join(sources)}) were declared "
+                      "public by the bot file: used as authored text and shipped, not covered by the guarantee")
+    spec = copy.deepcopy(spec)
+    for n in imported:
+        spec.intents[n].responses = []
+    log(f"DP: responses of {len(imported)} intent(s) were imported from data ({'; '.join(sources)}); treated as "
+        "private, they are not used and not shipped, so those intents reply with the fallback. Write your own "
+        "responses, or declare them public with privacy.imported_responses: public.")
+    return spec, (f"responses of {len(imported)} intent(s) imported from data ({'; '.join(sources)}) were treated as "
+                  "private: not used for training and not shipped (those intents reply with the fallback)")
 
 
 def read_public_corpus(path: str | Path) -> list[str]:
@@ -70,14 +134,32 @@ def epsilon_for(history: list, delta: float) -> float:
 
 
 class DPTrainer(Trainer):
+    per_record = True
+
     def __init__(self, spec, out_dir, **kw):
+        spec, self.responses_note = private_spec(spec, kw.get("log", print))
         super().__init__(spec, out_dir, **kw)
         self.p = spec.privacy
+        if not 0 < self.p.count_epsilon < self.p.target_epsilon:
+            raise ValueError(f"privacy.count_epsilon {self.p.count_epsilon} must be above 0 and below target_epsilon")
         self.n = len(self.train_records)
-        self.delta = self.p.delta or default_delta(self.n)
-        if self.delta >= 1 / self.n:
-            raise ValueError(f"privacy.delta {self.delta} must be below 1/N = {1 / self.n:.2e}")
+        if not self.n:
+            raise ValueError("no training records left for DP-SGD")
         self.public_path = Path(self.p.public_corpus) if self.p.public_corpus else BUNDLED_PUBLIC
+
+    def _setup(self, resume: bool) -> None:
+        super()._setup(resume)
+        ledger = self.state.extra.setdefault("privacy", {})
+        if "records_noisy" not in ledger:  # released once per training run (kept in the checkpoint for resuming)
+            ledger["records_noisy"] = noisy_count(self.n, self.p.count_epsilon)
+        self.n_noisy = ledger["records_noisy"]
+        self.delta = self.p.delta or default_delta(self.n_noisy)
+        if self.delta >= 1 / self.n:
+            raise ValueError(f"privacy.delta {self.delta} must be below 1/N (N: the number of training records)")
+        self.noise = ("Opacus secure mode (torchcsprng) for the noise and the Poisson sampling" if secure_mode() else
+                      "Gaussian noise and Poisson sampling from generators seeded from the operating system's "
+                      "CSPRNG at every start, never saved or published (the training seed sets only the model's "
+                      "initialisation, the data order of pre-training and the views); " + FLOAT_CAVEAT)
 
     # ---------------------------------------------------------------- what may see private data
     @functools.cached_property
@@ -105,33 +187,45 @@ class DPTrainer(Trainer):
             self.trainable = train_top(self.model, 0, lm_head=False, freeze_rest=False)
         else:
             self.trainable = train_top(self.model, self.p.train_blocks, lm_head=self.t.reply_weight > 0)
+        if self.t.reply_weight <= 0:  # no reply loss: the LM head would only ever receive noise
+            self.model.lm.get_output_embeddings().weight.requires_grad_(False)
+            self.trainable = [n for n, p in self.model.named_parameters() if p.requires_grad]
 
     # ---------------------------------------------------------------- Opacus
     def start_finetune(self) -> None:
-        self.engine = PrivacyEngine(accountant=ACCOUNTANT)
-        loader = DataLoader(TensorDataset(torch.arange(self.n)), batch_size=self.p.logical_batch)
-        ledger = self.state.extra.get("privacy")
+        secure = secure_mode()
+        self.engine = PrivacyEngine(accountant=ACCOUNTANT, secure_mode=secure)
+        # Poisson sampling at rate 1/S, S steps an epoch, S from the noisy count only.
+        steps = max(1, round(self.n_noisy / self.p.logical_batch))
+        sampler_rng = self.engine.secure_rng if secure else os_seeded_generator("cpu")
+        loader = DPDataLoader(TensorDataset(torch.arange(self.n)), sample_rate=1 / steps, generator=sampler_rng)
+        loader.batch_sampler.steps = steps
+        ledger = self.state.extra["privacy"]
         common = dict(module=self.model, optimizer=self.opt, data_loader=loader, criterion=torch.nn.CrossEntropyLoss(),
-                      max_grad_norm=self.p.max_grad_norm, poisson_sampling=True, grad_sample_mode="ghost")
-        if ledger:  # resuming: same noise as planned, and the accountant continues its history
+                      max_grad_norm=self.p.max_grad_norm, poisson_sampling=False, grad_sample_mode="ghost",
+                      noise_generator=None if secure else os_seeded_generator(self.device))
+        if "history" in ledger:  # resuming: same noise as planned, and the accountant continues its history
             self.dp_model, self.opt, _, self.loader = self.engine.make_private(
                 noise_multiplier=ledger["noise_multiplier"], **common)
             self.engine.accountant.history = [tuple(h) for h in ledger["history"]]
         else:
             self.dp_model, self.opt, _, self.loader = self.engine.make_private_with_epsilon(
-                target_epsilon=self.p.target_epsilon, target_delta=self.delta, epochs=self.t.epochs, **common)
-        self.sample_rate = 1 / len(self.loader)
+                target_epsilon=self.p.target_epsilon - self.p.count_epsilon, target_delta=self.delta,
+                epochs=self.t.epochs, **common)
+        self.opt.expected_batch_size = max(1, round(self.n_noisy / steps))  # the mean's divisor: public too
+        self.sample_rate = 1 / steps
         self._update_ledger()
         self.log(f"DP-SGD: noise multiplier {self.opt.noise_multiplier:.3f}, sample rate {self.sample_rate:.4f}, "
-                 f"clip {self.p.max_grad_norm}, target ε {self.p.target_epsilon} at δ {self.delta:.1e} "
-                 f"over {self.t.epochs} epochs of {self.n} records")
+                 f"clip {self.p.max_grad_norm}, target ε {self.p.target_epsilon} (of which {self.p.count_epsilon} for "
+                 f"the noisy record count) at δ {self.delta:.1e} over {self.t.epochs} epochs of about "
+                 f"{self.n_noisy} records")
 
     def _update_ledger(self) -> None:
         history = [list(h) for h in self.engine.accountant.history]
-        self.state.extra["privacy"] = {
+        self.state.extra["privacy"].update({
             "noise_multiplier": self.opt.noise_multiplier, "sample_rate": self.sample_rate, "history": history,
-            "epsilon": epsilon_for(history, self.delta) if history else 0.0,
-        }
+            "epsilon": (epsilon_for(history, self.delta) if history else 0.0) + self.p.count_epsilon,
+        })
 
     def _checkpoint(self) -> None:
         if hasattr(self, "engine"):
@@ -148,13 +242,9 @@ class DPTrainer(Trainer):
         seqs, labels, pos, ys = [], [], [], []
         for i in idx:
             r = self.train_records[i]
-            text = self.view(i, r, rng)
-            prefix = self.enc.classify(text)
-            if r.reply and self.t.reply_weight > 0:
-                ids, lab = self.enc.reply(Record(text, r.intent, r.reply), self.spec.settings.max_reply_tokens)
-            else:
-                ids, lab = prefix, [-100] * len(prefix)
-            seqs.append(ids), labels.append(lab), pos.append(len(prefix) - 1), ys.append(intent_id[r.intent])
+            ids, lab, at = self.enc.joint(self.view(i, r, rng), r.intent, r.reply if self.t.reply_weight > 0 else None,
+                                          self.spec.settings.max_reply_tokens)
+            seqs.append(ids), labels.append(lab), pos.append(at), ys.append(intent_id[r.intent])
         b = self.enc.pad_batch(seqs, labels)
         b = {k: v.to(self.device) for k, v in b.items()}
         return b, torch.tensor(pos, device=self.device), torch.tensor(ys, device=self.device)
@@ -172,7 +262,10 @@ class DPTrainer(Trainer):
 
     def _finetune_epoch(self) -> None:
         steps_per_epoch = len(self.loader)
+        if self.state.batch >= steps_per_epoch:
+            return  # resumed from a checkpoint taken at this epoch's last step: nothing left to do
         total = steps_per_epoch * self.t.epochs
+        last = math.nan
         bar = tqdm(total=steps_per_epoch, initial=self.state.batch, disable=not self.progress,
                    desc=f"DP fine-tune {self.state.epoch + 1}/{self.t.epochs}")
         with BatchMemoryManager(data_loader=self.loader, max_physical_batch_size=self.p.physical_batch,
@@ -185,6 +278,10 @@ class DPTrainer(Trainer):
                     per_record = self.per_record_loss(b, pos, y)
                     DPTensorFastGradientClipping(self.dp_model, self.opt, per_record, "mean").backward()
                     last = per_record.mean().item()
+                else:  # an empty Poisson batch: the step adds noise only, as DP-SGD prescribes
+                    for p in self.opt.params:
+                        if p.grad is None:
+                            p.grad = torch.zeros_like(p)
                 self.opt.step()
                 self.opt.zero_grad()
                 if self.opt._is_last_step_skipped:
@@ -205,37 +302,51 @@ class DPTrainer(Trainer):
         linear_to_conv1d(self.model.lm)
         super()._save_final()
 
+    def card_counts(self) -> bool:
+        return False  # exact counts of private records are not published (COUNT_NOTE)
+
     def card_sections(self) -> dict:
         ledger = self.state.extra.get("privacy", {})
         if "history" not in ledger:
             return {}
-        epsilon = epsilon_for(ledger["history"], self.delta)
+        epsilon_sgd = epsilon_for(ledger["history"], self.delta)
         steps = sum(h[2] for h in ledger["history"])
         return {"privacy": {
-            "dp": True, "epsilon": epsilon, "delta": self.delta, "target_epsilon": self.p.target_epsilon,
-            "accountant": "Opacus PRV (Poisson-subsampled Gaussian)", "noise_multiplier": ledger["noise_multiplier"],
+            "dp": True, "epsilon": epsilon_sgd + self.p.count_epsilon, "delta": self.delta,
+            "target_epsilon": self.p.target_epsilon, "epsilon_sgd": epsilon_sgd, "epsilon_count": self.p.count_epsilon,
+            "accountant": "Opacus PRV (Poisson-subsampled Gaussian; the noisy count's ε added by basic composition)",
+            "noise_multiplier": ledger["noise_multiplier"],
             "sample_rate": ledger["sample_rate"], "max_grad_norm": self.p.max_grad_norm, "steps": steps,
             "epochs": self.t.epochs, "logical_batch": self.p.logical_batch, "physical_batch": self.p.physical_batch,
-            "records": self.n, "unit": "one training utterance (its text and its reply target)",
-            "clipping": "per record, flat, ghost clipping", "lm_head": "untied from the input embeddings",
+            "records_noisy": ledger["records_noisy"],
+            "unit": ("one distinct training utterance (after normalising case and spaces) with its intent and its "
+                     "reply target; whether it is held out for validation and which reply it trains on depend only "
+                     "on a keyed hash of its own text, so adding or removing it changes no other record"),
+            "noise": self.noise,
+            "published_counts": COUNT_NOTE,
+            "clipping": "per record, flat, ghost clipping", "lm_head": "untied from the input embeddings" + (
+                "; frozen (no reply loss)" if self.t.reply_weight <= 0 else ""),
             "trained": (f"LoRA adapters of rank {self.p.lora_rank} on every attention and MLP projection "
                         "(merged into the saved weights), final norm and intent head; the rest is frozen at its "
                         "public pre-training" if self.p.lora_rank > 0 else
-                        "all parameters" if self.p.train_blocks < 0 else
+                        "all parameters" + (" but the LM head" if self.t.reply_weight <= 0 else "")
+                        if self.p.train_blocks < 0 else
                         f"top {self.p.train_blocks} transformer block(s), final norm and heads; the rest is "
                         "frozen at its public pre-training"),
-            "covers": f"the {self.n} training utterances of bot '{self.spec.name}' (intent head and reply model)",
+            "covers": f"the training utterances of bot '{self.spec.name}' (intent head and reply model)",
             "public_data": (f"tokenizer and LM pre-training: {self.public_path.name} (public) plus the bot's own "
-                            "responses and intent names" if self.spec.model.base == "scratch"
+                            "authored responses and intent names" if self.spec.model.base == "scratch"
                             else f"pretrained base {self.spec.model.base}"),
-            "not_covered": "validation and test utterances (held out, used only for reported metrics); "
-                           "multi-turn dialogues (not used under DP)",
+            "not_covered": "validation utterances (held out by the keyed hash; only their accuracy is reported) and "
+                           "test utterances; multi-turn dialogue context (not used under DP)"
+                           + (f"; {self.responses_note}" if self.responses_note else ""),
             "history": ledger["history"],
         }}
 
 
 def report(model_dir: str | Path) -> str:
     """The model's privacy guarantee in plain words, from its card."""
+    from bot.card import audit_lines
     from bot.model import read_card
 
     card = read_card(model_dir)
@@ -244,22 +355,27 @@ def report(model_dir: str | Path) -> str:
     p = card.get("privacy")
     name = card.get("bot", {}).get("name", model_dir)
     if not p or not p.get("dp"):
-        return (f"{name}: trained WITHOUT differential privacy. No privacy guarantee: the model may have "
-                "memorised its training utterances. Retrain with `candor train --dp` for one.")
+        return "\n".join([f"{name}: trained WITHOUT differential privacy. No privacy guarantee: the model may have "
+                          "memorised its training utterances. Retrain with `candor train --dp` for one.",
+                          *audit_lines(card)])
     return "\n".join([
         f"{name}: trained with differential privacy (DP-SGD, Opacus).",
         f"Guarantee: (ε = {p['epsilon']:.2f}, δ = {p['delta']:.2g})-differential privacy for each training record "
         f"({p['unit']}).",
-        f"In plain words: adding or removing any one of the {p['records']} training utterances changes the "
-        f"probability of getting this model by at most a factor of e^{p['epsilon']:.2f} ≈ {math.exp(p['epsilon']):.1f}, "
-        f"except with probability {p['delta']:.2g}.",
+        f"In plain words: adding or removing any one training utterance (of about {p['records_noisy']}, a noisy "
+        f"count) changes the probability of getting this model by at most a factor of e^{p['epsilon']:.2f} ≈ "
+        f"{math.exp(p['epsilon']):.1f}, except with probability {p['delta']:.2g}.",
+        f"ε = {p['epsilon_sgd']:.2f} for DP-SGD + {p['epsilon_count']:g} for the noisy record count.",
         f"Covers: {p['covers']}.",
         f"Public data (no guarantee needed): {p['public_data']}.",
         f"Not covered: {p['not_covered']}.",
+        f"Randomness: {p['noise']}.",
+        f"Published about the data: {p['published_counts']}.",
         *([f"Trained privately: {p['trained']}."] if p.get("trained") else []),
         f"How: {p['accountant']} accountant; noise multiplier {p['noise_multiplier']:.3f}, sample rate "
         f"{p['sample_rate']:.4f}, clipping norm {p['max_grad_norm']}, {p['steps']} steps over {p['epochs']} epochs "
         f"({p['clipping']}; LM head {p['lm_head']}).",
         "A record that repeats (the same person writing several utterances) is protected only "
         "group-wise: k such records get at most k·ε.",
+        *audit_lines(card),
     ])

@@ -1,5 +1,5 @@
 from bot.data import Encoder, Record, records, split
-from bot.spec import Turn, load_bot
+from bot.spec import Example, Turn, load_bot
 from bot.tokenizer import fit_bpe
 
 TOK = fit_bpe(["cancel my order please", "where is my parcel", "I want a refund"] * 30, 300)
@@ -30,11 +30,41 @@ def test_context_is_trimmed_oldest_first_to_fit():
     assert "turn 9" in text and "turn 0" not in text and text.rstrip().endswith("<|bot|>")
 
 
-def test_records_and_stratified_split(tiny_bot_file):
+def test_records_and_per_record_split(tiny_bot_file):
     spec, _ = load_bot(tiny_bot_file)
     recs = records(spec)
     assert len(recs) == 96 and all(r.reply for r in recs)
     train, held = split(recs, 0.25, seed=1)
-    assert len(held) == 24 and {r.intent for r in held} == set(spec.intents)
+    assert 12 <= len(held) <= 36 and {r.intent for r in train} == set(spec.intents)
     assert not {id(r) for r in train} & {id(r) for r in held}
     assert split(recs, 0.25, seed=1)[1] == held
+    assert split(recs, 0.25, seed=2)[1] != held
+
+
+def test_adding_one_utterance_moves_no_other_record(tiny_bot_file):
+    """The unit of privacy: split side and reply of every other record stay put."""
+    spec, _ = load_bot(tiny_bot_file)
+    before = {r.text: r for r in records(spec, seed=3)}
+    side = {r.text: k for k, part in enumerate(split(list(before.values()), 0.3, 3, keep_one=False)) for r in part}
+    spec.intents["get_refund"].examples.insert(0, Example("one more refund request", "get_refund"))
+    after = {r.text: r for r in records(spec, seed=3)}
+    side2 = {r.text: k for k, part in enumerate(split(list(after.values()), 0.3, 3, keep_one=False)) for r in part}
+    assert set(after) - set(before) == {"one more refund request"}
+    assert all(after[t].reply == before[t].reply and side2[t] == side[t] for t in before)
+
+
+def test_one_record_per_utterance_even_when_a_dialogue_repeats_it(tiny_bot_file):
+    spec, _ = load_bot(tiny_bot_file)
+    first = spec.intents["cancel_order"].examples[0].text
+    spec.dialogues = [[Turn(first, "I cancelled it.", "cancel_order"),
+                       Turn("thanks, and a refund?", "Refund started.", "get_refund")]]
+    plain = records(spec)
+    assert [r.text for r in plain].count(first) == 1 and len(plain) == 97  # merged, plus the new second turn
+    merged = next(r for r in plain if r.text == first)
+    assert merged.reply == "I cancelled it." and merged.context == []
+    second = next(r for r in plain if r.text.startswith("thanks"))
+    assert second.context and second.context[0].user == first
+    private = records(spec, dialogues=False)  # the DP trainer: examples only, each once
+    assert len(private) == 96 and [r.text for r in private].count(first) == 1
+    train, held = split(plain, 0.3, 0)
+    assert not {r.text for r in train} & {r.text for r in held}  # no utterance on both sides

@@ -204,13 +204,106 @@ def test_reported_epsilon_is_opacus_accountants(tmp_path):
     steps = trainer.state.step
     acc = PRVAccountant()
     acc.history = [(p["noise_multiplier"], p["sample_rate"], p["steps"])]
-    assert p["epsilon"] == pytest.approx(acc.get_epsilon(p["delta"]), rel=1e-9)
-    assert p["epsilon"] == pytest.approx(trainer.engine.get_epsilon(p["delta"]), rel=1e-9)
+    # the stated ε = the accountant's ε for DP-SGD + the noisy count's ε (basic composition)
+    assert p["epsilon_sgd"] == pytest.approx(acc.get_epsilon(p["delta"]), rel=1e-9)
+    assert p["epsilon_sgd"] == pytest.approx(trainer.engine.get_epsilon(p["delta"]), rel=1e-9)
+    assert p["epsilon"] == pytest.approx(p["epsilon_sgd"] + p["epsilon_count"]) and p["epsilon_count"] == 0.05
     assert p["epsilon"] <= 8.0 + 0.05 and p["epsilon"] > 6.0
     assert p["steps"] == 3 * round(1 / p["sample_rate"]) and steps > p["steps"]  # pre-training steps come first
-    assert p["delta"] == default_delta(p["records"]) < 1 / p["records"]
-    assert "(ε = " in (out / "model_card.md").read_text()
+    # the sample rate and δ come from the noisy count alone
+    assert round(1 / p["sample_rate"]) == max(1, round(p["records_noisy"] / 16))
+    assert p["delta"] == default_delta(p["records_noisy"]) < 1 / len(trainer.train_records)
+    md = (out / "model_card.md").read_text()
+    assert "(ε = " in md and "Mironov" in md and "not published" in md
     assert (tmp_path / "public.txt").name in p["public_data"]
+
+
+def test_dp_card_publishes_no_exact_counts(tmp_path):
+    spec, _ = load_bot(_dp_bot(tmp_path, epochs=1))
+    trainer = DPTrainer(spec, tmp_path / "m", progress=False, log=lambda *a: None)
+    card = read_card(trainer.run())
+    assert all("examples" not in i for i in card["intents"].values())
+    assert not {"train_examples", "validation_examples", "reply_examples"} & set(card["training"])
+    assert "records" not in card["privacy"] and card["privacy"]["records_noisy"] >= 1
+    n = len(trainer.train_records)
+    assert f" {n} training" not in (tmp_path / "m" / "model_card.md").read_text()
+
+
+def test_noisy_count_is_laplace_around_the_true_count():
+    from safety.privacy import noisy_count
+
+    draws = [noisy_count(1000, 0.05) for _ in range(4000)]
+    mean = sum(draws) / len(draws)
+    mad = sum(abs(d - 1000) for d in draws) / len(draws)
+    assert abs(mean - 1000) < 3 and 17 < mad < 23  # Laplace(scale 20): mean 0, mean |x| = 20
+    assert len(set(draws)) > 50
+
+
+def test_dp_noise_cannot_be_replayed_from_the_seed(tmp_path):
+    """Same bot, same seed, same data order: DP runs still differ (noise and sampling from the OS CSPRNG)."""
+    spec, _ = load_bot(_dp_bot(tmp_path, epochs=1))
+    weights = []
+    for k in range(2):
+        trainer = DPTrainer(spec, tmp_path / f"m{k}", progress=False, log=lambda *a: None)
+        out = trainer.run()
+        from safetensors.torch import load_file
+        weights.append(load_file(str(out / "model.safetensors"))["score.weight"])
+        assert "CSPRNG" in read_card(out)["privacy"]["noise"]
+    assert not torch.equal(weights[0], weights[1])
+
+
+def test_reply_weight_zero_freezes_the_lm_head_under_dp(tmp_path):
+    class Spy(DPTrainer):
+        def start_finetune(self):
+            self.head_before = self.model.lm.get_output_embeddings().weight.detach().clone()
+            super().start_finetune()
+
+    spec, _ = load_bot(_dp_bot(tmp_path, epochs=1))
+    spec.training.reply_weight = 0.0
+    trainer = Spy(spec, tmp_path / "m", progress=False, log=lambda *a: None)
+    trainer.run()
+    head = trainer.model.lm.get_output_embeddings().weight
+    assert not head.requires_grad and torch.equal(head.detach(), trainer.head_before)  # no noise-only updates
+    assert not torch.equal(trainer.model.score.weight.detach(), torch.zeros_like(trainer.model.score.weight))
+    assert "frozen" in read_card(tmp_path / "m")["privacy"]["lm_head"]
+
+
+def test_an_empty_poisson_batch_is_a_noise_only_step(tmp_path):
+    """Expected batch ~1: about a third of the Poisson batches are empty; each is still a (noise-only) step."""
+    spec, _ = load_bot(_dp_bot(tmp_path, epochs=1))
+    spec.privacy.logical_batch, spec.privacy.physical_batch = 1, 16  # one physical batch per step
+    trainer = DPTrainer(spec, tmp_path / "m", progress=False, log=lambda *a: None)
+    empty = []
+    real = trainer._batch
+    trainer._batch = lambda idx: empty.append(False) or real(idx)
+    trainer.run()
+    p = read_card(tmp_path / "m")["privacy"]
+    assert p["steps"] == round(1 / p["sample_rate"]) > len(empty)  # steps without a batch: the empty ones
+
+
+def test_resume_at_an_epochs_last_step_takes_no_extra_step(tmp_path):
+    spec, _ = load_bot(_dp_bot(tmp_path, epochs=2))
+    trainer = DPTrainer(spec, tmp_path / "m", progress=False, log=lambda *a: None)
+    trainer._setup(resume=False)
+    trainer.state.stage, trainer.state.epoch = "finetune", 0
+    trainer.prepare_model()
+    trainer.opt = trainer._optimizer()
+    trainer.start_finetune()
+    trainer.state.batch = len(trainer.loader)  # a checkpoint taken right after the epoch's last step
+    step, history = trainer.state.step, list(trainer.engine.accountant.history)
+    trainer._finetune_epoch()
+    assert trainer.state.step == step and trainer.engine.accountant.history == history
+
+
+def test_joint_sequence_keeps_the_served_prefix_when_the_utterance_is_long():
+    model, enc = _tiny()
+    long = " ".join(["please cancel my order now"] * 40)
+    ids, labels, pos = enc.joint(long, "a", "Sure, cancelled.", 32)
+    prefix = enc.classify(long)
+    assert ids[:len(prefix)] == prefix and pos == len(prefix) - 1 and ids[pos] == enc.intent
+    assert len(ids) <= enc.max_length and all(x == -100 for x in labels[:pos + 1])
+    short = enc.joint("cancel my order", "a", "Sure, cancelled.", 32)
+    assert short[0][short[2]] == enc.intent and any(x != -100 for x in short[1])
 
 
 def test_tokenizer_and_pretraining_never_see_private_text(tmp_path):
@@ -257,11 +350,15 @@ def test_resume_continues_the_privacy_ledger(tmp_path):
         assert p["steps"] == t["steps"] - t["finetune_start_step"] == sum(h[2] for h in p["history"])
         acc = PRVAccountant()
         acc.history = [tuple(h) for h in p["history"]]
-        assert p["epsilon"] == pytest.approx(acc.get_epsilon(p["delta"]), rel=1e-9)
+        assert p["epsilon"] == pytest.approx(acc.get_epsilon(p["delta"]) + p["epsilon_count"], rel=1e-9)
     a, b = read_card(tmp_path / "ref")["privacy"], read_card(out)["privacy"]
-    assert b["noise_multiplier"] == a["noise_multiplier"] and b["sample_rate"] == a["sample_rate"]
+    ledger = state["extra"]["privacy"]
+    # the resumed run keeps the checkpoint's noisy count, noise and sample rate (the count is released once)
+    assert b["records_noisy"] == ledger["records_noisy"] and b["noise_multiplier"] == ledger["noise_multiplier"]
+    assert b["sample_rate"] == ledger["sample_rate"]
     assert b["steps"] > done_before  # continued from the checkpoint's ledger, not from zero
-    assert b["steps"] == a["steps"]  # the interrupted epoch is finished, not restarted or cut short
+    for p in (a, b):  # the interrupted epoch is finished, not restarted or cut short
+        assert p["steps"] == 4 * round(1 / p["sample_rate"])
     assert read_card(out)["training"]["resumed_from_steps"]
     assert "ε = " in res.stdout  # the guarantee is printed after training
 
@@ -318,3 +415,38 @@ def test_candor_train_dp_with_lora_saves_a_plain_merged_gpt2(tmp_path, capsys):
     lm = AutoModelForCausalLM.from_pretrained(out, use_safetensors=True)  # plain GPT-2 (Conv1D) again
     assert type(lm.transformer.h[0].attn.c_attn).__name__ == "Conv1D"
     assert "LoRA adapters of rank 2" in capsys.readouterr().out + (out / "model_card.md").read_text()
+
+
+def test_imported_responses_are_private_under_dp_unless_declared_public(tmp_path):
+    spec, _ = load_bot(_dp_bot(tmp_path, epochs=1))
+    for intent in spec.intents.values():
+        intent.responses_source = "response column of rows.csv"
+    replies = [r for i in spec.intents.values() for r in i.responses]
+    logged = []
+    trainer = DPTrainer(spec, tmp_path / "m", progress=False, log=logged.append)
+    assert not set(replies) & set(trainer.tokenizer_corpus())  # not authored text: not for the tokenizer
+    assert not any(r.reply for r in trainer.train_records)  # nor reply training
+    card = read_card(trainer.run())
+    assert all(i["responses"] == [] for i in card["intents"].values())  # nor shipped
+    assert "treated as private" in card["privacy"]["not_covered"] and "rows.csv" in card["privacy"]["not_covered"]
+    assert any("not used and not shipped" in line for line in logged)
+
+    spec.privacy.imported_responses = "public"
+    logged.clear()
+    public = DPTrainer(spec, tmp_path / "p", progress=False, log=logged.append)
+    assert set(replies) <= set(public.tokenizer_corpus())
+    assert any("DECLARED PUBLIC" in line for line in logged) and "declared public" in public.responses_note
+
+
+def test_importers_mark_responses_taken_from_data(tmp_path):
+    from bot.importers import from_csv
+    from bot.spec import dump_bot
+
+    rows = tmp_path / "rows.csv"
+    rows.write_text("text,intent,response\ncancel my order,cancel,Done: cancelled.\nwhere is it,track,On its way.\n"
+                    "stop the order,cancel,Done: cancelled.\ntrack my parcel,track,On its way.\n")
+    spec = from_csv(rows)
+    assert {i.responses_source for i in spec.intents.values()} == {"response column of rows.csv"}
+    dump_bot(spec, tmp_path / "bot.yaml")  # the mark survives the bot file
+    again, _ = load_bot(tmp_path / "bot.yaml", strict=False)
+    assert again.intents["cancel"].responses_source == "response column of rows.csv"

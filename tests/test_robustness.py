@@ -212,8 +212,10 @@ def _spec(tmp_path, dp=False, epochs=2, **robustness):
     if dp:
         pub = tmp_path / "public.txt"
         pub.write_text("\n".join(["where is my parcel", "cancel the order", "money back please", "talk to someone"] * 30))
-        bot["privacy"] = {"enabled": True, "target_epsilon": 50.0, "logical_batch": 16, "physical_batch": 8,
-                          "public_corpus": str(pub)}  # little noise: the model learns enough in 2 epochs to be attacked
+        # little noise on few parameters (intent head + final norm): it learns enough in 2 epochs to be attacked
+        bot["privacy"] = {"enabled": True, "target_epsilon": 50.0, "logical_batch": 40, "physical_batch": 8,
+                          "public_corpus": str(pub), "train_blocks": 0}
+        bot["training"]["learning_rate"] = 0.1
     path = tmp_path / "bot.yaml"
     path.write_text(yaml.safe_dump(bot, sort_keys=False))
     return load_bot(path)[0]
@@ -271,7 +273,8 @@ def _dp_run(tmp_path, **robustness):
     return trainer, read_card(out), logs
 
 
-def test_adversarial_training_under_dp_keeps_one_gradient_per_record_and_the_accountants_epsilon(tmp_path):
+def test_adversarial_training_under_dp_keeps_one_gradient_per_record_and_the_accountants_epsilon(tmp_path, monkeypatch):
+    monkeypatch.setattr("safety.privacy.noisy_count", lambda n, epsilon: n)  # both runs plan with the same count
     adv, card, logs = _dp_run(tmp_path / "adv", adversarial=True, adversarial_clean_epochs=2, adversarial_share=0.5,
                               adversarial_query_budget=60)
     plain, plain_card, _ = _dp_run(tmp_path / "plain")
@@ -283,11 +286,12 @@ def test_adversarial_training_under_dp_keeps_one_gradient_per_record_and_the_acc
     assert all(sampled == seqs for sampled, seqs in adv.sizes)  # one sequence per sampled record, views or not
     assert len(adv.seen) == sum(sampled for sampled, _ in adv.sizes)
     p, q = card["privacy"], plain_card["privacy"]
-    assert p["records"] == q["records"] == len(adv.train_records)  # adversarial examples are not extra records
+    assert p["records_noisy"] == q["records_noisy"] == len(adv.train_records)  # adversarial examples: no extra records
     assert (p["noise_multiplier"], p["sample_rate"], p["steps"]) == (q["noise_multiplier"], q["sample_rate"], q["steps"])
     acc = PRVAccountant()
     acc.history = [tuple(h) for h in p["history"]]
-    assert p["epsilon"] == pytest.approx(acc.get_epsilon(p["delta"]), rel=1e-9) == pytest.approx(q["epsilon"], rel=1e-9)
+    assert p["epsilon"] == pytest.approx(acc.get_epsilon(p["delta"]) + p["epsilon_count"], rel=1e-9) \
+        == pytest.approx(q["epsilon"], rel=1e-9)
     assert p["epsilon"] <= 50.5
     view = card["training"]["views"][0]
     assert view["view"] == "adversarial" and "epochs" not in view  # how often attacks worked is not published under DP

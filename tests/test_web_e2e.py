@@ -38,11 +38,12 @@ def _free_port() -> int:
 def server(trained_tiny, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("web")
     (tmp / "users").write_text(f"{USER}:{PASSWORD}\n")
-    model = tmp / "model"  # a copy with an attack report, so the Model tab has a Robustness table
+    model = tmp / "model"  # a copy with an attack report and a privacy audit, for the Model tab
     shutil.copytree(trained_tiny, model)
-    res = subprocess.run([sys.executable, "-m", "ui.cli", "attack", str(model), "--recipe", "deepwordbug", "-n", "4",
-                          "-q"], cwd=ROOT, capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr[-2000:]
+    for cmd in (["attack", str(model), "--recipe", "deepwordbug", "-n", "4", "-q"],
+                ["audit", "membership", str(model), "-n", "50"]):
+        res = subprocess.run([sys.executable, "-m", "ui.cli", *cmd], cwd=ROOT, capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr[-2000:]
     port, db = _free_port(), tmp / "audit.sqlite"
     proc = subprocess.Popen([sys.executable, "-m", "ui.cli", "serve", str(model), "--port", str(port),
                              "--auth-file", str(tmp / "users"), "--audit-db", str(db), "--no-browser"],
@@ -98,7 +99,7 @@ def _send(pg, text: str, turn: int):
 def test_chat_shows_reply_intent_confidence_and_highlighted_words(page):
     _send(page, "I want to cancel the order", 1)
     decision = page.inner_text("#decision")
-    assert re.search(r"Intent: cancel_order · confidence 0\.\d\d · fallback: no", decision), decision
+    assert re.search(r"Intent: cancel_order · confidence (0\.\d\d|1\.00) · fallback: no", decision), decision
     chat = page.inner_text("#chatbot")
     assert "I want to cancel the order" in chat
     assert "cancel order" in chat  # both of the tiny bot's cancel_order replies say it
@@ -150,6 +151,7 @@ def test_html_payload_renders_as_text_everywhere(page):
     page.get_by_role("tab", name="Model").click()
     from playwright.sync_api import expect as ex
     ex(page.locator("#model-privacy")).to_contain_text("WITHOUT differential privacy")
+    ex(page.locator("#model-privacy")).to_contain_text("Membership inference")  # the audit beside the guarantee
     robustness = page.inner_text("#model-robustness")
     assert "attack success rate" in robustness and "deepwordbug" in robustness and "Random typos" in robustness
     assert "No robustness report" not in robustness and "Robustness" not in page.inner_text("#model-card")

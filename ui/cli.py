@@ -100,6 +100,28 @@ def parser() -> argparse.ArgumentParser:
     rep = prsub.add_parser("report", help="print the (ε, δ) guarantee in plain words")
     rep.add_argument("model", nargs="?", default=DEFAULT_MODEL)
 
+    au = sub.add_parser("audit", help="attack the privacy of a bot: canary exposure, membership inference")
+    ausub = au.add_subparsers(dest="audit_verb", required=True, metavar="AUDIT")
+    ca = ausub.add_parser("canaries", help="plant random secrets, train with and without DP, measure their exposure")
+    ca.add_argument("bot", help="bot YAML to train from")
+    ca.add_argument("--repeats", default="0,1,4,16",
+                    help="times each canary is planted; 0: controls, never planted (default 0,1,4,16)")
+    ca.add_argument("--per-level", type=int, default=2, help="canaries per repeat count (default 2)")
+    ca.add_argument("--digits", type=int, default=7, help="digits in each secret (default 7: 10^7 possible)")
+    ca.add_argument("--candidates", type=int, default=5000, help="random secrets to rank against (default 5000)")
+    ca.add_argument("--modes", default="plain,dp", help="trainings to audit: plain, dp or both (default plain,dp)")
+    ca.add_argument("--epsilon", type=float, default=8.0, help="target ε of the DP training (default 8)")
+    ca.add_argument("--epochs", type=int, help="fine-tuning epochs (default: the bot file's)")
+    ca.add_argument("--intent", help="intent the canary records are labelled with (default: the first)")
+    ca.add_argument("-o", "--out", help="folder for the report and the two models (default audits/BOT-canaries)")
+    ca.add_argument("--card", help="model directory whose card gets the result")
+    ca.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    me = ausub.add_parser("membership", help="loss-threshold membership inference on a trained model")
+    me.add_argument("model", nargs="?", default=DEFAULT_MODEL)
+    me.add_argument("--bot", help="the bot file it was trained from (default: the one named in its card)")
+    me.add_argument("-n", type=int, default=1000, help="members and non-members scored, each (default 1000)")
+    me.add_argument("--seed", type=int, default=0)
+
     d = sub.add_parser("data", help="validate or import bot data")
     dsub = d.add_subparsers(dest="data_verb", required=True, metavar="ACTION")
     v = dsub.add_parser("validate", help="check a bot file; problems are reported as FILE:LINE")
@@ -131,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.verb == "privacy":
             from ui.verbs.privacy import report
             return report(args)
+        if args.verb == "audit":
+            from ui.verbs.audit import audit
+            return audit(args)
         if args.verb == "serve":
             from ui.verbs.serve import serve
             args.model_given, args.model = args.model is not None, args.model or DEFAULT_MODEL
