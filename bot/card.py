@@ -80,10 +80,11 @@ def render(card: dict, robustness: bool = True) -> str:
                   f"- Public data: {p['public_data']}",
                   *([f"- Trained privately: {p['trained']}"] if p.get("trained") else []),
                   f"- Not covered: {p['not_covered']}",
-                  f"- ε = {p['epsilon_sgd']:.2f} (DP-SGD) + {p['epsilon_count']:g} (noisy record count: about "
-                  f"{p['records_noisy']})",
-                  f"- Randomness: {p['noise']}",
-                  f"- Published about the data: {p['published_counts']}",
+                  *([f"- ε = {p['epsilon_sgd']:.2f} (DP-SGD) + {p['epsilon_count']:g} (noisy record count: about "
+                     f"{p['records_noisy']})", f"- Randomness: {p['noise']}",
+                     f"- Published about the data: {p['published_counts']}"] if "records_noisy" in p else
+                    ["- Trained before Candor's noise and counts were hardened: the noise may be reproducible from "
+                     "the published seed and exact counts are published; retrain for the full guarantee"]),
                   f"- Noise multiplier {p['noise_multiplier']:.3f}, sample rate {p['sample_rate']:.4f}, clipping norm "
                   f"{p['max_grad_norm']}, {p['steps']} steps"]
     else:
@@ -145,9 +146,11 @@ def robustness_table(report: dict) -> str:
     return "\n".join(rows) + "\n\n" + "\n".join(f"- {n}" for n in notes)
 
 
-def membership_summary(result: dict) -> dict:
-    """What the card keeps of a membership audit (safety/membership.py): no per-record data."""
-    return {k: result[k] for k in ("attack", "members", "auc", "tpr_at_1pct_fpr", "tpr_at_10pct_fpr", "created")}
+def membership_summary(result: dict, dp: bool = False) -> dict:
+    """What the card keeps of a membership audit (safety/membership.py): no per-record data, and for DP
+    models no count of records either."""
+    keys = ("attack", "auc", "tpr_at_1pct_fpr", "tpr_at_10pct_fpr", "created") + (() if dp else ("members",))
+    return {k: result[k] for k in keys}
 
 
 def canary_summary(report: dict) -> dict:
@@ -165,7 +168,8 @@ def audit_lines(card: dict) -> list[str]:
     audits, out = card.get("audits") or {}, []
     m = audits.get("membership")
     if m:
-        out.append(f"Membership inference ({m['attack']}, {m['members']} training vs {m['members']} held-out "
+        sizes = f"{m['members']} training vs {m['members']} held-out" if "members" in m else "training vs held-out"
+        out.append(f"Membership inference ({m['attack']}, {sizes} "
                    f"utterances): AUC {m['auc']:.3f} (0.5 = a coin toss), true positives at 1% false positives "
                    f"{m['tpr_at_1pct_fpr']:.1%}, on {m['created'][:10]}.")
     c = audits.get("canaries")

@@ -53,8 +53,8 @@ def records(spec: BotSpec, dialogues: bool = True, seed: int = 0) -> list[Record
         for dialogue in spec.dialogues:
             for k, turn in enumerate(dialogue):
                 key = normalize(turn.user)
-                if not turn.intent or key in merged:
-                    continue
+                if not turn.intent or key in merged or (key in out and out[key].intent != turn.intent):
+                    continue  # one utterance, one record: the example's label wins
                 merged.add(key)
                 context = dialogue[max(0, k - n):k]
                 if key in out:

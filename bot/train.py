@@ -416,17 +416,21 @@ class Trainer:
         with atomic_dir(self.out_dir) as tmp:
             self.model.save(tmp, self.tok)
             counts = self.card_counts()
+            history = self.state.history if counts else [  # DP: no exact ratio that would give away a count
+                {k: (round(v, 2) if k == "val_accuracy" else v) for k, v in h.items() if k != "val_loss"}
+                for h in self.state.history]
+            best = history[self.state.best_epoch] if history and self.state.best_epoch >= 0 else {}
             cards.write(tmp, self.spec, counts=counts, training={
                 "base": self.spec.model.base, "device": str(self.device), "seed": self.t.seed,
                 "steps": self.state.step, "finetune_start_step": self.state.stage_start,
                 "best_epoch": self.state.best_epoch + 1,
-                "epochs_run": len(self.state.history), "history": self.state.history,
-                "resumed_from_steps": self.state.resumed_from, "seconds": round(self.state.seconds, 1),
+                "epochs_run": len(history), "history": history,
+                "resumed_from_steps": self.state.resumed_from,
+                "seconds": round(self.state.seconds, 1 if counts else -1),
                 **({"train_examples": len(self.train_records), "validation_examples": len(self.val_records),
                     "reply_examples": len(self.reply_records)} if counts else {}),
                 **({"views": [v.describe() for v in self.views]} if self.views else {}),
-                **{k: v for k, v in (self.state.history[self.state.best_epoch] if self.state.history
-                                      and self.state.best_epoch >= 0 else {}).items() if k.startswith("val")},
+                **{k: v for k, v in best.items() if k.startswith("val")},
             })
             if self.card_sections():
                 cards.update(tmp, **self.card_sections())

@@ -152,6 +152,7 @@ class DPTrainer(Trainer):
         ledger = self.state.extra.setdefault("privacy", {})
         if "records_noisy" not in ledger:  # released once per training run (kept in the checkpoint for resuming)
             ledger["records_noisy"] = noisy_count(self.n, self.p.count_epsilon)
+            self._checkpoint()
         self.n_noisy = ledger["records_noisy"]
         self.delta = self.p.delta or default_delta(self.n_noisy)
         if self.delta >= 1 / self.n:
@@ -331,14 +332,15 @@ class DPTrainer(Trainer):
                         "public pre-training" if self.p.lora_rank > 0 else
                         "all parameters" + (" but the LM head" if self.t.reply_weight <= 0 else "")
                         if self.p.train_blocks < 0 else
-                        f"top {self.p.train_blocks} transformer block(s), final norm and heads; the rest is "
-                        "frozen at its public pre-training"),
+                        f"top {self.p.train_blocks} transformer block(s), final norm and intent head"
+                        + (" and LM head" if self.t.reply_weight > 0 else "")
+                        + "; the rest is frozen at its public pre-training"),
             "covers": f"the training utterances of bot '{self.spec.name}' (intent head and reply model)",
             "public_data": (f"tokenizer and LM pre-training: {self.public_path.name} (public) plus the bot's own "
                             "authored responses and intent names" if self.spec.model.base == "scratch"
                             else f"pretrained base {self.spec.model.base}"),
             "not_covered": "validation utterances (held out by the keyed hash; only their accuracy is reported) and "
-                           "test utterances; multi-turn dialogue context (not used under DP)"
+                           "test utterances; dialogue turns that are not also examples, and multi-turn context (not used under DP)"
                            + (f"; {self.responses_note}" if self.responses_note else ""),
             "history": ledger["history"],
         }}
@@ -362,15 +364,18 @@ def report(model_dir: str | Path) -> str:
         f"{name}: trained with differential privacy (DP-SGD, Opacus).",
         f"Guarantee: (ε = {p['epsilon']:.2f}, δ = {p['delta']:.2g})-differential privacy for each training record "
         f"({p['unit']}).",
-        f"In plain words: adding or removing any one training utterance (of about {p['records_noisy']}, a noisy "
-        f"count) changes the probability of getting this model by at most a factor of e^{p['epsilon']:.2f} ≈ "
-        f"{math.exp(p['epsilon']):.1f}, except with probability {p['delta']:.2g}.",
-        f"ε = {p['epsilon_sgd']:.2f} for DP-SGD + {p['epsilon_count']:g} for the noisy record count.",
+        f"In plain words: adding or removing any one training utterance changes the probability of getting this "
+        f"model by at most a factor of e^{p['epsilon']:.2f} ≈ {math.exp(p['epsilon']):.1f}, except with probability "
+        f"{p['delta']:.2g}.",
+        *([f"ε = {p['epsilon_sgd']:.2f} for DP-SGD + {p['epsilon_count']:g} for the noisy record count (about "
+           f"{p['records_noisy']} training utterances)."] if "records_noisy" in p else
+          ["This model was trained before Candor hardened its DP noise and counts (the noise may be reproducible "
+           "from the published seed; exact counts are published): retrain it for the full guarantee."]),
         f"Covers: {p['covers']}.",
         f"Public data (no guarantee needed): {p['public_data']}.",
         f"Not covered: {p['not_covered']}.",
-        f"Randomness: {p['noise']}.",
-        f"Published about the data: {p['published_counts']}.",
+        *([f"Randomness: {p['noise']}.", f"Published about the data: {p['published_counts']}."]
+          if "noise" in p else []),
         *([f"Trained privately: {p['trained']}."] if p.get("trained") else []),
         f"How: {p['accountant']} accountant; noise multiplier {p['noise_multiplier']:.3f}, sample rate "
         f"{p['sample_rate']:.4f}, clipping norm {p['max_grad_norm']}, {p['steps']} steps over {p['epochs']} epochs "

@@ -68,3 +68,11 @@ def test_one_record_per_utterance_even_when_a_dialogue_repeats_it(tiny_bot_file)
     assert len(private) == 96 and [r.text for r in private].count(first) == 1
     train, held = split(plain, 0.3, 0)
     assert not {r.text for r in train} & {r.text for r in held}  # no utterance on both sides
+
+
+def test_a_dialogue_turn_labelled_otherwise_does_not_relabel_an_example(tiny_bot_file):
+    spec, _ = load_bot(tiny_bot_file)
+    first = spec.intents["cancel_order"].examples[0].text
+    spec.dialogues = [[Turn(first, "Refund started.", "get_refund")]]
+    rec = next(r for r in records(spec) if r.text == first)
+    assert rec.intent == "cancel_order" and rec.reply != "Refund started."

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from bot import card as cards
 from bot.io import atomic_write_json
-from bot.spec import OUT_OF_SCOPE, load_bot
+from bot.spec import OUT_OF_SCOPE, load_bot, normalize
 
 MEMBERSHIP_JSON, MEMBERSHIP_PNG = "membership.json", "membership.png"
 CANARIES_JSON, CANARIES_PNG = "canaries.json", "canaries.png"
@@ -23,8 +23,19 @@ def canaries(args) -> int:
     from safety.guard import served_text
     from safety.privacy import DPTrainer
 
+    modes = args.modes.split(",")
+    if not modes or set(modes) - {"plain", "dp"}:
+        raise SystemExit(f"candor audit canaries: --modes takes plain, dp or plain,dp; got '{args.modes}'")
+    try:
+        repeats = [int(x) for x in args.repeats.split(",")]
+    except ValueError:
+        raise SystemExit(f"candor audit canaries: --repeats takes whole numbers, e.g. 0,1,4,16; got '{args.repeats}'")
+    if min(repeats) < 0 or args.digits < 1 or args.per_level < 1 or args.candidates < 50:
+        raise SystemExit("candor audit canaries: --repeats ≥ 0, --digits ≥ 1, --per-level ≥ 1, --candidates ≥ 50")
     spec, _ = load_bot(args.bot)
-    repeats = [int(x) for x in args.repeats.split(",")]
+    if "dp" in modes and not spec.privacy.count_epsilon < args.epsilon:
+        raise SystemExit(f"candor audit canaries: --epsilon must be above privacy.count_epsilon "
+                         f"({spec.privacy.count_epsilon})")
     planted_in = args.intent or next(iter(spec.intents))
     if planted_in not in spec.intents:
         raise SystemExit(f"candor audit canaries: no intent '{planted_in}' in {args.bot}")
@@ -32,7 +43,7 @@ def canaries(args) -> int:
     out = Path(args.out or f"audits/{spec.name}-canaries")
     out.mkdir(parents=True, exist_ok=True)
     runs = []
-    for mode in args.modes.split(","):
+    for mode in modes:
         s = copy.deepcopy(spec)
         s.training.checkpoint_every = 0
         if args.epochs:
@@ -129,11 +140,11 @@ def membership(args) -> int:
     spec.training.seed = card["training"].get("seed", spec.training.seed)
     dp = bool((card.get("privacy") or {}).get("dp"))
     members, held = training_split(spec, served_text, per_record=dp)
-    seen = {r.text for r in members}
+    seen = {normalize(r.text) for r in members}
     non_members = held + [r for r in (copy.copy(e) for e in spec.test) if r.intent != OUT_OF_SCOPE]
     for r in non_members:
         r.text = served_text(r.text)
-    non_members = [r for r in non_members if r.text not in seen and r.intent in spec.intents]
+    non_members = [r for r in non_members if normalize(r.text) not in seen and r.intent in spec.intents]
     model, tok = models.load(args.model)
     result = attack(model, Encoder(tok, card["model"]["max_length"]), members, non_members, args.n, args.seed)
     result.update({"model": str(args.model), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -142,7 +153,7 @@ def membership(args) -> int:
     reports.mkdir(exist_ok=True)
     atomic_write_json(reports / MEMBERSHIP_JSON, result)
     plot_roc([result], reports / MEMBERSHIP_PNG)
-    cards.update(args.model, audits={**(card.get("audits") or {}), "membership": cards.membership_summary(result)})
+    cards.update(args.model, audits={**(card.get("audits") or {}), "membership": cards.membership_summary(result, dp)})
     print(f"membership inference ({result['attack']}) on {args.model}: {result['members']} training records vs "
           f"{result['non_members']} held-out")
     print(f"  AUC {result['auc']:.3f} (0.5 = a coin toss), TPR at 1% FPR {result['tpr_at_1pct_fpr']:.3f}, "
