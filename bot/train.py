@@ -170,12 +170,9 @@ class Trainer:
         self.progress, self.log = progress, log
         self.train_records, self.val_records = training_split(spec, self.read, self.per_record)
         # Records planted in training only (the canary audit), read as served like every other record.
-        self.extra_records = [self._served(r) for r in extra_records]
+        self.extra_records = [served(r, self.read) for r in extra_records]
         self.train_records += self.extra_records
         self.reply_records = [r for r in self.train_records if r.reply]
-
-    def _served(self, r: Record) -> Record:
-        return served(r, self.read)
 
     # ------------------------------------------------------------ setup / resume
     def _latest(self) -> Path | None:

@@ -38,6 +38,11 @@ class Canary:
         return Record(PROMPT, intent, REPLY.format(secret=self.secret))
 
 
+def space_bits(digits: int) -> float:
+    """log2 |R|: the bits of randomness in a secret of `digits` digits."""
+    return digits * math.log2(10)
+
+
 def random_secret(digits: int, rng=None) -> str:
     rng = rng or secrets.SystemRandom()
     return " ".join(str(rng.randrange(10)) for _ in range(digits))
@@ -95,5 +100,5 @@ def measure(model, enc: Encoder, canaries: list[Canary], intent: str, digits: in
             pool.append(s)
     base = log_perplexity(model, enc, intent, pool, max_reply_tokens)
     mine = log_perplexity(model, enc, intent, [c.secret for c in canaries], max_reply_tokens)
-    bits = digits * math.log2(10)
-    return [{"secret": c.secret, "repeats": c.repeats, **exposure(n, base, bits)} for c, n in zip(canaries, mine)]
+    return [{"secret": c.secret, "repeats": c.repeats, **exposure(n, base, space_bits(digits))}
+            for c, n in zip(canaries, mine)]

@@ -70,7 +70,7 @@ def canaries(args) -> int:
                      "val_accuracy": card["training"].get("val_accuracy"), "canaries": results})
         report = {"audit": "canary exposure (Carlini et al. 2019)", "bot": spec.name, "source": str(args.bot),
                   "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "digits": args.digits,
-                  "space_bits": args.digits * 3.321928094887362, "candidates": args.candidates,
+                  "space_bits": can.space_bits(args.digits), "candidates": args.candidates,
                   "intent": planted_in, "format": can.REPLY, "runs": runs}
         atomic_write_json(out / CANARIES_JSON, report)  # after every training: an interrupted audit keeps its results
     plot_canaries(report, out / CANARIES_PNG)
