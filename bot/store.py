@@ -2,12 +2,18 @@
 
 The store is built with a `redact` callable and runs every text it is given through it before
 the row is written, so raw PII cannot reach the database even if a caller forgets to redact.
+Chat session ids are stored as a keyed hash (HMAC-SHA256, 16 hex digits): turns of one conversation
+still group together, but a stored or exported id cannot be used to attach to a live session.
 """
 from __future__ import annotations
 
 import csv
+import hashlib
+import hmac
 import io
 import json
+import os
+import secrets
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -54,7 +60,7 @@ class Filter:
     fallback: bool | None = None  # None: both
     since: datetime | None = None
     until: datetime | None = None
-    limit: int = 500
+    limit: int | None = 500  # None: every matching turn (exports)
 
 
 def database_url(where: str) -> str:
@@ -66,10 +72,15 @@ def database_url(where: str) -> str:
     return f"sqlite:///{path}"
 
 
+SESSION_KEY_ENV = "CANDOR_SESSION_KEY"  # share it between replicas; otherwise a random key per process
+
+
 class AuditStore:
-    def __init__(self, where: str, redact: Callable[[str], str]):
+    def __init__(self, where: str, redact: Callable[[str], str], session_key: bytes | None = None):
         self.url = database_url(where)
         self.redact = redact
+        env = os.environ.get(SESSION_KEY_ENV, "").encode()
+        self._session_key = session_key or env or secrets.token_bytes(32)
         self.engine = create_engine(self.url)
         _Base.metadata.create_all(self.engine)
 
@@ -80,14 +91,17 @@ class AuditStore:
         joined = " ".join(w for w, _ in attributions)
         if r(joined) != joined:  # words of unredacted text (a card number split into "4111", "1111"...): drop them
             attributions = []
-        row = TurnRow(time=time or datetime.now(timezone.utc), session=session, text=r(text), reply=r(reply),
-                      intent=intent, confidence=float(confidence), fallback=bool(fallback),
+        row = TurnRow(time=time or datetime.now(timezone.utc), session=self.pseudonym(session), text=r(text),
+                      reply=r(reply), intent=intent, confidence=float(confidence), fallback=bool(fallback),
                       fallback_reason=fallback_reason, model_version=model_version,
                       attributions=[[w, float(s)] for w, s in attributions])
         with Session(self.engine) as s, s.begin():
             s.add(row)
             s.flush()
             return row.id
+
+    def pseudonym(self, session: str) -> str:
+        return hmac.new(self._session_key, session.encode("utf-8"), hashlib.sha256).hexdigest()[:16]
 
     def query(self, f: Filter = Filter()) -> list[dict]:
         q = select(TurnRow).where(TurnRow.confidence >= f.min_confidence, TurnRow.confidence <= f.max_confidence)

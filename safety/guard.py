@@ -29,16 +29,23 @@ def read_message(message: str, max_chars: int = MAX_CHARS):
     """The input path of every served turn: guard, then redact. Returns the `safety.pii.Redaction`
     whose `.text` is what the model, the explanation and the audit log see. Attacks go through
     here too, so whatever defence sits in this path is measured."""
-    from safety.pii import redact
+    from safety.pii import UNCHECKED, redact
 
-    return redact(guard(message, max_chars))
+    r = redact(guard(message, max_chars))
+    if r.found == [UNCHECKED]:
+        raise Rejected("the message could not be checked for personal data in time; please shorten or rephrase it")
+    return r
 
 
-def served_text(text: str) -> str:
+def served_text(text: str, redact: bool = True) -> str:
     """`text` as a served turn reads it (normalised, PII redacted), for training and evaluation: the
     model learns and is measured on what it will see. No length cap (a long training text is kept);
-    a text with nothing left after normalisation is returned unchanged."""
+    a text with nothing left after normalisation is returned unchanged. `redact=False` only
+    normalises (to measure what redaction costs)."""
+    from safety.pii import redact_text
+
     try:
-        return read_message(text, max_chars=sys.maxsize).text
+        text = guard(text, max_chars=sys.maxsize)
     except Rejected:
-        return text
+        return text  # nothing left after normalisation
+    return redact_text(text) if redact else text  # a text too slow to check becomes "<UNCHECKED>", never raw

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from ui.auth import AuthError, check_binding, checker, read_users
+from ui.auth import SIGNIN_COOKIE, Access, Account, AuthError, OneTimeSignIn, check_binding, checker, read_users
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -16,7 +16,7 @@ def test_localhost_needs_no_sign_in_but_anywhere_else_does():
     for host in ("0.0.0.0", "192.168.1.20", "::"):
         with pytest.raises(AuthError, match=f"refusing to bind to {host} without authentication"):
             check_binding(host, None)
-        check_binding(host, {"ana": "long-enough"})
+        check_binding(host, {"ana": Account("long-enough")})
 
 
 def test_auth_file_errors_name_file_and_line(tmp_path):
@@ -32,9 +32,16 @@ def test_auth_file_errors_name_file_and_line(tmp_path):
         read_users(f)
     with pytest.raises(AuthError, match="not found"):
         read_users(tmp_path / "missing")
-    f.write_text("ana:correct-horse\nbob:pass:with:colons\n")
+    f.write_text("ana:correct-horse:auditor\nbob:pass:with:colons\ncy:also-long:user\n")
     users = read_users(f)
-    assert users == {"ana": "correct-horse", "bob": "pass:with:colons"}
+    assert users == {"ana": Account("correct-horse", "auditor"), "bob": Account("pass:with:colons", "user"),
+                     "cy": Account("also-long", "user")}
+    f.write_text("ana:correct-horse\nana:other-horse\n")
+    with pytest.raises(AuthError, match=rf"{f}:2: 'ana' is listed twice"):
+        read_users(f)
+    f.write_text("ana:correct-horse:Auditor\n")
+    with pytest.raises(AuthError, match=rf"{f}:1: role 'Auditor' — roles are lower case"):
+        read_users(f)
     ok = checker(users)
     assert ok("ana", "correct-horse") and ok("bob", "pass:with:colons")
     assert not ok("ana", "wrong") and not ok("eve", "correct-horse") and not ok("ana", "")
@@ -45,3 +52,136 @@ def test_serve_refuses_a_public_bind_without_auth_before_loading_anything(tmp_pa
                           "--no-browser"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 1
     assert "refusing to bind to 0.0.0.0 without authentication" in res.stderr
+
+
+class _Req:
+    """Stands for a request: Gradio's signed-in user name and the cookies."""
+
+    def __init__(self, username=None, cookies=None):
+        self.username, self.cookies = username, cookies or {}
+
+
+def test_only_auditors_may_audit_when_everyone_signs_in():
+    access = Access({"ana": Account("correct-horse", "auditor"), "bob": Account("battery-staple")})
+    assert access.may_audit(_Req("ana")) and access.role(_Req("ana")) == "auditor"
+    assert not access.may_audit(_Req("bob")) and access.role(_Req("bob")) == "user"
+    assert not access.may_audit(_Req()) and not access.may_audit(_Req("mallory"))
+    assert access.auditors() == ["ana"]
+
+
+def test_one_time_password_is_new_each_start_and_its_cookie_cannot_be_forged():
+    a, b = OneTimeSignIn(), OneTimeSignIn()
+    assert a.password != b.password and len(a.password) >= 24
+    assert a.check(a.password) and not a.check(b.password) and not a.check("") and not a.check(None)
+    cookie = a.cookie(now=1000.0)
+    assert a.valid(cookie, now=1001.0) and not b.valid(cookie, now=1001.0)  # signed with a per-start key
+    assert not a.valid(cookie, now=1000.0 + 13 * 3600)  # expired
+    expires, mac = cookie.split(".")
+    assert not a.valid(f"{int(expires) + 10**6}.{mac}", now=1001.0)  # a longer life cannot be written in
+    access = Access(None, a)
+    assert access.may_audit(_Req(cookies={SIGNIN_COOKIE: a.cookie()}))
+    assert not access.may_audit(_Req(cookies={SIGNIN_COOKIE: b.cookie()})) and not access.may_audit(_Req())
+
+
+def _app(access, store=None):
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from ui.http import SessionOwners, export_route, signin_routes
+    from ui.web import audit_filter
+
+    async def ok(request):
+        return PlainTextResponse("stream of " + (request.query_params.get("session_hash") or "?"))
+
+    routes = [Route("/gradio_api/queue/join", ok, methods=["POST"]), Route("/gradio_api/queue/data", ok),
+              export_route(access, store, audit_filter)]
+    if access.one_time:
+        routes += signin_routes(access.one_time)
+    return Starlette(routes=routes, middleware=[Middleware(SessionOwners)])
+
+
+def test_sign_in_page_sets_the_cookie_only_for_the_right_password(tmp_path):
+    from starlette.testclient import TestClient
+
+    from bot.store import AuditStore
+
+    store = AuditStore(str(tmp_path / "a.sqlite"), lambda t: t)
+    store.log(session="s", text="hello <PERSON>", reply="hi", intent="greet", confidence=0.9, fallback=False,
+              fallback_reason=None, attributions=[], model_version="v")
+    one = OneTimeSignIn()
+    client = TestClient(_app(Access(None, one), store), base_url="http://127.0.0.1")
+    assert client.get("/audit/export?fmt=csv").status_code == 403
+    assert client.post("/signin", data={"password": "guess"}, follow_redirects=False).status_code == 403
+    assert SIGNIN_COOKIE not in client.cookies
+    assert client.get("/signin?token=wrong", follow_redirects=False).status_code == 403
+    r = client.post("/signin", data={"password": one.password}, follow_redirects=False)
+    assert r.status_code == 303 and "httponly" in r.headers["set-cookie"].lower()
+    assert "samesite=strict" in r.headers["set-cookie"].lower()
+    exported = client.get("/audit/export?fmt=csv")
+    assert exported.status_code == 200 and "hello <PERSON>" in exported.text
+    assert exported.headers["content-disposition"].startswith("attachment;")
+    for bad in ("since=yesterday", "min=nan", "min=0.9&max=0.1", "fallback=maybe", "fmt=xml"):
+        r = client.get(f"/audit/export?{bad}")
+        assert r.status_code == 400 and "Traceback" not in r.text, bad
+    fresh = TestClient(_app(Access(None, one), store), base_url="http://127.0.0.1")
+    assert fresh.get(f"/signin?token={one.password}", follow_redirects=False).status_code == 303  # the link works
+
+
+def test_a_session_stays_with_the_client_that_opened_it():
+    from starlette.testclient import TestClient
+
+    app = _app(Access(None, OneTimeSignIn()))
+    alice, mallory = TestClient(app), TestClient(app)
+    alice.get("/gradio_api/queue/data?session_hash=warmup")  # the first response sets the client cookie
+    mallory.get("/gradio_api/queue/data?session_hash=warmup")
+    assert alice.post("/gradio_api/queue/join", json={"session_hash": "abc123", "fn_index": 0}).status_code == 200
+    assert alice.get("/gradio_api/queue/data?session_hash=abc123").text == "stream of abc123"
+    denied = mallory.get("/gradio_api/queue/data?session_hash=abc123")
+    assert denied.status_code == 403 and "another user" in denied.text
+    assert mallory.post("/gradio_api/queue/join", json={"session_hash": "abc123", "fn_index": 0}).status_code == 403
+    assert mallory.post("/gradio_api/queue/join", json={"session_hash": "m1", "fn_index": 0}).status_code == 200
+
+
+def test_the_session_guard_cannot_be_tricked():
+    from starlette.testclient import TestClient
+
+    app = _app(Access(None, OneTimeSignIn()))
+    alice, mallory = TestClient(app), TestClient(app)
+    for c in (alice, mallory):
+        c.get("/gradio_api/queue/data?session_hash=warmup")
+    assert alice.post("/gradio_api/queue/join", json={"session_hash": "s1"}).status_code == 200
+    r = mallory.get("/gradio_api/queue/data?session_hash=mine&session_hash=s1")  # Starlette would read the last
+    assert r.status_code == 400
+    assert mallory.post("/gradio_api/queue/join", json={"session_hash": ["s1"]}).status_code == 400
+    cross = alice.get("/gradio_api/queue/data?session_hash=s1", headers={"origin": "https://evil.example"})
+    assert cross.status_code == 403 and "Cross-site" in cross.text
+    assert alice.get("/gradio_api/queue/data?session_hash=s1", headers={"sec-fetch-site": "cross-site"}).status_code == 403
+    same = alice.get("/gradio_api/queue/data?session_hash=s1", headers={"origin": "http://testserver"})
+    assert same.status_code == 200
+    assert mallory.get("/gradio_api/deep_link?session_hash=s1").status_code == 404
+
+
+def test_a_refused_join_binds_nothing():
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from ui.http import SessionOwners
+
+    async def refuse(request):
+        return PlainTextResponse("Not authenticated", status_code=401)
+
+    async def data(request):
+        return PlainTextResponse("stream")
+
+    app = Starlette(routes=[Route("/gradio_api/queue/join", refuse, methods=["POST"]),
+                            Route("/gradio_api/queue/data", data)], middleware=[Middleware(SessionOwners)])
+    squatter, victim = TestClient(app), TestClient(app)
+    for c in (squatter, victim):
+        c.get("/gradio_api/queue/data?session_hash=warmup")
+    assert squatter.post("/gradio_api/queue/join", json={"session_hash": "future"}).status_code == 401
+    assert victim.get("/gradio_api/queue/data?session_hash=future").status_code == 200  # not claimed

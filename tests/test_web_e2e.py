@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = Path(os.environ.get("CANDOR_SCREENSHOTS", ROOT / "test-artifacts" / "screenshots"))
 USER, PASSWORD = "reviewer", "correct-horse-battery"
+AGENT, AGENT_PASSWORD = "agent", "staple-battery-horse"
 PAYLOAD = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script><b>bold</b>'
 
 pytestmark = pytest.mark.browser
@@ -34,20 +35,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(trained_tiny, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("web")
-    (tmp / "users").write_text(f"{USER}:{PASSWORD}\n")
-    model = tmp / "model"  # a copy with an attack report and a privacy audit, for the Model tab
-    shutil.copytree(trained_tiny, model)
-    for cmd in (["attack", str(model), "--recipe", "deepwordbug", "-n", "4", "-q"],
-                ["audit", "membership", str(model), "-n", "50"]):
-        res = subprocess.run([sys.executable, "-m", "ui.cli", *cmd], cwd=ROOT, capture_output=True, text=True)
-        assert res.returncode == 0, res.stderr[-2000:]
-    port, db = _free_port(), tmp / "audit.sqlite"
-    proc = subprocess.Popen([sys.executable, "-m", "ui.cli", "serve", str(model), "--port", str(port),
-                             "--auth-file", str(tmp / "users"), "--audit-db", str(db), "--no-browser"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+def _start(args: list[str], cwd: Path) -> tuple[subprocess.Popen, str]:
+    """`candor serve ARGS` in the background; returns the process and what it printed up to the URL line."""
+    proc = subprocess.Popen([sys.executable, "-m", "ui.cli", "serve", *args, "--no-browser"], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     deadline, seen = time.time() + 240, []
     while time.time() < deadline:
@@ -62,29 +53,68 @@ def server(trained_tiny, tmp_path_factory):
     if proc.poll() is not None or "Running on local URL" not in "".join(seen):
         proc.kill()
         pytest.fail("the app did not start:\n" + "".join(seen))
-    yield f"http://127.0.0.1:{port}/", db
+    return proc, "".join(seen)
+
+
+@pytest.fixture(scope="module")
+def model(trained_tiny, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("web")
+    model = tmp / "model"  # a copy with an attack report and a privacy audit, for the Model tab
+    shutil.copytree(trained_tiny, model)
+    for cmd in (["attack", str(model), "--recipe", "deepwordbug", "-n", "4", "-q"],
+                ["audit", "membership", str(model), "-n", "50"]):
+        res = subprocess.run([sys.executable, "-m", "ui.cli", *cmd], cwd=ROOT, capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr[-2000:]
+    return model
+
+
+@pytest.fixture(scope="module")
+def server(model):
+    """`candor serve` as a new user starts it: loopback, no auth file, a one-time password printed."""
+    port, db = _free_port(), model.parent / "audit.sqlite"
+    proc, printed = _start([str(model), "--port", str(port), "--audit-db", str(db)], ROOT)
+    found = re.search(r"signin\?token=(\S+)", printed)
+    assert found and f"http://127.0.0.1:{port}/signin?token=" in printed, printed
+    assert re.search(r"one-time password.*\n\s+" + re.escape(found.group(1)), printed), printed
+    yield f"http://127.0.0.1:{port}/", db, found.group(1)
     proc.terminate()
     proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def auth_server(model):
+    """With an auth file: an auditor and a user who may only chat."""
+    users = model.parent / "users"
+    users.write_text(f"{USER}:{PASSWORD}:auditor\n{AGENT}:{AGENT_PASSWORD}\n")
+    port = _free_port()
+    proc, _ = _start([str(model), "--port", str(port), "--auth-file", str(users), "--audit-db",
+                      str(model.parent / "audit-auth.sqlite")], ROOT)
+    yield f"http://127.0.0.1:{port}/"
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser():
     from playwright.sync_api import sync_playwright
 
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[
             "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-        pg.dialogs = []
-        pg.on("dialog", lambda d: (pg.dialogs.append(d.message), d.dismiss()))
-        pg.goto(server[0])
-        pg.get_by_label("username").fill(USER)
-        pg.get_by_label("password").fill(PASSWORD)
-        pg.get_by_role("button", name="Login").click()
-        pg.locator("#message textarea").wait_for(timeout=60_000)
-        yield pg
-        browser.close()
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def page(server, browser):
+    pg = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    pg.dialogs = []
+    pg.on("dialog", lambda d: (pg.dialogs.append(d.message), d.dismiss()))
+    pg.goto(server[0])  # on loopback anyone may chat: no sign-in page
+    pg.locator("#message textarea").wait_for(timeout=60_000)
+    yield pg
+    pg.close()
 
 
 def _send(pg, text: str, turn: int):
@@ -110,29 +140,42 @@ def test_chat_shows_reply_intent_confidence_and_highlighted_words(page):
     page.screenshot(path=str(SHOTS / "chat.png"))
 
 
-def test_pii_is_redacted_before_it_is_logged_and_audit_finds_the_turn(page, server):
-    _send(page, "cancel my order, card 4111 1111 1111 1111, mail jo.smith@example.com", 2)
-    assert "Redacted before logging: CREDIT_CARD, EMAIL_ADDRESS" in page.inner_text("#decision")
+def test_audit_needs_the_printed_password_and_shows_only_redacted_text(page, server):
+    from playwright.sync_api import expect
+
+    _send(page, "Hi, my name is Margaret Okonkwo, cancel my order, card 4111 1111 1111 1111, mail jo.smith@example.com",
+          2)
+    assert "Redacted before logging: CREDIT_CARD, EMAIL_ADDRESS, PERSON" in page.inner_text("#decision")
+    page.get_by_role("tab", name="Audit").click()
+    expect(page.locator("#audit-locked")).to_contain_text("one-time password")
+    assert not page.locator("#audit-search").is_visible()
+    assert page.request.get(server[0] + "audit/export?fmt=csv").status == 403
+    page.goto(server[0] + "signin")
+    page.locator("#password").fill("not-the-password")
+    page.locator("#signin").click()
+    expect(page.locator("#signin-error")).to_contain_text("Wrong password")
+    page.locator("#password").fill(server[2])
+    page.locator("#signin").click()
+    page.locator("#message textarea").wait_for(timeout=60_000)
     page.get_by_role("tab", name="Audit").click()
     page.locator("#audit-search").click()
     table = page.locator("#audit-table")
-    from playwright.sync_api import expect
-    expect(table).to_contain_text("<CREDIT_CARD>", timeout=30_000)
+    expect(table).to_contain_text("<PERSON>", timeout=30_000)
     text = table.inner_text()
-    assert "cancel my order, card <CREDIT_CARD>, mail <EMAIL_ADDRESS>" in text
-    assert "4111" not in text and "jo.smith" not in text
+    assert "Hi, my name is <PERSON>, cancel my order, card <CREDIT_CARD>, mail <EMAIL_ADDRESS>" in text
+    assert "Okonkwo" not in text and "4111" not in text and "jo.smith" not in text
     page.locator("#audit-turn-id input").fill("2")
     page.locator("#audit-open").click()
     expect(page.locator("#audit-words")).to_contain_text("CREDIT_CARD", timeout=30_000)
-    assert "4111" not in page.inner_text("#audit-detail")
+    assert "4111" not in page.inner_text("#audit-detail") and "Okonkwo" not in page.inner_text("#audit-detail")
     with page.expect_download() as dl:
         page.locator("#audit-export-csv").click()
-        page.locator("#audit-export a").first.click(timeout=30_000)
     exported = Path(dl.value.path()).read_text(encoding="utf-8")
-    assert exported.startswith("id,time,session,text,intent") and "<CREDIT_CARD>" in exported and "4111" not in exported
+    assert exported.startswith("id,time,session,text,intent") and "<PERSON>" in exported
+    assert "4111" not in exported and "Okonkwo" not in exported
     page.screenshot(path=str(SHOTS / "audit.png"), full_page=True)
     raw = b"".join(p.read_bytes() for p in server[1].parent.iterdir() if p.name.startswith("audit"))
-    assert b"<CREDIT_CARD>" in raw and b"4111" not in raw and b"jo.smith" not in raw
+    assert b"<PERSON>" in raw and b"4111" not in raw and b"jo.smith" not in raw and b"Okonkwo" not in raw
     page.get_by_role("tab", name="Chat").click()
 
 
@@ -158,13 +201,59 @@ def test_html_payload_renders_as_text_everywhere(page):
     page.screenshot(path=str(SHOTS / "model.png"), full_page=True)
 
 
-def test_documented_gradio_client_call(server):
+def test_documented_gradio_client_call(auth_server):
     from gradio_client import Client
 
-    client = Client(server[0], auth=(USER, PASSWORD), verbose=False)
+    client = Client(auth_server, auth=(AGENT, AGENT_PASSWORD), verbose=False)
     out = client.predict("where is my package", api_name="/respond")
     assert out["intent"] == "track_order" and 0 <= out["confidence"] <= 1
     assert [w for w, _ in out["attributions"]] == ["where", "is", "my", "package"]
     assert out["reply"] and out["model_version"].startswith("tiny@")
     with pytest.raises(Exception, match="limit is 1000"):
         client.predict("x" * 1001, api_name="/respond")
+
+
+def _signed_in(url: str, user: str, password: str):
+    import httpx
+
+    client = httpx.Client(base_url=url, timeout=60)
+    assert client.post("login", data={"username": user, "password": password}).status_code == 200
+    return client
+
+
+def test_only_auditors_reach_the_audit_log(auth_server, browser):
+    from playwright.sync_api import expect
+
+    agent, reviewer = _signed_in(auth_server, AGENT, AGENT_PASSWORD), _signed_in(auth_server, USER, PASSWORD)
+    assert agent.get("audit/export?fmt=json").status_code == 403
+    assert reviewer.get("audit/export?fmt=json").status_code == 200
+    pg = browser.new_page()
+    pg.goto(auth_server)
+    pg.get_by_label("username").fill(AGENT)
+    pg.get_by_label("password").fill(AGENT_PASSWORD)
+    pg.get_by_role("button", name="Login").click()
+    pg.locator("#message textarea").wait_for(timeout=60_000)
+    pg.get_by_role("tab", name="Audit").click()
+    expect(pg.locator("#audit-locked")).to_contain_text("Only auditors")
+    assert not pg.locator("#audit-search").is_visible()
+    pg.close()
+
+
+def test_one_user_cannot_read_another_users_stream(auth_server):
+    agent, reviewer = _signed_in(auth_server, AGENT, AGENT_PASSWORD), _signed_in(auth_server, USER, PASSWORD)
+    config = agent.get("config").json()
+    fn = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "respond")
+    body = {"data": ["where is my package"], "fn_index": fn, "session_hash": "agents-own-session",
+            "event_data": None, "trigger_id": None}
+    assert agent.post("gradio_api/queue/join", json=body).status_code == 200
+    stolen = reviewer.get("gradio_api/queue/data", params={"session_hash": "agents-own-session"})
+    assert stolen.status_code == 403 and "another user" in stolen.text
+    assert reviewer.post("gradio_api/queue/join", json=body).status_code == 403
+    with agent.stream("GET", "gradio_api/queue/data", params={"session_hash": "agents-own-session"}) as own:
+        assert own.status_code == 200
+        text = ""
+        for chunk in own.iter_text():
+            text += chunk
+            if "process_completed" in text:
+                break
+    assert "track_order" in text

@@ -52,6 +52,13 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"model directory (default: {DEFAULT_MODEL})")
     e.add_argument("--bot", help="bot YAML whose 'test:' section to use (default: the one it was trained from)")
     e.add_argument("-o", "--out", help="report directory (default: <model>/reports)")
+    e.add_argument("--no-redact", action="store_true", help="read the test messages without PII redaction, to "
+                   "measure what redaction costs (reports go to <model>/reports/no-redaction; the card is untouched)")
+
+    r = sub.add_parser("redact", help="show what would be stored of a message: PII replaced by <TYPE> placeholders")
+    r.add_argument("text", nargs="*", help="messages (default: one per line on standard input)")
+    r.add_argument("--json", action="store_true", help="one JSON object per message: stored text, types, spans")
+    r.add_argument("-v", "--verbose", action="store_true", help="also list the types found")
 
     c = sub.add_parser("chat", help="chat with a trained model in the terminal")
     c.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"model directory (default: {DEFAULT_MODEL})")
@@ -144,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.verb == "eval":
             from ui.verbs.evaluate import evaluate
             return evaluate(args)
+        if args.verb == "redact":
+            from ui.verbs.redact import redact
+            return redact(args)
         if args.verb == "explain":
             from ui.verbs.explain import explain
             return explain(args)

@@ -1,22 +1,24 @@
 """The Gradio web app: Chat, Audit and Model tabs over one ChatService.
 
 Every piece of user text shown in the page is HTML-escaped here (chat) or rendered as plain text
-by the component (highlights, tables). The audit tab and its exports exist only when the app
-runs with sign-in, and each audit handler checks the signed-in user again.
+by the component (highlights, tables). The Audit tab is shown only to auditors (`ui/auth.Access`),
+and each audit handler and the export route check the request again.
 """
 from __future__ import annotations
 
 import csv
 import html
 import json
-import tempfile
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
 import gradio as gr
 
-from bot.store import Filter, to_csv, to_json
+from bot.store import Filter
 from safety.guard import Rejected
+from ui.auth import Access
+from ui.http import locked_message
 from ui.service import Answer, ChatService
 
 EXAMPLES = ["I want to cancel my order", "where is my package?", "how do I get a refund",
@@ -54,13 +56,6 @@ def decision_markdown(a: Answer) -> str:
     return "\n\n".join(lines)
 
 
-def _require_user(request: gr.Request | None) -> str:
-    user = getattr(request, "username", None)
-    if not user:
-        raise gr.Error("The audit log needs sign-in.")
-    return user
-
-
 def _parse_date(value: str, end: bool) -> datetime | None:
     value = (value or "").strip()
     if not value:
@@ -74,7 +69,17 @@ def _parse_date(value: str, end: bool) -> datetime | None:
     return d if d.tzinfo else d.replace(tzinfo=timezone.utc)
 
 
+def audit_filter(intent_, lo_, hi_, fallback_, since_, until_) -> Filter:
+    """The Audit tab's filters (also the export route's query parameters)."""
+    return Filter(intent=None if intent_ in (None, "", "(any)") else intent_, min_confidence=float(lo_),
+                  max_confidence=float(hi_), fallback={"yes": True, "no": False}.get(fallback_),
+                  since=_parse_date(since_, False), until=_parse_date(until_, True))
+
+
 AUDIT_HEADERS = ["id", "time", "session", "text", "intent", "confidence", "fallback"]
+HEADER_PRIVACY = ("Before anything is logged, personal details (names, addresses, dates of birth, contact, card and "
+                  "account numbers, IDs, passwords) are replaced by placeholders; the redactor is measured, not perfect, "
+                  "and can miss an unusual name.")
 
 
 def _table(rows: list[dict]) -> list[list]:
@@ -82,28 +87,35 @@ def _table(rows: list[dict]) -> list[list]:
              "yes" if r["fallback"] else "no"] for r in rows]
 
 
-def build(service: ChatService, auth: bool) -> gr.Blocks:
+def build(service: ChatService, access: Access) -> gr.Blocks:
     name = service.card.get("bot", {}).get("name", "bot")
     with gr.Blocks(title=f"Candor · {name}", css=CSS, analytics_enabled=False) as app:
         privacy = service.card.get("privacy") or {}
         guarantee = (f" Trained with differential privacy: ε = {privacy['epsilon']:.2f}, δ = {privacy['delta']:.2g}."
                      if privacy.get("dp") else "")
         gr.Markdown(f"# Candor · {html.escape(name)}\nEvery reply comes with the words that chose its intent. "
-                    f"PII is redacted before anything is logged.{guarantee}", elem_id="header")
+                    f"{HEADER_PRIVACY}{guarantee}", elem_id="header")
         with gr.Tabs():
             with gr.Tab("Chat", id="chat"):
                 _chat_tab(service)
             with gr.Tab("Audit", id="audit"):
-                _audit_tab(service) if auth else gr.Markdown(
-                    "The audit log needs sign-in. Start the app with `candor serve --auth-file FILE` "
-                    "(lines of `user:password`) to review past turns.", elem_id="audit-locked")
+                locked = gr.Markdown(locked_message(access), elem_id="audit-locked")
+                with gr.Column(visible=False) as panel:
+                    _audit_tab(service, access)
             with gr.Tab("Model", id="model"):
                 _model_tab(service)
+
+        def show_audit(request: gr.Request):
+            ok = access.may_audit(request)
+            return gr.update(visible=not ok), gr.update(visible=ok)
+
+        app.load(show_audit, None, [locked, panel], api_name=False, queue=False)
 
         def api_respond(message: str, request: gr.Request) -> dict:
             """One turn: reply, intent, confidence, fallback and word attributions (text already redacted)."""
             try:
-                return service.respond(message, f"api-{request.session_hash}").to_dict()
+                session = request.session_hash or uuid.uuid4().hex  # no session: a turn without history
+                return service.respond(message, f"api-{session}").to_dict()
             except Rejected as e:
                 raise gr.Error(str(e)) from None
 
@@ -142,7 +154,8 @@ def _chat_tab(service: ChatService) -> None:
                 if isinstance(part, str):
                     history[-1] = {"role": "assistant", "content": _user(part)}
                     yield history, "", gr.update(), gr.update(), gr.update()
-                else:
+                else:  # the user's bubble now shows what the bot read: Gradio keeps session values in memory
+                    history[-2] = {"role": "user", "content": _user(part.text)}
                     history[-1] = {"role": "assistant", "content": _user(part.reply)}
                     yield (history, "", decision_markdown(part), highlights(part.attributions),
                            {i: p for i, p in part.ranking})
@@ -171,7 +184,7 @@ def _chat_tab(service: ChatService) -> None:
     clear.click(reset, None, outputs, api_name=False)
 
 
-def _audit_tab(service: ChatService) -> None:
+def _audit_tab(service: ChatService, access: Access) -> None:
     with gr.Row():
         intent = gr.Dropdown(["(any)"], value="(any)", label="Intent", elem_id="audit-intent")
         lo = gr.Slider(0, 1, value=0, step=0.01, label="Confidence at least")
@@ -189,50 +202,47 @@ def _audit_tab(service: ChatService) -> None:
         open_btn = gr.Button("Open turn", elem_id="audit-open")
         csv_btn = gr.Button("Export CSV", elem_id="audit-export-csv")
         json_btn = gr.Button("Export JSON", elem_id="audit-export-json")
-    export = gr.File(label="Export", elem_id="audit-export", height=90)
+    gr.Markdown("<small>Exports are streamed to your browser, not kept on the server. The session column is a "
+                "keyed hash, not the chat's session id.</small>")
     detail_words = gr.HighlightedText(label="Attributions of this turn", combine_adjacent=False,
                                       show_inline_category=False, elem_id="audit-words")
     detail = gr.JSON(label="Turn", elem_id="audit-detail")
     filters = [intent, lo, hi, fallback, since, until]
 
-    def _filter(intent_, lo_, hi_, fallback_, since_, until_) -> Filter:
-        return Filter(intent=None if intent_ in (None, "(any)") else intent_, min_confidence=float(lo_),
-                      max_confidence=float(hi_), fallback={"yes": True, "no": False}.get(fallback_),
-                      since=_parse_date(since_, False), until=_parse_date(until_, True))
+    def require_auditor(request: gr.Request) -> None:
+        if not access.may_audit(request):
+            raise gr.Error("Only auditors may read the audit log.")
 
     def do_search(intent_, lo_, hi_, fallback_, since_, until_, request: gr.Request):
-        _require_user(request)
-        rows = service.store.query(_filter(intent_, lo_, hi_, fallback_, since_, until_))
+        require_auditor(request)
+        rows = service.store.query(audit_filter(intent_, lo_, hi_, fallback_, since_, until_))
         choices = ["(any)", *service.store.intents()]
         return gr.update(choices=choices), _table(rows)
 
     def do_open(value, request: gr.Request):
-        _require_user(request)
+        require_auditor(request)
         row = service.store.get(int(value or 0))
         if row is None:
             raise gr.Error(f"no turn #{value}")
         return highlights(row["attributions"]), row
 
     def do_select(evt: gr.SelectData, request: gr.Request):
-        _require_user(request)
+        require_auditor(request)
         row = service.store.get(int(evt.row_value[0]))
         return (row["id"], highlights(row["attributions"]), row) if row else (None, None, None)
 
-    def do_export(fmt: str):
-        def run(intent_, lo_, hi_, fallback_, since_, until_, request: gr.Request):
-            _require_user(request)
-            rows = service.store.query(_filter(intent_, lo_, hi_, fallback_, since_, until_))
-            folder = Path(tempfile.mkdtemp(prefix="candor-export-"))
-            path = folder / f"candor-audit-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}.{fmt}"
-            path.write_text(to_csv(rows) if fmt == "csv" else to_json(rows), encoding="utf-8")
-            return str(path)
-        return run
+    def export_js(fmt: str) -> str:
+        """The browser downloads `/audit/export` with the current filters (the route checks the role)."""
+        return ("(intent, lo, hi, fallback, since, until) => { const q = new URLSearchParams({fmt: '" + fmt + "', "
+                "intent: intent || '', min: lo, max: hi, fallback: fallback, since: since || '', until: until || ''}); "
+                "const a = document.createElement('a'); a.href = 'audit/export?' + q.toString(); a.download = ''; "
+                "document.body.appendChild(a); a.click(); a.remove(); return []; }")
 
     search.click(do_search, filters, [intent, table], api_name=False)
     open_btn.click(do_open, turn_id, [detail_words, detail], api_name=False)
     table.select(do_select, None, [turn_id, detail_words, detail], api_name=False)
-    csv_btn.click(do_export("csv"), filters, export, api_name=False)
-    json_btn.click(do_export("json"), filters, export, api_name=False)
+    csv_btn.click(None, filters, None, js=export_js("csv"), api_name=False)
+    json_btn.click(None, filters, None, js=export_js("json"), api_name=False)
 
 
 def _eval_summary(reports: Path) -> str:

@@ -27,10 +27,12 @@ def evaluate(args) -> int:
     if not spec.test:
         print(f"candor eval: {source} has no 'test:' examples to evaluate on")
         return 1
-    test = [Example(served_text(e.text), e.intent, e.line) for e in spec.test]  # as a served turn reads them
+    test = [Example(served_text(e.text, redact=not args.no_redact), e.intent, e.line)  # as a served turn reads them
+            for e in spec.test]
     result = run_eval(bot.model, bot.enc, test, bot.settings)
-    out = write_reports(result, args.out or Path(args.model) / "reports")
-    cards.update(args.model, metrics=result["summary"])
+    out = write_reports(result, args.out or Path(args.model) / "reports" / ("no-redaction" if args.no_redact else ""))
+    if not args.no_redact:
+        cards.update(args.model, metrics=result["summary"])
     s = result["summary"]
     print(f"{s['test_examples']} test utterances: accuracy {s['accuracy']:.3f}, macro-F1 {s['macro_f1']:.3f}, "
           f"fallback rate {s['fallback_rate']:.3f}"

@@ -6,7 +6,7 @@ import sys
 from argparse import Namespace
 from pathlib import Path
 
-from ui.auth import AuthError, check_binding, checker, read_users
+from ui.auth import Access, AuthError, OneTimeSignIn, check_binding, checker, read_users
 
 
 def serve(args) -> int:
@@ -25,14 +25,29 @@ def serve(args) -> int:
         train(Namespace(bot=None, out=str(model), resume=True, device="auto", epochs=None, pretrain_epochs=None,
                         seed=None, base=None, checkpoint_every=None, keep_checkpoints=False, quiet=False, dp=False))
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from starlette.middleware import Middleware
+
+    from ui.http import SessionOwners, export_route, signin_routes
     from ui.service import ChatService
-    from ui.web import build
+    from ui.web import audit_filter, build
 
     audit_db = args.audit_db or f"{model}.audit.sqlite"
     print(f"loading {model}; audit log: {audit_db}")
     service = ChatService(model, audit_db, device=args.device, explain_steps=args.explain_steps)
-    app = build(service, auth=bool(users))
-    app.queue(default_concurrency_limit=4, max_size=64)
+    access = Access(users, None if users else OneTimeSignIn())
+    app = build(service, access)
+    app.queue(default_concurrency_limit=4, max_size=64, api_open=False)  # queued events only through the queue
+    routes = [export_route(access, service.store, audit_filter)]
+    url = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{args.port}/"
+    if access.one_time:
+        routes += signin_routes(access.one_time)
+        print(f"\nThe Audit tab needs this one-time password (a new one at every start):\n"
+              f"    {access.one_time.password}\nor open this sign-in link:\n    {url}signin?token={access.one_time.password}\n",
+              flush=True)
+    elif not access.auditors():
+        print(f"note: no user in {args.auth_file} has the auditor role (user:password:auditor), so nobody can "
+              "open the Audit tab", flush=True)
     app.launch(server_name=args.host, server_port=args.port, auth=checker(users) if users else None,
-               inbrowser=not args.no_browser, show_api=True, share=False, max_file_size="1mb")
+               inbrowser=not args.no_browser, show_api=True, share=False, max_file_size="1mb",
+               app_kwargs={"routes": routes, "middleware": [Middleware(SessionOwners)]})
     return 0
