@@ -52,7 +52,11 @@ class Bot:
         self.rng = random.Random(seed)
 
     def classify(self, text: str):
-        return decide(predict_proba(self.model, self.enc, [text])[0], self.model.intents, self.settings)
+        return self.classify_batch([text])[0]
+
+    def classify_batch(self, texts: list[str]):
+        """One forward pass for several texts; each decision as `classify` would make it."""
+        return [decide(p, self.model.intents, self.settings) for p in predict_proba(self.model, self.enc, texts)]
 
     def reply(self, text: str, intent: str, context: list[Turn], on_text=None) -> str:
         """The reply for a confident intent; an empty generation falls back to the templates.
@@ -65,9 +69,10 @@ class Bot:
                 return fill(generated, self.placeholders)
         return template_reply(self.responses.get(intent, []), self.placeholders, self.rng) or self.fallback_text
 
-    def turn(self, text: str, conversation: Conversation | None = None, on_text=None) -> TurnResult:
+    def turn(self, text: str, conversation: Conversation | None = None, on_text=None, decision=None) -> TurnResult:
+        """One turn; `decision` when the text was already classified (in a batch with others)."""
         conversation = conversation if conversation is not None else Conversation()
-        decision = self.classify(text)
+        decision = decision or self.classify(text)
         context = conversation.turns[-self.settings.context_turns:] if self.settings.context_turns else []
         reply = (fill(self.fallback_text, self.placeholders) if decision.fallback
                  else self.reply(text, decision.intent, context, on_text))

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, Integer, String, Text, create_engine, select
+from sqlalchemy import JSON, Boolean, DateTime, Float, Integer, String, Text, create_engine, func, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 COLUMNS = ("id", "time", "session", "text", "intent", "confidence", "fallback", "fallback_reason", "reply",
@@ -103,19 +103,27 @@ class AuditStore:
     def pseudonym(self, session: str) -> str:
         return hmac.new(self._session_key, session.encode("utf-8"), hashlib.sha256).hexdigest()[:16]
 
-    def query(self, f: Filter = Filter()) -> list[dict]:
-        q = select(TurnRow).where(TurnRow.confidence >= f.min_confidence, TurnRow.confidence <= f.max_confidence)
+    @staticmethod
+    def _where(q, f: Filter):
+        q = q.where(TurnRow.confidence >= f.min_confidence, TurnRow.confidence <= f.max_confidence)
         if f.intent:
             q = q.where(TurnRow.intent == f.intent)
         if f.fallback is not None:
             q = q.where(TurnRow.fallback == f.fallback)
-        if f.since:
-            q = q.where(TurnRow.time >= f.since)
+        if f.since:  # in UTC, as stored (SQLite keeps no offset)
+            q = q.where(TurnRow.time >= _utc(f.since))
         if f.until:
-            q = q.where(TurnRow.time <= f.until)
-        q = q.order_by(TurnRow.id.desc()).limit(f.limit)
+            q = q.where(TurnRow.time <= _utc(f.until))
+        return q
+
+    def query(self, f: Filter = Filter(), offset: int = 0) -> list[dict]:
+        q = self._where(select(TurnRow), f).order_by(TurnRow.id.desc()).offset(offset).limit(f.limit)
         with Session(self.engine) as s:
             return [row.to_dict() for row in s.scalars(q)]
+
+    def count(self, f: Filter = Filter()) -> int:
+        with Session(self.engine) as s:
+            return s.scalar(self._where(select(func.count()).select_from(TurnRow), f))
 
     def get(self, turn_id: int) -> dict | None:
         with Session(self.engine) as s:
@@ -125,6 +133,11 @@ class AuditStore:
     def intents(self) -> list[str]:
         with Session(self.engine) as s:
             return sorted(s.scalars(select(TurnRow.intent).distinct()))
+
+
+def _utc(d: datetime) -> datetime:
+    """An aware time in UTC, naive (as SQLite stores it); a naive time is taken to be UTC already."""
+    return d.astimezone(timezone.utc).replace(tzinfo=None) if d.tzinfo else d
 
 
 def to_json(rows: list[dict]) -> str:

@@ -65,22 +65,38 @@ class IntentExplainer:
         return self.model.intent_logits(input_ids, attention_mask).softmax(-1)
 
     def explain(self, text: str, intent: str | None = None) -> Explanation:
+        return self.explain_batch([text], [intent])[0]
+
+    def explain_batch(self, texts: list[str], intents: list[str | None] | None = None) -> list[Explanation]:
+        """Several texts in one Captum call (right-padded; GPT-2 is causal, so padding after a text
+        changes nothing before it): the same attributions as one at a time, within float tolerance."""
         self.model.eval()
-        seg = segment(self.enc.tok, text, self.enc.max_length - 2)
-        ids = torch.tensor([[self.enc.user, *seg.token_ids, self.enc.intent]], device=self.model.device)
+        intents = intents or [None] * len(texts)
+        segs = [segment(self.enc.tok, t, self.enc.max_length - 2) for t in texts]
+        width = max(len(s.token_ids) for s in segs) + 2
+        ids = torch.full((len(texts), width), self.enc.pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
         base = ids.clone()
-        base[0, 1:-1] = self.enc.pad
-        mask = torch.ones_like(ids)
+        for i, s in enumerate(segs):
+            n = len(s.token_ids) + 2
+            ids[i, :n] = torch.tensor([self.enc.user, *s.token_ids, self.enc.intent])
+            base[i, 0], base[i, n - 1] = self.enc.user, self.enc.intent  # text tokens stay <|pad|>
+            mask[i, :n] = 1
+        ids, base, mask = (t.to(self.model.device) for t in (ids, base, mask))
         with torch.no_grad():
             probs = self._probability(torch.cat([ids, base]), torch.cat([mask, mask]))
-        predicted = int(probs[0].argmax())
-        target = self.model.intents.index(intent) if intent else predicted
-        attr, delta = self.lig.attribute(ids, baselines=base, target=target, additional_forward_args=(mask,),
-                                         n_steps=self.n_steps, internal_batch_size=self.internal_batch_size,
+        predicted = probs[: len(texts)].argmax(-1).tolist()
+        targets = [self.model.intents.index(it) if it else p for it, p in zip(intents, predicted)]
+        attr, delta = self.lig.attribute(ids, baselines=base, target=targets, additional_forward_args=(mask,),
+                                         n_steps=self.n_steps, internal_batch_size=self.internal_batch_size * len(texts),
                                          return_convergence_delta=True)
-        per_token = attr.sum(-1)[0, 1:-1].detach().cpu()
-        raw = word_scores(seg, per_token.tolist())
-        words = [WordScore(w, s, r, a, b) for w, s, r, (a, b) in zip(seg.words, normalise(raw), raw, seg.spans)]
-        return Explanation(text, self.model.intents[target], float(probs[0, target]), self.model.intents[predicted],
-                           words, float(probs[1, target]), float(per_token.sum()), abs(float(delta)),
-                           n_steps=self.n_steps, internal_batch_size=self.internal_batch_size)
+        out = []
+        for i, (text, seg, target) in enumerate(zip(texts, segs, targets)):
+            per_token = attr[i].sum(-1)[1:len(seg.token_ids) + 1].detach().cpu()
+            raw = word_scores(seg, per_token.tolist())
+            words = [WordScore(w, sc, r, a, b) for w, sc, r, (a, b) in zip(seg.words, normalise(raw), raw, seg.spans)]
+            out.append(Explanation(text, self.model.intents[target], float(probs[i, target]),
+                                   self.model.intents[predicted[i]], words, float(probs[len(texts) + i, target]),
+                                   float(per_token.sum()), abs(float(delta[i])), n_steps=self.n_steps,
+                                   internal_batch_size=self.internal_batch_size))
+        return out

@@ -61,3 +61,127 @@ def test_chat_shows_user_text_as_text_and_retry_gets_it_back():
     assert "<b>" not in shown and shown.count("<br>") == 1  # only the real line break is markup
     assert _typed(shown) == typed
     assert highlights([("a", 0.5), ("b", -1.0)]) == [("a", 0.5), (" ", None), ("b", -1.0)]
+
+
+def test_undo_keeps_the_turns_before_and_a_reset_racing_a_turn_breaks_nothing(service):
+    import threading
+
+    from ui.service import MAX_TURNS
+
+    for text in ("hello", "cancel my order", "where is my package"):
+        service.respond(text, "s-undo")
+    service.keep("s-undo", 1)
+    assert [t.user for t in service.conversation("s-undo").turns] == ["hello"]
+    errors = []
+
+    def chat():
+        try:
+            for _ in range(15):
+                service.respond("where is my package", "s-race")
+        except Exception as e:  # noqa: BLE001 - any error fails the test below
+            errors.append(e)
+
+    def reset():
+        for _ in range(300):
+            service.reset("s-race")
+            service.conversation("s-race")
+
+    threads = [threading.Thread(target=chat), threading.Thread(target=reset)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    for _ in range(MAX_TURNS + 5):
+        service.conversation("s-long").turns.append(service.conversation("s-undo").turns[0])
+    service.respond("hello", "s-long")
+    assert len(service.conversation("s-long").turns) == MAX_TURNS  # a conversation does not grow without limit
+
+
+def test_undo_and_retry_count_only_turns_that_were_sent():
+    from ui.web import REFUSED, _refused, turns_in
+
+    history = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"},
+               {"role": "user", "content": "x" * 200 + "…"}, {"role": "assistant", "content": REFUSED + "too long."},
+               {"role": "user", "content": "cancel"}, {"role": "assistant", "content": "ok"}]
+    assert turns_in(history) == 2 and turns_in(history[:4]) == 1 and turns_in(history[:2]) == 1
+    assert _refused(history, 2) and not _refused(history, 0) and not _refused(history, 4)
+
+
+def test_every_model_event_shares_one_concurrency_group(service):
+    from ui.auth import Access
+    from ui.web import MODEL_CONCURRENCY, MODEL_EVENTS, build
+
+    app = build(service, Access())
+    fns = app.fns.values()
+    model_events = [f for f in fns if f.concurrency_id == MODEL_EVENTS]
+    assert len(model_events) == 3  # chat, retry and the /respond API: 4 at a time in all, not 4 each
+    assert {f.concurrency_limit for f in model_events} == {MODEL_CONCURRENCY}
+    names = {getattr(f.fn, "__name__", "") for f in fns if f.fn} - {"send", "retry", "api_respond"}
+    assert not any(f.concurrency_id != MODEL_EVENTS and getattr(f.fn, "__name__", "") in ("send", "retry")
+                   for f in fns) and names
+
+
+def test_a_turn_whose_client_went_away_stops_and_is_not_logged(service, monkeypatch):
+    import time
+
+    slow_explain = service.explainer.explain
+
+    def slow(*a, **k):
+        time.sleep(0.5)
+        return slow_explain(*a, **k)
+
+    monkeypatch.setattr(service.explainer, "explain", slow)
+    before = service.store.count()
+    service.bot.settings.response_mode = "generate"
+    try:
+        stream = service.respond_stream("where is my package", "s-gone")
+        first = next(stream)
+        assert isinstance(first, str)
+        stream.close()  # what Gradio does when the tab closes
+        time.sleep(1.0)
+    finally:
+        service.bot.settings.response_mode = "template"
+    assert service.store.count() == before and service.conversation("s-gone").turns == []
+
+
+def test_turns_that_arrive_together_are_batched_and_answer_as_one_at_a_time(service):
+    import threading
+
+    texts = ["cancel my order", "where is my package", "I want a refund please", "hello there", "track order",
+             "cancel it now"]
+    single = [service.respond(t, f"single-{i}") for i, t in enumerate(texts)]
+    batches = []
+    run = service.batcher.run
+    service.batcher.run = lambda items: (batches.append(len(items)), run(items))[1]
+    together = [None] * len(texts)
+    gate = threading.Barrier(len(texts))
+
+    def go(i):
+        gate.wait()
+        together[i] = service.respond(texts[i], f"together-{i}")
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(len(texts))]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        service.batcher.run = run
+    assert max(batches) > 1  # some turns did share a batch
+    for a, b in zip(single, together):
+        assert (a.intent, a.fallback, a.reply is not None) == (b.intent, b.fallback, True)
+        assert a.confidence == pytest.approx(b.confidence, abs=1e-5)
+        assert [w for w, _ in a.attributions] == [w for w, _ in b.attributions]
+        assert [s for _, s in a.attributions] == pytest.approx([s for _, s in b.attributions], abs=1e-3)
+
+
+def test_explaining_a_batch_equals_explaining_each(service):
+    texts = ["cancel my order", "where is my package please", "hi"]
+    batch = service.explainer.explain_batch(texts, [None, "track_order", None])
+    for text, intent, b in zip(texts, [None, "track_order", None], batch):
+        a = service.explainer.explain(text, intent)
+        assert (a.intent, a.predicted, [w.word for w in a.words]) == (b.intent, b.predicted, [w.word for w in b.words])
+        assert [w.raw for w in a.words] == pytest.approx([w.raw for w in b.words], abs=1e-5)
+        assert a.confidence == pytest.approx(b.confidence, abs=1e-6) and a.delta == pytest.approx(b.delta, abs=1e-4)

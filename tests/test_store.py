@@ -68,3 +68,19 @@ def test_exports_round_trip_and_defuse_spreadsheet_formulas(tmp_path):
     assert table[1]["text"].startswith("'=HYPERLINK") and table[0]["text"] == "plain words"
     assert json.loads(table[0]["attributions"]) == [["plain", 0.5], ["words", 0.5]]
     assert table[0]["time"].endswith("+00:00")
+
+
+def test_search_pages_and_counts_and_dates_honour_their_offset(tmp_path):
+    store = AuditStore(str(tmp_path / "a.sqlite"), lambda t: t)
+    at = datetime(2026, 1, 1, 10, 0, tzinfo=timezone.utc)
+    for i in range(7):
+        _log(store, text=f"turn {i}", time=at + timedelta(minutes=i))
+    f = Filter(limit=3)
+    assert store.count(f) == 7
+    pages = [[r["text"] for r in store.query(f, offset=o)] for o in (0, 3, 6)]
+    assert pages == [["turn 6", "turn 5", "turn 4"], ["turn 3", "turn 2", "turn 1"], ["turn 0"]]
+    plus2 = timezone(timedelta(hours=2))
+    since = Filter(since=datetime(2026, 1, 1, 12, 3, tzinfo=plus2), limit=None)  # 10:03 UTC
+    assert [r["text"] for r in store.query(since)] == ["turn 6", "turn 5", "turn 4", "turn 3"]
+    until = Filter(until=datetime(2026, 1, 1, 5, 1, tzinfo=timezone(timedelta(hours=-5))))  # 10:01 UTC
+    assert store.count(until) == 2

@@ -257,3 +257,17 @@ def test_one_user_cannot_read_another_users_stream(auth_server):
             if "process_completed" in text:
                 break
     assert "track_order" in text
+
+
+def test_load_benchmark_short_form(server):
+    """The short form of benchmarks/load.py: concurrent API users against the running app, no errors."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from load import run_load, summary
+    finally:
+        sys.path.pop(0)
+    s = summary(run_load(server[0], users=4, turns=3, messages=["where is my package", "cancel my order"],
+                         time_limit=240))
+    assert s["errors"] == 0 and s["ok"] == 12 and s["p95_s"] > 0 and not s["timed_out"]
+    with pytest.raises(SystemExit, match="only loads a server on this machine"):
+        run_load("http://example.org/", 1, 1, ["hi"])

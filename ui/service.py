@@ -1,7 +1,9 @@
 """One chat turn, served: guard → redact → classify → fallback → reply → explain → log.
 
-The model is loaded once per process. Model work (classification, generation, Captum hooks on the
-shared embedding layer) runs under one lock; redaction and the audit store run outside it.
+The model is loaded once per process. Turns that arrive together are batched (`Batcher`): up to
+`MAX_BATCH` turns waiting at most `BATCH_WAIT_S` are classified in one forward pass and explained in one
+Captum call, under one lock (Captum hooks the shared embedding layer); redaction and the audit store
+run outside it, in each request's own thread.
 """
 from __future__ import annotations
 
@@ -19,6 +21,65 @@ from safety.guard import MAX_CHARS, read_message
 from safety.pii import redact_text, warm_up
 
 MAX_SESSIONS = 1000
+MAX_BATCH = 8  # turns in one model batch
+BATCH_WAIT_S = 0.005  # how long the first turn of a batch waits for others
+MAX_TURNS = 50  # a conversation keeps its newest turns (generation reads the last few)
+
+
+class Batcher:
+    """Collects work items from many threads and runs them in batches on one worker thread.
+
+    `submit(item)` blocks until `run(items)` has returned the item's result (or raised for it):
+    `run` returns one result per item, an exception instance to raise in that item's thread."""
+
+    def __init__(self, run, max_batch: int = MAX_BATCH, max_wait: float = BATCH_WAIT_S):
+        self.run, self.max_batch, self.max_wait = run, max_batch, max_wait
+        self.items: queue.Queue = queue.Queue()
+        threading.Thread(target=self._work, daemon=True, name="candor-batcher").start()
+
+    def submit(self, item):
+        done, box = threading.Event(), {}
+        self.items.put((item, done, box))
+        done.wait()
+        if isinstance(box["result"], BaseException):
+            raise box["result"]
+        return box["result"]
+
+    def _work(self) -> None:
+        import time
+
+        while True:
+            batch = [self.items.get()]
+            deadline = time.monotonic() + self.max_wait
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self.items.get(timeout=max(0.0, deadline - time.monotonic())))
+                except queue.Empty:
+                    break
+            try:
+                results = self.run([item for item, _, _ in batch])
+            except BaseException as e:  # noqa: BLE001 - every waiting thread gets the error
+                results = [e] * len(batch)
+            for (_, done, box), result in zip(batch, results):
+                box["result"] = result
+                done.set()
+
+
+class Cancelled(Exception):
+    """The client went away (its tab closed): the turn stops and nothing is logged."""
+
+
+def _stream(on_text, cancel):
+    """The reply-so-far callback of one turn; raises Cancelled between tokens once `cancel` is set."""
+    if on_text is None and cancel is None:
+        return None
+
+    def text_out(so_far: str) -> None:
+        if cancel is not None and cancel.is_set():
+            raise Cancelled()
+        if on_text:
+            on_text(so_far)
+    return text_out
 
 
 @dataclass
@@ -54,8 +115,10 @@ class ChatService:
         self.store = AuditStore(audit_db, redact_text)
         self.version = model_version(model_dir, self.bot.card)
         self.max_chars = max_chars
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # model work
+        self.sessions_lock = threading.Lock()  # the session table and each conversation's turn list
         self.sessions: OrderedDict[str, Conversation] = OrderedDict()
+        self.batcher = Batcher(self._model_batch)
         warm_up()
 
     @property
@@ -63,26 +126,37 @@ class ChatService:
         return self.bot.card
 
     def conversation(self, session: str) -> Conversation:
-        conv = self.sessions.setdefault(session, Conversation())
-        self.sessions.move_to_end(session)
-        while len(self.sessions) > MAX_SESSIONS:
-            self.sessions.popitem(last=False)
-        return conv
+        with self.sessions_lock:
+            conv = self.sessions.setdefault(session, Conversation())
+            self.sessions.move_to_end(session)
+            while len(self.sessions) > MAX_SESSIONS:
+                self.sessions.popitem(last=False)
+            return conv
+
+    def keep(self, session: str, turns: int) -> None:
+        """Keep the first `turns` turns of a conversation (undo and retry: the turns before the one undone)."""
+        with self.sessions_lock:
+            conv = self.sessions.get(session)
+            if conv:
+                del conv.turns[max(0, turns):]
 
     def undo(self, session: str) -> None:
-        conv = self.sessions.get(session)
-        if conv and conv.turns:
-            conv.turns.pop()
+        with self.sessions_lock:
+            conv = self.sessions.get(session)
+            if conv and conv.turns:
+                conv.turns.pop()
 
     def reset(self, session: str) -> None:
-        self.sessions.pop(session, None)
+        with self.sessions_lock:
+            self.sessions.pop(session, None)
 
-    def respond(self, message: str, session: str, on_text=None) -> Answer:
-        """Raises safety.guard.Rejected for a message the bot will not read."""
+    def respond(self, message: str, session: str, on_text=None, cancel: threading.Event | None = None) -> Answer:
+        """Raises safety.guard.Rejected for a message the bot will not read, Cancelled once `cancel` is set."""
         red = read_message(message, self.max_chars)
-        with self.lock:
-            result = self.bot.turn(red.text, self.conversation(session), on_text=on_text)
-            explanation = self.explainer.explain(red.text, result.intent)
+        conv = self.conversation(session)
+        result, explanation = self.batcher.submit((red.text, conv, on_text, cancel))
+        with self.sessions_lock:
+            del conv.turns[:-MAX_TURNS]
         words = [(w.word, round(w.score, 4)) for w in explanation.words]
         turn_id = self.store.log(session=session, text=red.text, reply=result.reply, intent=result.intent,
                                  confidence=result.confidence, fallback=result.fallback,
@@ -91,22 +165,57 @@ class ChatService:
         return Answer(turn_id, red.text, red.found, result.reply, result.intent, result.confidence, result.fallback,
                       result.fallback_reason, result.ranking[:5], words, explanation.delta, self.version)
 
+    def _model_batch(self, items: list) -> list:
+        """Model work for several turns: one classification pass, each reply, one Captum call.
+        Returns (TurnResult, Explanation) per item, or the exception for that item."""
+        out: list = [None] * len(items)
+        live = [i for i, (_, _, _, cancel) in enumerate(items) if not (cancel is not None and cancel.is_set())]
+        for i in set(range(len(items))) - set(live):
+            out[i] = Cancelled()
+        with self.lock:
+            decisions = self.bot.classify_batch([items[i][0] for i in live]) if live else []
+            results = {}
+            for i, decision in zip(live, decisions):
+                text, conv, on_text, cancel = items[i]
+                try:
+                    results[i] = self.bot.turn(text, conv, on_text=_stream(on_text, cancel), decision=decision)
+                except Exception as e:  # noqa: BLE001 - this item's error, the others go on
+                    out[i] = e
+            done = [i for i in live if i in results]
+            explanations = self.explainer.explain_batch([items[i][0] for i in done],
+                                                        [results[i].intent for i in done]) if done else []
+        for i, explanation in zip(done, explanations):
+            cancel, conv = items[i][3], items[i][1]
+            if cancel is not None and cancel.is_set():
+                with self.sessions_lock:
+                    if conv.turns:
+                        conv.turns.pop()  # a reply nobody received is no turn of the conversation
+                out[i] = Cancelled()
+            else:
+                out[i] = (results[i], explanation)
+        return out
+
     def respond_stream(self, message: str, session: str):
         """Yields the reply so far (str) while it is generated, then the Answer."""
         parts: queue.Queue = queue.Queue()
         box: dict = {}
 
+        cancel = threading.Event()
+
         def work():
             try:
-                box["answer"] = self.respond(message, session, on_text=parts.put)
+                box["answer"] = self.respond(message, session, on_text=parts.put, cancel=cancel)
             except BaseException as e:  # handed to the caller below
                 box["error"] = e
             finally:
                 parts.put(None)
 
         threading.Thread(target=work, daemon=True).start()
-        while (part := parts.get()) is not None:
-            yield part
+        try:
+            while (part := parts.get()) is not None:
+                yield part
+        finally:  # closed early (the tab went away): the turn stops at its next token or before logging
+            cancel.set()
         if "error" in box:
             raise box["error"]
         yield box["answer"]

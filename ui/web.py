@@ -24,6 +24,9 @@ from ui.service import Answer, ChatService
 EXAMPLES = ["I want to cancel my order", "where is my package?", "how do I get a refund",
             "my card 4111 1111 1111 1111 was charged twice, email me at jo@example.com"]
 CSS = "#decision {min-height: 4em}"
+REFUSED = "⚠ Not sent: "  # how a refused message's reply starts: it is no turn of the conversation
+MODEL_EVENTS = "model"  # one concurrency group for every event that runs the model (chat, retry, API)
+MODEL_CONCURRENCY = 16  # model events in flight: they wait in the batcher (ui/service.py) and run in batches
 
 
 def _user(text: str) -> str:
@@ -66,7 +69,7 @@ def _parse_date(value: str, end: bool) -> datetime | None:
         raise gr.Error(f"'{value}' is not a date; use YYYY-MM-DD or YYYY-MM-DD HH:MM") from None
     if len(value) == 10 and end:
         d = d.replace(hour=23, minute=59, second=59)
-    return d if d.tzinfo else d.replace(tzinfo=timezone.utc)
+    return (d if d.tzinfo else d.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
 
 
 def audit_filter(intent_, lo_, hi_, fallback_, since_, until_) -> Filter:
@@ -119,8 +122,19 @@ def build(service: ChatService, access: Access) -> gr.Blocks:
             except Rejected as e:
                 raise gr.Error(str(e)) from None
 
-        gr.api(api_respond, api_name="respond", concurrency_limit=4)
+        gr.api(api_respond, api_name="respond", concurrency_limit=MODEL_CONCURRENCY, concurrency_id=MODEL_EVENTS)
     return app
+
+
+def _refused(history: list, index: int) -> bool:
+    """Whether the user message at `index` was refused (its reply is the refusal)."""
+    nxt = history[index + 1] if index + 1 < len(history) else None
+    return bool(nxt) and nxt.get("role") == "assistant" and str(nxt.get("content", "")).startswith(REFUSED)
+
+
+def turns_in(history: list) -> int:
+    """Turns of the conversation in a chat history: user messages that were not refused."""
+    return sum(1 for i, m in enumerate(history) if m.get("role") == "user" and not _refused(history, i))
 
 
 def _chat_tab(service: ChatService) -> None:
@@ -160,16 +174,21 @@ def _chat_tab(service: ChatService) -> None:
                     yield (history, "", decision_markdown(part), highlights(part.attributions),
                            {i: p for i, p in part.ranking})
         except Rejected as e:
-            history[-1] = {"role": "assistant", "content": _user(f"⚠ Not sent: {e}.")}
+            history[-1] = {"role": "assistant", "content": _user(f"{REFUSED}{e}.")}
             history[-2] = {"role": "user", "content": _user(message[:200] + ("…" if len(message) > 200 else ""))}
             yield history, message if len(message) <= service.max_chars else "", gr.update(), gr.update(), gr.update()
 
     def undo(data: gr.UndoData, history: list, request: gr.Request):
-        service.undo(request.session_hash)
-        return history[: data.index], _typed(history[data.index]["content"])
+        service.keep(request.session_hash, turns_in(history[: data.index]))
+        refused = _refused(history, data.index)
+        return history[: data.index], "" if refused else _typed(history[data.index]["content"])
 
     def retry(data: gr.RetryData, history: list, request: gr.Request):
-        service.undo(request.session_hash)
+        if _refused(history, data.index):  # never sent (and maybe shortened): nothing to send again
+            gr.Info("That message was not sent, so there is nothing to retry: edit it and send it again.")
+            yield history[: data.index], gr.update(), gr.update(), gr.update(), gr.update()
+            return
+        service.keep(request.session_hash, turns_in(history[: data.index]))
         message = _typed(history[data.index]["content"])
         yield from send(message, history[: data.index], request)
 
@@ -177,9 +196,10 @@ def _chat_tab(service: ChatService) -> None:
         service.reset(request.session_hash)
         return [], "", "Send a message to see how the bot decides.", None, None
 
-    msg.submit(send, [msg, chatbot], outputs, concurrency_limit=4, api_name=False)
+    model = {"concurrency_limit": MODEL_CONCURRENCY, "concurrency_id": MODEL_EVENTS}
+    msg.submit(send, [msg, chatbot], outputs, api_name=False, **model)
     chatbot.undo(undo, chatbot, [chatbot, msg], api_name=False)
-    chatbot.retry(retry, chatbot, outputs, concurrency_limit=4, api_name=False)
+    chatbot.retry(retry, chatbot, outputs, api_name=False, **model)
     chatbot.clear(reset, None, outputs, api_name=False)
     clear.click(reset, None, outputs, api_name=False)
 
@@ -191,9 +211,11 @@ def _audit_tab(service: ChatService, access: Access) -> None:
         hi = gr.Slider(0, 1, value=1, step=0.01, label="Confidence at most")
         fallback = gr.Radio(["any", "yes", "no"], value="any", label="Fallback")
     with gr.Row():
-        since = gr.Textbox(label="From (YYYY-MM-DD)", placeholder="any")
+        since = gr.Textbox(label="From (YYYY-MM-DD, UTC unless an offset is given)", placeholder="any")
         until = gr.Textbox(label="To (YYYY-MM-DD)", placeholder="any")
+        page = gr.Number(1, label="Page", precision=0, minimum=1, elem_id="audit-page")
         search = gr.Button("Search", variant="primary", elem_id="audit-search")
+    matched = gr.Markdown("", elem_id="audit-count")
     table = gr.Dataframe(headers=AUDIT_HEADERS, datatype=["number", "str", "str", "str", "str", "number", "str"],
                          interactive=False, wrap=True, elem_id="audit-table", label="Turns (newest first)",
                          column_widths=["6%", "17%", "9%", "40%", "15%", "8%", "5%"])
@@ -213,11 +235,18 @@ def _audit_tab(service: ChatService, access: Access) -> None:
         if not access.may_audit(request):
             raise gr.Error("Only auditors may read the audit log.")
 
-    def do_search(intent_, lo_, hi_, fallback_, since_, until_, request: gr.Request):
+    def do_search(intent_, lo_, hi_, fallback_, since_, until_, page_, request: gr.Request):
         require_auditor(request)
-        rows = service.store.query(audit_filter(intent_, lo_, hi_, fallback_, since_, until_))
+        f = audit_filter(intent_, lo_, hi_, fallback_, since_, until_)
+        total, size = service.store.count(f), f.limit
+        pages = max(1, -(-total // size))
+        page_ = min(max(1, int(page_ or 1)), pages)
+        rows = service.store.query(f, offset=(page_ - 1) * size)
+        shown = (f"showing {(page_ - 1) * size + 1}–{(page_ - 1) * size + len(rows)}, page {page_} of {pages}"
+                 if rows else "none shown")
         choices = ["(any)", *service.store.intents()]
-        return gr.update(choices=choices), _table(rows)
+        return (gr.update(choices=choices), _table(rows), f"**{total}** turns match; {shown}. Exports include "
+                "every matching turn.", page_)
 
     def do_open(value, request: gr.Request):
         require_auditor(request)
@@ -238,7 +267,7 @@ def _audit_tab(service: ChatService, access: Access) -> None:
                 "const a = document.createElement('a'); a.href = 'audit/export?' + q.toString(); a.download = ''; "
                 "document.body.appendChild(a); a.click(); a.remove(); return []; }")
 
-    search.click(do_search, filters, [intent, table], api_name=False)
+    search.click(do_search, [*filters, page], [intent, table, matched, page], api_name=False)
     open_btn.click(do_open, turn_id, [detail_words, detail], api_name=False)
     table.select(do_select, None, [turn_id, detail_words, detail], api_name=False)
     csv_btn.click(None, filters, None, js=export_js("csv"), api_name=False)
