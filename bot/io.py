@@ -44,3 +44,7 @@ def atomic_dir(path: str | Path):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+class ModelFileError(ValueError):
+    """A weights file that is not a complete safetensors file (bot/model.py: check_safetensors)."""

@@ -19,6 +19,7 @@ from transformers import logging as hf_logging
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase
 
 from bot import tokenizer as tokenizers
+from bot.io import ModelFileError
 from bot.spec import ModelSettings
 
 CARD_JSON = "candor.json"
@@ -92,6 +93,27 @@ def make_tokenizer(settings: ModelSettings, corpus: list[str]):
     return tokenizers.from_pretrained(settings.base)
 
 
+def check_safetensors(path: str | Path) -> None:
+    """Raise ModelFileError unless `path` is a complete safetensors file (a truncated or corrupted file,
+    or a pickled PyTorch file under that name, is refused before anything reads it)."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                f.get_slice(key)  # offsets are checked against the file's length
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            header = int.from_bytes(fh.read(8), "little")
+            meta = json.loads(fh.read(header))
+        end = max((v["data_offsets"][1] for k, v in meta.items() if k != "__metadata__"), default=0)
+        if 8 + header + end != size:
+            raise ValueError(f"{size} bytes, expected {8 + header + end}")
+    except Exception as e:  # noqa: BLE001 - any failure means the file cannot be trusted
+        raise ModelFileError(f"{path}: not a complete safetensors file ({e}); it may be truncated, corrupted or "
+                             "in another format (pickled PyTorch files are never loaded). Retrain, or restore it "
+                             "from a backup.") from None
+
+
 def load(directory: str | Path, device: str | torch.device = "cpu"):
     """Load a saved Candor model directory (safetensors only: pickles are never loaded)."""
     from transformers import AutoTokenizer
@@ -99,6 +121,7 @@ def load(directory: str | Path, device: str | torch.device = "cpu"):
     directory = Path(directory)
     if not (directory / "model.safetensors").is_file():
         raise FileNotFoundError(f"{directory}: no model.safetensors here; train one with `candor train`")
+    check_safetensors(directory / "model.safetensors")
     tok = AutoTokenizer.from_pretrained(directory)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # `score.weight` is ours, not the LM's: no "unused weights" warning

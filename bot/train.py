@@ -131,6 +131,9 @@ def _save_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
 
 
 def _load_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
+    from bot.model import check_safetensors
+
+    check_safetensors(path)
     tensors = load_file(str(path))
     torch.set_rng_state(tensors.pop("rng"))
     sd = opt.state_dict()
@@ -206,6 +209,7 @@ class Trainer:
             self.prepare_model()
         self.opt = self._optimizer()
         if latest:
+            models.check_safetensors(latest / "model.safetensors")
             load_model(self.model, str(latest / "model.safetensors"), device=str(self.device))
             _load_optimizer(self.opt, latest / "optimizer.safetensors")
             self.state.resumed_from.append(self.state.step)

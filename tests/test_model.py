@@ -1,4 +1,6 @@
 """The saved directory is a plain Hugging Face model: parity with transformers' own classes."""
+import pytest
+from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -45,3 +47,32 @@ def test_load_round_trip(tmp_path):
     for (k, v), (k2, v2) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert k == k2 and torch.equal(v, v2), k
     assert tok.pad_token_id is not None and tok.pad_token_id != tok.eos_token_id
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped header", "pickle", "empty"])
+def test_damaged_or_pickled_model_files_are_refused_with_a_clear_message(trained_tiny, tmp_path, damage):
+    import pickle
+    import shutil
+    import subprocess
+    import sys
+
+    from bot.io import ModelFileError
+    from bot.model import load
+
+    model = tmp_path / "model"
+    shutil.copytree(trained_tiny, model)
+    weights = model / "model.safetensors"
+    data = weights.read_bytes()
+    if damage == "truncated":
+        weights.write_bytes(data[: len(data) // 2])
+    elif damage == "flipped header":
+        weights.write_bytes(b"\xff" * 16 + data[16:])
+    elif damage == "pickle":
+        weights.write_bytes(pickle.dumps({"score.weight": [1, 2, 3]}))
+    else:
+        weights.write_bytes(b"")
+    with pytest.raises(ModelFileError, match="not a complete safetensors file"):
+        load(model)
+    res = subprocess.run([sys.executable, "-m", "ui.cli", "eval", str(model)], capture_output=True, text=True,
+                         timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert res.returncode == 1 and "not a complete safetensors file" in res.stderr and "Traceback" not in res.stderr

@@ -84,3 +84,26 @@ def test_search_pages_and_counts_and_dates_honour_their_offset(tmp_path):
     assert [r["text"] for r in store.query(since)] == ["turn 6", "turn 5", "turn 4", "turn 3"]
     until = Filter(until=datetime(2026, 1, 1, 5, 1, tzinfo=timezone(timedelta(hours=-5))))  # 10:01 UTC
     assert store.count(until) == 2
+
+
+def test_thirty_two_concurrent_writers_lose_no_row(tmp_path):
+    import threading
+
+    store = AuditStore(str(tmp_path / "a.sqlite"), lambda t: t)
+    errors, gate = [], threading.Barrier(32)
+
+    def writer(i):
+        gate.wait()
+        for k in range(20):
+            try:
+                _log(store, text=f"writer {i} turn {k}")
+            except Exception as e:  # noqa: BLE001 - any lost write fails the test
+                errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and store.count() == 32 * 20
+    assert len({r["text"] for r in store.query(Filter(limit=None))}) == 640

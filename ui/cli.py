@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from bot.io import ModelFileError
 from bot.spec import BotFileError
 
 DEFAULT_MODEL = "models/support_demo"
@@ -180,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         print(e, file=sys.stderr)
         return 1
     except FileNotFoundError as e:
+        print(f"candor: {e}", file=sys.stderr)
+        return 1
+    except ModelFileError as e:
         print(f"candor: {e}", file=sys.stderr)
         return 1
     return 2
