@@ -223,10 +223,6 @@ def secret_value(text: str) -> bool:
         word.isalpha() and (word.endswith("ed") or word.endswith("ing")))
 
 
-def has_digits(n: int) -> Callable[[str], bool]:
-    return lambda text: sum(c.isdigit() for c in text) >= n
-
-
 _NOT_NAMES = frozenset("""trying looking calling writing having unable able here back sorry new still just really very
 not happy glad interested wondering afraid sure concerned confused frustrated annoyed going about customer client
 member user account holder owner again""".split())

@@ -8,14 +8,13 @@ heartbeat and cancel. A client with neither (an API client on loopback without s
 """
 from __future__ import annotations
 
-import html
 import json
 import math
 import re
 import secrets
 from collections import OrderedDict
 from datetime import datetime, timezone
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import urlparse
 
 from starlette.requests import Request
 from starlette.concurrency import run_in_threadpool
@@ -52,8 +51,8 @@ def signin_routes(one_time: OneTimeSignIn) -> list[Route]:
         return HTMLResponse(_FORM.format(error=""))
 
     async def submit(request: Request):
-        form = parse_qs((await request.body()).decode("utf-8", "replace"))
-        if one_time.check((form.get("password") or [""])[0]):
+        form = await request.form()
+        if one_time.check(str(form.get("password") or "")):
             return done()
         return HTMLResponse(_FORM.format(error='<p class="err" id="signin-error">Wrong password.</p>'), status_code=403)
 
@@ -118,7 +117,7 @@ class SessionOwners:
         if not client:
             send = _with_cookie(send, f"{CLIENT_COOKIE}={secrets.token_urlsafe(16)}; Path=/; HttpOnly; "
                                       "SameSite=Strict")
-        identity = self._identity(scope, client)
+        identity = self._identity(request, client)
         sessions = request.query_params.getlist("session_hash")
         if len(sessions) > 1:
             return await _refuse(400, "One session_hash at most.", scope, receive, send)
@@ -161,8 +160,8 @@ class SessionOwners:
         return wrapped
 
     @staticmethod
-    def _identity(scope, client: str | None) -> str | None:
-        user = gradio_user(Request(scope))
+    def _identity(request: Request, client: str | None) -> str | None:
+        user = gradio_user(request)
         return f"user:{user}" if user else (f"client:{client}" if client else None)
 
 
@@ -180,10 +179,6 @@ def _cross_site(request: Request) -> bool:
 
 async def _refuse(status: int, text: str, scope, receive, send):
     return await PlainTextResponse(text, status_code=status)(scope, receive, send)
-
-
-def _cookies(scope) -> dict:
-    return Request(scope).cookies
 
 
 def _with_cookie(send, cookie: str):
@@ -224,4 +219,4 @@ def locked_message(access: Access) -> str:
                 "role in the auth file (`user:password:auditor`).")
     return ("The audit log needs the one-time password that `candor serve` printed in its terminal: open the "
             "sign-in link printed there, or [sign in here](signin). "
-            + html.escape("A new password is made at every start."))
+            "A new password is made at every start.")
