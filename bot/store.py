@@ -4,6 +4,11 @@ The store is built with a `redact` callable and runs every text it is given thro
 the row is written, so raw PII cannot reach the database even if a caller forgets to redact.
 Chat session ids are stored as a keyed hash (HMAC-SHA256, 16 hex digits): turns of one conversation
 still group together, but a stored or exported id cannot be used to attach to a live session.
+
+The store also keeps each live conversation (its newest turns, redacted), written in the same
+transaction as the turn's audit row, so any replica sharing the database can continue it: several
+`candor serve` processes on one PostgreSQL act as one bot. Conversations idle for `CONVERSATION_TTL`
+are deleted.
 """
 from __future__ import annotations
 
@@ -15,11 +20,13 @@ import json
 import os
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, Integer, String, Text, create_engine, func, select
+from sqlalchemy import JSON, Boolean, DateTime, Float, Integer, String, Text, create_engine, delete, func, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 COLUMNS = ("id", "time", "session", "text", "intent", "confidence", "fallback", "fallback_reason", "reply",
@@ -52,6 +59,17 @@ class TurnRow(_Base):
         return d
 
 
+class ConversationRow(_Base):
+    __tablename__ = "candor_conversations"
+
+    session: Mapped[str] = mapped_column(String(64), primary_key=True)  # the keyed hash, as in candor_turns
+    updated: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    turns: Mapped[list] = mapped_column(JSON)  # [[user, bot, intent or null], ...], oldest first, redacted
+
+
+CONVERSATION_TTL = timedelta(hours=24)
+
+
 @dataclass
 class Filter:
     intent: str | None = None
@@ -72,6 +90,18 @@ def database_url(where: str) -> str:
     return f"sqlite:///{path}"
 
 
+class AuditDatabaseError(Exception):
+    """The audit database cannot be opened (unreachable server, missing driver, bad URL)."""
+
+
+def _shown(url: str) -> str:
+    """The URL without its password."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy can parse: show nothing of it
+        return "(unparsable URL)"
+
+
 SESSION_KEY_ENV = "CANDOR_SESSION_KEY"  # share it between replicas; otherwise a random key per process
 
 
@@ -81,12 +111,23 @@ class AuditStore:
         self.redact = redact
         env = os.environ.get(SESSION_KEY_ENV, "").encode()
         self._session_key = session_key or env or secrets.token_bytes(32)
-        self.engine = create_engine(self.url)
-        _Base.metadata.create_all(self.engine)
+        try:
+            self.engine = create_engine(self.url, pool_pre_ping=not self.url.startswith("sqlite"))
+            _Base.metadata.create_all(self.engine)
+        except ModuleNotFoundError as e:
+            raise AuditDatabaseError(f"audit database {_shown(self.url)}: its driver is not installed ({e}); for "
+                                     "PostgreSQL: pip install 'candor[postgres]'") from None
+        except (SQLAlchemyError, ValueError) as e:
+            raise AuditDatabaseError(f"cannot open the audit database {_shown(self.url)}: "
+                                     f"{str(getattr(e, 'orig', None) or e).strip().splitlines()[0]}") from None
+        self._writes = 0
 
     def log(self, *, session: str, text: str, reply: str, intent: str, confidence: float, fallback: bool,
             fallback_reason: str | None, attributions: list[tuple[str, float]], model_version: str,
-            time: datetime | None = None) -> int:
+            time: datetime | None = None, conversation: list[tuple[str, str, str | None]] | None = None,
+            keep_turns: int = 50) -> int:
+        """Write one turn's audit row; with `conversation` (the session's turns, this one last), also save
+        the session's newest `keep_turns` turns, in the same transaction."""
         r = self.redact
         joined = " ".join(w for w, _ in attributions)
         if r(joined) != joined:  # words of unredacted text (a card number split into "4111", "1111"...): drop them
@@ -95,25 +136,69 @@ class AuditStore:
                       reply=r(reply), intent=intent, confidence=float(confidence), fallback=bool(fallback),
                       fallback_reason=fallback_reason, model_version=model_version,
                       attributions=[[w, float(s)] for w, s in attributions])
+        turns = None
+        if conversation is not None:  # only the newest turn is new text; the others were redacted when saved
+            *old, (user, bot, turn_intent) = conversation[-keep_turns:]
+            turns = [list(t) for t in old] + [[r(user), r(bot), turn_intent]]
+        for attempt in (1, 2):
+            try:
+                with Session(self.engine) as s, s.begin():
+                    s.add(row)
+                    if turns is not None:
+                        s.merge(ConversationRow(session=row.session, updated=row.time, turns=turns))
+                    s.flush()
+                    turn_id = row.id
+                break
+            except IntegrityError:  # another replica started this conversation at the same moment: update it
+                if attempt == 2:
+                    raise
+                row = _copy(row)
+        self._writes += 1
+        if self._writes % 200 == 1:
+            self.expire_conversations()
+        return turn_id
+
+    # ------------------------------------------------------------ conversations
+    def conversation(self, session: str) -> list[tuple[str, str, str | None]]:
+        with Session(self.engine) as s:
+            row = s.get(ConversationRow, self.pseudonym(session))
+            return [tuple(t) for t in row.turns] if row else []
+
+    def keep_turns(self, session: str, n: int) -> None:
+        """Keep a conversation's first `n` turns (undo, retry); n = 0 forgets it."""
         with Session(self.engine) as s, s.begin():
-            s.add(row)
-            s.flush()
-            return row.id
+            row = s.get(ConversationRow, self.pseudonym(session))
+            if row is not None and n <= 0:
+                s.delete(row)
+            elif row is not None:
+                row.turns = row.turns[:n]
+
+    def expire_conversations(self, older_than: timedelta = CONVERSATION_TTL) -> None:
+        try:
+            with Session(self.engine) as s, s.begin():
+                s.execute(delete(ConversationRow).where(
+                    ConversationRow.updated < self._time(datetime.now(timezone.utc) - older_than)))
+        except IntegrityError:  # another replica expired them at the same moment
+            pass
 
     def pseudonym(self, session: str) -> str:
         return hmac.new(self._session_key, session.encode("utf-8"), hashlib.sha256).hexdigest()[:16]
 
-    @staticmethod
-    def _where(q, f: Filter):
+    def _time(self, d: datetime) -> datetime:
+        """A time as the database compares it: naive UTC on SQLite (it keeps no offset), aware elsewhere."""
+        d = d.astimezone(timezone.utc) if d.tzinfo else d.replace(tzinfo=timezone.utc)
+        return d.replace(tzinfo=None) if self.url.startswith("sqlite") else d
+
+    def _where(self, q, f: Filter):
         q = q.where(TurnRow.confidence >= f.min_confidence, TurnRow.confidence <= f.max_confidence)
         if f.intent:
             q = q.where(TurnRow.intent == f.intent)
         if f.fallback is not None:
             q = q.where(TurnRow.fallback == f.fallback)
         if f.since:  # in UTC, as stored (SQLite keeps no offset)
-            q = q.where(TurnRow.time >= _utc(f.since))
+            q = q.where(TurnRow.time >= self._time(f.since))
         if f.until:
-            q = q.where(TurnRow.time <= _utc(f.until))
+            q = q.where(TurnRow.time <= self._time(f.until))
         return q
 
     def query(self, f: Filter = Filter(), offset: int = 0) -> list[dict]:
@@ -135,9 +220,8 @@ class AuditStore:
             return sorted(s.scalars(select(TurnRow.intent).distinct()))
 
 
-def _utc(d: datetime) -> datetime:
-    """An aware time in UTC, naive (as SQLite stores it); a naive time is taken to be UTC already."""
-    return d.astimezone(timezone.utc).replace(tzinfo=None) if d.tzinfo else d
+def _copy(row: TurnRow) -> TurnRow:
+    return TurnRow(**{c: getattr(row, c) for c in COLUMNS if c != "id"})
 
 
 def to_json(rows: list[dict]) -> str:

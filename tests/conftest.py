@@ -1,7 +1,16 @@
 """Shared fixtures: a tiny synthetic bot and tiny GPT-2 settings that train in seconds."""
 from __future__ import annotations
 
+import glob
 import itertools
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -61,3 +70,90 @@ def trained_tiny(tmp_path_factory) -> Path:
                     encoding="utf-8")
     spec, _ = load_bot(path)
     return train(spec, tmp / "model", progress=False, log=lambda *a: None)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(args: list[str], cwd: Path, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """`candor serve ARGS` in the background; returns the process and what it printed up to the URL line."""
+    proc = subprocess.Popen([sys.executable, "-m", "ui.cli", "serve", *args, "--no-browser"], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    deadline, seen = time.time() + 240, []
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        seen.append(line)
+        if "Running on local URL" in line:
+            break
+        if not line and proc.poll() is not None:
+            break
+    else:
+        proc.kill()
+    if proc.poll() is not None or "Running on local URL" not in "".join(seen):
+        proc.kill()
+        pytest.fail("the app did not start:\n" + "".join(seen))
+    return proc, "".join(seen)
+
+
+class Postgres:
+    """A throwaway PostgreSQL server (Debian's `postgresql`) on a temporary directory and a local port."""
+
+    def __init__(self):
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb")) or ([shutil.which("initdb")] if shutil.which("initdb") else [])
+        if not found:
+            if os.environ.get("CI"):
+                pytest.fail("PostgreSQL is not installed: apt-get install postgresql (.ci/run does it)")
+            pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+        self.bin = Path(found[-1]).parent
+        self.dir = Path(tempfile.mkdtemp(prefix="candor-pg-"))  # not under pytest's root-only temp dir
+        self.as_owner = []
+        if os.getuid() == 0:  # PostgreSQL refuses to run as root
+            shutil.chown(self.dir, "postgres")
+            self.as_owner = ["runuser", "-u", "postgres", "--"]
+        self.data, self.port = self.dir / "data", free_port()
+        self._run("initdb", "-D", self.data, "-U", "candor", "--auth=trust", "-E", "UTF8", "--no-sync")
+        self._run("pg_ctl", "-D", self.data, "-l", self.dir / "log", "-w", "-t", "60", "start", "-o",
+                  f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off")
+
+    def _run(self, tool: str, *args) -> None:
+        done = subprocess.run([*self.as_owner, str(self.bin / tool), *map(str, args)], capture_output=True, text=True,
+                              check=False)
+        if done.returncode:
+            raise RuntimeError(f"{tool} failed: {done.stdout}{done.stderr}")
+
+    def new_database(self) -> str:
+        """A fresh, empty database; its SQLAlchemy URL."""
+        from sqlalchemy import create_engine, text
+
+        name = "t_" + uuid.uuid4().hex[:12]
+        engine = create_engine(self.url("postgres"), isolation_level="AUTOCOMMIT")
+        with engine.connect() as c:
+            c.execute(text(f"CREATE DATABASE {name}"))
+        engine.dispose()
+        return self.url(name)
+
+    def url(self, database: str) -> str:
+        return f"postgresql+psycopg://candor@127.0.0.1:{self.port}/{database}"
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", self.data, "-m", "immediate", "stop")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    server = Postgres()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path) -> str:
+    """An empty audit database: a SQLite file, then a real PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "audit.sqlite")
+    return request.getfixturevalue("postgres").new_database()

@@ -1,4 +1,4 @@
-"""The audit store (SQLite through SQLAlchemy): logging, filters, exports, and that raw PII never reaches disk."""
+"""The audit store (SQLite and a real PostgreSQL server, through SQLAlchemy): logging, filters, exports, and that raw PII never reaches disk."""
 import csv
 import io
 import json
@@ -30,8 +30,8 @@ def test_raw_pii_never_reaches_the_database_file(tmp_path):
     assert b"<CREDIT_CARD>" in raw
 
 
-def test_filters_by_intent_confidence_fallback_and_date(tmp_path):
-    store = AuditStore(str(tmp_path / "a.sqlite"), redact_text)
+def test_filters_by_intent_confidence_fallback_and_date(db_url):
+    store = AuditStore(db_url, redact_text)
     now = datetime.now(timezone.utc)
     _log(store, "cancel it", "cancel_order", 0.95, time=now - timedelta(days=3))
     _log(store, "where is it", "track_order", 0.55, time=now - timedelta(days=1))
@@ -48,8 +48,8 @@ def test_filters_by_intent_confidence_fallback_and_date(tmp_path):
     assert store.get(999) is None
 
 
-def test_store_survives_reopening(tmp_path):
-    path = str(tmp_path / "a.sqlite")
+def test_store_survives_reopening(db_url):
+    path = db_url
     _log(AuditStore(path, redact_text), "first")
     store = AuditStore(path, redact_text)
     _log(store, "second")
@@ -70,8 +70,8 @@ def test_exports_round_trip_and_defuse_spreadsheet_formulas(tmp_path):
     assert table[0]["time"].endswith("+00:00")
 
 
-def test_search_pages_and_counts_and_dates_honour_their_offset(tmp_path):
-    store = AuditStore(str(tmp_path / "a.sqlite"), lambda t: t)
+def test_search_pages_and_counts_and_dates_honour_their_offset(db_url):
+    store = AuditStore(db_url, lambda t: t)
     at = datetime(2026, 1, 1, 10, 0, tzinfo=timezone.utc)
     for i in range(7):
         _log(store, text=f"turn {i}", time=at + timedelta(minutes=i))
@@ -86,10 +86,10 @@ def test_search_pages_and_counts_and_dates_honour_their_offset(tmp_path):
     assert store.count(until) == 2
 
 
-def test_thirty_two_concurrent_writers_lose_no_row(tmp_path):
+def test_thirty_two_concurrent_writers_lose_no_row(db_url):
     import threading
 
-    store = AuditStore(str(tmp_path / "a.sqlite"), lambda t: t)
+    store = AuditStore(db_url, lambda t: t)
     errors, gate = [], threading.Barrier(32)
 
     def writer(i):
@@ -107,3 +107,73 @@ def test_thirty_two_concurrent_writers_lose_no_row(tmp_path):
         t.join()
     assert errors == [] and store.count() == 32 * 20
     assert len({r["text"] for r in store.query(Filter(limit=None))}) == 640
+
+
+def test_raw_pii_never_reaches_postgresql_files(postgres):
+    from sqlalchemy import text
+
+    store = AuditStore(postgres.new_database(), redact_text)
+    _log(store, text="my card 4111 1111 1111 1111, mail jo.smith@example.com")
+    store.log(session="s9", text="call me on +44 7911 123456", reply="ok", intent="greet", confidence=0.9,
+              fallback=False, fallback_reason=None, attributions=[], model_version="m",
+              conversation=[("call me on +44 7911 123456", "ok", "greet")])
+    with store.engine.connect() as c:
+        c.execute(text("CHECKPOINT"))  # every page on disk
+    raw = b"".join(f.read_bytes() for f in postgres.data.rglob("*") if f.is_file())
+    assert b"4111 1111" not in raw and b"jo.smith" not in raw and b"7911 123456" not in raw
+    assert b"<CREDIT_CARD>" in raw
+
+
+def test_conversations_are_saved_with_their_turn_redacted_and_shared_between_replicas(db_url):
+    a, b = AuditStore(db_url, redact_text, session_key=b"k" * 32), AuditStore(db_url, redact_text, session_key=b"k" * 32)
+    first = [("where is my order", "It is on its way.", "track_order")]
+    a.log(session="s1", text=first[0][0], reply=first[0][1], intent="track_order", confidence=0.9, fallback=False,
+          fallback_reason=None, attributions=[], model_version="m", conversation=first)
+    assert b.conversation("s1") == first  # the other replica reads it
+    second = first + [("mail me at jo@example.com", "Sorry?", None)]
+    b.log(session="s1", text=second[1][0], reply="Sorry?", intent="greet", confidence=0.1, fallback=True,
+          fallback_reason="low_confidence", attributions=[], model_version="m", conversation=second, keep_turns=50)
+    assert a.conversation("s1") == [first[0], ("mail me at <EMAIL_ADDRESS>", "Sorry?", None)]
+    assert a.conversation("other") == [] and a.count() == 2
+    long = [(f"turn {i}", "ok", "greet") for i in range(8)]
+    a.log(session="s2", text="turn 7", reply="ok", intent="greet", confidence=1, fallback=False, fallback_reason=None,
+          attributions=[], model_version="m", conversation=long, keep_turns=5)
+    assert [t[0] for t in b.conversation("s2")] == ["turn 3", "turn 4", "turn 5", "turn 6", "turn 7"]
+    b.keep_turns("s2", 2)
+    assert [t[0] for t in a.conversation("s2")] == ["turn 3", "turn 4"]
+    a.keep_turns("s2", 0)
+    assert b.conversation("s2") == [] and b.count() == 3  # forgetting a conversation keeps its audit rows
+
+
+def test_two_replicas_starting_one_conversation_at_once_lose_no_row(db_url):
+    import threading
+
+    stores = [AuditStore(db_url, lambda t: t, session_key=b"k" * 32) for _ in range(2)]
+    errors, gate = [], threading.Barrier(8)
+
+    def writer(i):
+        gate.wait()
+        try:
+            stores[i % 2].log(session="same", text=f"hi {i}", reply="ok", intent="greet", confidence=1.0,
+                              fallback=False, fallback_reason=None, attributions=[], model_version="m",
+                              conversation=[(f"hi {i}", "ok", "greet")])
+        except Exception as e:  # noqa: BLE001 - a lost turn fails the test
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and stores[0].count() == 8 and len(stores[1].conversation("same")) == 1
+
+
+def test_idle_conversations_expire(db_url):
+    store = AuditStore(db_url, lambda t: t)
+    old = datetime.now(timezone.utc) - timedelta(days=2)
+    store.log(session="old", text="a", reply="b", intent="greet", confidence=1, fallback=False, fallback_reason=None,
+              attributions=[], model_version="m", conversation=[("a", "b", "greet")], time=old)
+    store.log(session="new", text="a", reply="b", intent="greet", confidence=1, fallback=False, fallback_reason=None,
+              attributions=[], model_version="m", conversation=[("a", "b", "greet")])
+    store.expire_conversations()
+    assert store.conversation("old") == [] and store.conversation("new") == [("a", "b", "greet")]

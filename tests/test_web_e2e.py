@@ -7,13 +7,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import free_port, start_server
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -27,33 +27,6 @@ if not Path(CHROMIUM).exists():
     if os.environ.get("CI"):
         raise RuntimeError("CI must install Debian's chromium for the browser test (.ci/run does)")
     pytestmark = [pytest.mark.browser, pytest.mark.skip(reason="no chromium here: apt-get install chromium")]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start(args: list[str], cwd: Path) -> tuple[subprocess.Popen, str]:
-    """`candor serve ARGS` in the background; returns the process and what it printed up to the URL line."""
-    proc = subprocess.Popen([sys.executable, "-m", "ui.cli", "serve", *args, "--no-browser"], cwd=cwd,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    deadline, seen = time.time() + 240, []
-    while time.time() < deadline:
-        line = proc.stdout.readline()
-        seen.append(line)
-        if "Running on local URL" in line:
-            break
-        if not line and proc.poll() is not None:
-            break
-    else:
-        proc.kill()
-    if proc.poll() is not None or "Running on local URL" not in "".join(seen):
-        proc.kill()
-        pytest.fail("the app did not start:\n" + "".join(seen))
-    return proc, "".join(seen)
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +44,8 @@ def model(trained_tiny, tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(model):
     """`candor serve` as a new user starts it: loopback, no auth file, a one-time password printed."""
-    port, db = _free_port(), model.parent / "audit.sqlite"
-    proc, printed = _start([str(model), "--port", str(port), "--audit-db", str(db)], ROOT)
+    port, db = free_port(), model.parent / "audit.sqlite"
+    proc, printed = start_server([str(model), "--port", str(port), "--audit-db", str(db)], ROOT)
     found = re.search(r"signin\?token=(\S+)", printed)
     assert found and f"http://127.0.0.1:{port}/signin?token=" in printed, printed
     assert re.search(r"one-time password.*\n\s+" + re.escape(found.group(1)), printed), printed
@@ -86,8 +59,8 @@ def auth_server(model):
     """With an auth file: an auditor and a user who may only chat."""
     users = model.parent / "users"
     users.write_text(f"{USER}:{PASSWORD}:auditor\n{AGENT}:{AGENT_PASSWORD}\n")
-    port = _free_port()
-    proc, _ = _start([str(model), "--port", str(port), "--auth-file", str(users), "--audit-db",
+    port = free_port()
+    proc, _ = start_server([str(model), "--port", str(port), "--auth-file", str(users), "--audit-db",
                       str(model.parent / "audit-auth.sqlite")], ROOT)
     yield f"http://127.0.0.1:{port}/"
     proc.terminate()

@@ -4,23 +4,25 @@ The model is loaded once per process. Turns that arrive together are batched (`B
 `MAX_BATCH` turns waiting at most `BATCH_WAIT_S` are classified in one forward pass and explained in one
 Captum call, under one lock (Captum hooks the shared embedding layer); redaction and the audit store
 run outside it, in each request's own thread.
+
+Conversations live in the audit store, not in the process: each turn reads its session's turns from
+the store and writes them back with its audit row, so replicas on one database act as one bot.
 """
 from __future__ import annotations
 
 import queue
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bot.dialogue import Bot, Conversation
 from bot.model import model_version
+from bot.spec import Turn
 from bot.store import AuditStore
 from explain.attribution import N_STEPS, IntentExplainer
 from safety.guard import MAX_CHARS, read_message
 from safety.pii import redact_text, warm_up
 
-MAX_SESSIONS = 1000
 MAX_BATCH = 8  # turns in one model batch
 BATCH_WAIT_S = 0.005  # how long the first turn of a batch waits for others
 MAX_TURNS = 50  # a conversation keeps its newest turns (generation reads the last few)
@@ -116,8 +118,6 @@ class ChatService:
         self.version = model_version(model_dir, self.bot.card)
         self.max_chars = max_chars
         self.lock = threading.Lock()  # model work
-        self.sessions_lock = threading.Lock()  # the session table and each conversation's turn list
-        self.sessions: OrderedDict[str, Conversation] = OrderedDict()
         self.batcher = Batcher(self._model_batch)
         warm_up()
 
@@ -126,42 +126,27 @@ class ChatService:
         return self.bot.card
 
     def conversation(self, session: str) -> Conversation:
-        with self.sessions_lock:
-            conv = self.sessions.setdefault(session, Conversation())
-            self.sessions.move_to_end(session)
-            while len(self.sessions) > MAX_SESSIONS:
-                self.sessions.popitem(last=False)
-            return conv
+        """The session's turns as the store has them (another replica may have written the last one)."""
+        return Conversation([Turn(*t) for t in self.store.conversation(session)])
 
     def keep(self, session: str, turns: int) -> None:
         """Keep the first `turns` turns of a conversation (undo and retry: the turns before the one undone)."""
-        with self.sessions_lock:
-            conv = self.sessions.get(session)
-            if conv:
-                del conv.turns[max(0, turns):]
-
-    def undo(self, session: str) -> None:
-        with self.sessions_lock:
-            conv = self.sessions.get(session)
-            if conv and conv.turns:
-                conv.turns.pop()
+        self.store.keep_turns(session, turns)
 
     def reset(self, session: str) -> None:
-        with self.sessions_lock:
-            self.sessions.pop(session, None)
+        self.store.keep_turns(session, 0)
 
     def respond(self, message: str, session: str, on_text=None, cancel: threading.Event | None = None) -> Answer:
         """Raises safety.guard.Rejected for a message the bot will not read, Cancelled once `cancel` is set."""
         red = read_message(message, self.max_chars)
         conv = self.conversation(session)
         result, explanation = self.batcher.submit((red.text, conv, on_text, cancel))
-        with self.sessions_lock:
-            del conv.turns[:-MAX_TURNS]
         words = [(w.word, round(w.score, 4)) for w in explanation.words]
         turn_id = self.store.log(session=session, text=red.text, reply=result.reply, intent=result.intent,
                                  confidence=result.confidence, fallback=result.fallback,
                                  fallback_reason=result.fallback_reason, attributions=words,
-                                 model_version=self.version)
+                                 model_version=self.version, keep_turns=MAX_TURNS,
+                                 conversation=[(t.user, t.bot, t.intent) for t in conv.turns])
         return Answer(turn_id, red.text, red.found, result.reply, result.intent, result.confidence, result.fallback,
                       result.fallback_reason, result.ranking[:5], words, explanation.delta, self.version)
 
@@ -185,12 +170,9 @@ class ChatService:
             explanations = self.explainer.explain_batch([items[i][0] for i in done],
                                                         [results[i].intent for i in done]) if done else []
         for i, explanation in zip(done, explanations):
-            cancel, conv = items[i][3], items[i][1]
+            cancel = items[i][3]
             if cancel is not None and cancel.is_set():
-                with self.sessions_lock:
-                    if conv.turns:
-                        conv.turns.pop()  # a reply nobody received is no turn of the conversation
-                out[i] = Cancelled()
+                out[i] = Cancelled()  # a reply nobody received is no turn: neither logged nor kept
             else:
                 out[i] = (results[i], explanation)
         return out

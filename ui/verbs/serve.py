@@ -27,13 +27,18 @@ def serve(args) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from starlette.middleware import Middleware
 
+    from bot.store import AuditDatabaseError
     from ui.http import SessionOwners, export_route, signin_routes
     from ui.service import ChatService
     from ui.web import audit_filter, build
 
     audit_db = args.audit_db or f"{model}.audit.sqlite"
     print(f"loading {model}; audit log: {audit_db}")
-    service = ChatService(model, audit_db, device=args.device, explain_steps=args.explain_steps)
+    try:
+        service = ChatService(model, audit_db, device=args.device, explain_steps=args.explain_steps)
+    except AuditDatabaseError as e:
+        print(f"candor serve: {e}", file=sys.stderr)
+        return 1
     access = Access(users, None if users else OneTimeSignIn())
     app = build(service, access)
     app.queue(default_concurrency_limit=4, max_size=64, api_open=False)  # queued events only through the queue
