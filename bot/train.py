@@ -13,6 +13,9 @@ adds one, so the DP trainer gets one sequence per sampled record whatever the vi
 Checkpoints (safetensors + JSON, never pickles) go to `<out>.checkpoints/` every `checkpoint_every`
 steps and at each epoch's end; `resume=True` continues from the last one. The final model
 directory appears only when training finished.
+
+Started by torchrun as several processes (bot/distributed.py), each process trains on its share of every
+batch and the gradients are averaged before the one step; rank 0 alone writes.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import json
 import math
 import random
 import shutil
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -36,6 +40,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from bot import card as cards
+from bot import distributed
 from bot import model as models
 from bot.classify import predict_proba
 from bot.data import Encoder, Record, corpus, records, split
@@ -169,8 +174,9 @@ class Trainer:
         self.spec, self.t = spec, spec.training
         self.views, self.read = list(views), read or (lambda text: text)
         self.out_dir, self.ckpt = Path(out_dir), checkpoint_dir(out_dir)
-        self.device = pick_device(device)
-        self.progress, self.log = progress, log
+        self.device = distributed.init(pick_device(device))
+        self.main = distributed.is_main()
+        self.progress, self.log = progress and self.main, log if self.main else (lambda *a, **k: None)
         self.train_records, self.val_records = training_split(spec, self.read, self.per_record)
         # Records planted in training only (the canary audit), read as served like every other record.
         self.extra_records = [served(r, self.read) for r in extra_records]
@@ -184,7 +190,10 @@ class Trainer:
 
     def _setup(self, resume: bool) -> None:
         torch.manual_seed(self.t.seed)
-        latest = self._latest() if resume else None
+        latest = distributed.from_main(self._latest() if resume else None)
+        if latest and not (latest / "state.json").is_file():
+            raise SystemExit(f"{latest}: not readable by rank {distributed.rank()}; to resume on several machines, "
+                             "put the output directory on storage every machine can read")
         if latest:
             self.state = State(**json.loads((latest / "state.json").read_text()))
             if self.state.spec_hash != spec_hash(self.spec):
@@ -192,15 +201,17 @@ class Trainer:
                                  "rerun without --resume to start over")
             self.tok = AutoTokenizer.from_pretrained(self.ckpt / "tokenizer")
         else:
-            if resume:
-                self.log(f"no checkpoint in {self.ckpt}; starting from scratch")
-            elif self._latest():
-                self.log(f"starting over: discarding the checkpoint in {self.ckpt} (pass --resume to continue it)")
-            shutil.rmtree(self.ckpt, ignore_errors=True)
             self.state = State(spec_hash=spec_hash(self.spec))
-            self.tok = models.make_tokenizer(self.spec.model, self.tokenizer_corpus())
-            self.ckpt.mkdir(parents=True, exist_ok=True)
-            self.tok.save_pretrained(self.ckpt / "tokenizer")
+            if self.main:
+                if resume:
+                    self.log(f"no checkpoint in {self.ckpt}; starting from scratch")
+                elif self._latest():
+                    self.log(f"starting over: discarding the checkpoint in {self.ckpt} (pass --resume to continue it)")
+                shutil.rmtree(self.ckpt, ignore_errors=True)
+                self.tok = models.make_tokenizer(self.spec.model, self.tokenizer_corpus())
+                self.ckpt.mkdir(parents=True, exist_ok=True)
+                self.tok.save_pretrained(self.ckpt / "tokenizer")
+            self._share_tokenizer()
         if self.spec.model.base != "scratch" and self.state.stage == "pretrain":
             self.state.stage = "finetune"  # a pretrained LM needs no pre-training on our text
         self.enc = Encoder(self.tok, self.spec.model.max_length)
@@ -215,6 +226,20 @@ class Trainer:
             self.state.resumed_from.append(self.state.step)
             self.log(f"resumed from step {self.state.step} ({self.state.stage}, epoch {self.state.epoch + 1}, "
                      f"batch {self.state.batch})")
+        distributed.broadcast_parameters(self.model)  # every rank starts from rank 0's weights
+
+    def _share_tokenizer(self) -> None:
+        """Rank 0's new tokenizer on every rank (its files are sent, so no shared storage is needed)."""
+        if distributed.world() == 1:
+            return
+        files = distributed.from_main({f.name: f.read_bytes() for f in (self.ckpt / "tokenizer").iterdir()}
+                                      if self.main else None)
+        if not self.main:
+            where = Path(tempfile.mkdtemp(prefix="candor-tokenizer-"))
+            for name, data in files.items():
+                (where / name).write_bytes(data)
+            self.tok = AutoTokenizer.from_pretrained(where)
+            shutil.rmtree(where, ignore_errors=True)
 
     @functools.cached_property
     def vocab(self) -> list[str]:
@@ -266,7 +291,9 @@ class Trainer:
 
     def _checkpoint(self) -> None:
         """Write a complete step-N/ folder, then point latest.json at it: a crash at any moment leaves
-        the previous checkpoint intact."""
+        the previous checkpoint intact. Rank 0 alone writes."""
+        if not self.main:
+            return
         step_dir = self.ckpt / f"step-{self.state.step:08d}-{uuid.uuid4().hex[:6]}"
         step_dir.mkdir(parents=True)
         save_model(self.model, str(step_dir / "model.safetensors"))
@@ -290,10 +317,12 @@ class Trainer:
         return [batches[i] for i in perm]
 
     def _step(self, loss: torch.Tensor, total_steps: int) -> None:
+        """One optimizer step; `loss` is this rank's share of the batch's mean loss (bot/distributed.py)."""
         for g in self.opt.param_groups:
             g["lr"] = _lr(self.state.step - self.state.stage_start, total_steps, self.t.learning_rate)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(self.model.parameters())
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.opt.step()
         self.state.step += 1
@@ -310,9 +339,10 @@ class Trainer:
         bar = tqdm(batches, desc=f"pre-train {self.state.epoch + 1}/{self.t.pretrain_epochs}",
                    disable=not self.progress, initial=self.state.batch, total=len(batches))
         for idx in batches[self.state.batch:]:
-            b = self._to(self.enc.pad_batch([self.enc.lm(texts[i]) for i in idx]))
+            part, weight = distributed.share(idx)
+            b = self._to(self.enc.pad_batch([self.enc.lm(texts[i]) for i in part]))
             loss = self.model.lm_loss(**b)
-            self._step(loss, total)
+            self._step(loss * weight, total)
             bar.update(1)
             bar.set_postfix(lm_loss=f"{loss.item():.3f}")
         bar.close()
@@ -326,18 +356,20 @@ class Trainer:
                    desc=f"fine-tune {self.state.epoch + 1}/{self.t.epochs}")
         rbs = self.t.reply_batch_size
         for k in range(self.state.batch, len(batches)):
-            recs = [self.train_records[i] for i in batches[k]]
+            part, weight = distributed.share(batches[k])
+            recs = [self.train_records[i] for i in part]
             rng = random.Random(f"{self.t.seed}-{self.state.epoch}-{k}")
-            b = self._to(self.enc.pad_batch([self.enc.classify(self.view(i, r, rng)) for i, r in zip(batches[k], recs)]))
+            b = self._to(self.enc.pad_batch([self.enc.classify(self.view(i, r, rng)) for i, r in zip(part, recs)]))
             y = torch.tensor([intent_id[r.intent] for r in recs], device=self.device)
             ce = F.cross_entropy(self.model.intent_logits(b["input_ids"], b["attention_mask"]), y)
-            loss, lm = ce, None
+            loss, lm = ce * weight, None
             if replies and self.t.reply_weight > 0:
-                pick = [self.reply_records[replies[(k * rbs + j) % len(replies)]] for j in range(rbs)]
+                picks, reply_weight = distributed.share(range(rbs))
+                pick = [self.reply_records[replies[(k * rbs + j) % len(replies)]] for j in picks]
                 pairs = [self.enc.reply(r, self.spec.settings.max_reply_tokens) for r in pick]
                 rb = self._to(self.enc.pad_batch([p[0] for p in pairs], [p[1] for p in pairs]))
                 lm = self.model.lm_loss(**rb)
-                loss = ce + self.t.reply_weight * lm
+                loss = loss + self.t.reply_weight * lm * reply_weight
             self._step(loss, total)
             bar.update(1)
             bar.set_postfix(intent_loss=f"{ce.item():.3f}", **({"reply_loss": f"{lm.item():.3f}"} if lm is not None else {}))
@@ -364,8 +396,9 @@ class Trainer:
             return False
         if loss < self.state.best_val_loss - 1e-4:
             self.state.best_val_loss, self.state.best_epoch, self.state.bad_epochs = loss, self.state.epoch, 0
-            save_model(self.model, str(self.ckpt / "best.safetensors.tmp"))
-            (self.ckpt / "best.safetensors.tmp").replace(self.ckpt / "best.safetensors")
+            if self.main:
+                save_model(self.model, str(self.ckpt / "best.safetensors.tmp"))
+                (self.ckpt / "best.safetensors.tmp").replace(self.ckpt / "best.safetensors")
         else:
             self.state.bad_epochs += 1
         return bool(self.val_records) and self.state.bad_epochs >= self.t.patience
@@ -407,10 +440,12 @@ class Trainer:
         self.state.stage = "done"
         self.state.seconds = time.time() - started
         self._checkpoint()
-        if (self.ckpt / "best.safetensors").is_file():
-            load_model(self.model, str(self.ckpt / "best.safetensors"), device=str(self.device))
-        self.model.eval()
-        self._save_final()
+        if self.main:
+            if (self.ckpt / "best.safetensors").is_file():
+                load_model(self.model, str(self.ckpt / "best.safetensors"), device=str(self.device))
+            self.model.eval()
+            self._save_final()
+        distributed.barrier()  # the other ranks end when the model is saved
         return self.out_dir
 
     def _save_final(self) -> None:
@@ -423,6 +458,7 @@ class Trainer:
             best = history[self.state.best_epoch] if history and self.state.best_epoch >= 0 else {}
             cards.write(tmp, self.spec, counts=counts, training={
                 "base": self.spec.model.base, "device": str(self.device), "seed": self.t.seed,
+                "processes": distributed.world(),
                 "steps": self.state.step, "finetune_start_step": self.state.stage_start,
                 "best_epoch": self.state.best_epoch + 1,
                 "epochs_run": len(history), "history": history,
@@ -445,6 +481,7 @@ def train(spec: BotSpec, out_dir: str | Path, resume: bool = False, device: str 
     trainer = (trainer_cls or Trainer)(spec, out_dir, device=device, progress=progress, log=log, views=views,
                                        read=read, extra_records=extra_records)
     out = trainer.run(resume=resume)
-    if not keep_checkpoints:
+    if not keep_checkpoints and trainer.main:
         shutil.rmtree(trainer.ckpt, ignore_errors=True)
+    distributed.finish()
     return out

@@ -41,11 +41,21 @@ from opacus.accountants import PRVAccountant
 from opacus.data_loader import DPDataLoader
 from opacus.utils.batch_memory_manager import BatchMemoryManager
 from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
+from opacus.utils.uniform_sampler import DistributedUniformWithReplacementSampler
 from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
+from bot import distributed
 from bot.train import Trainer, _lr
-from safety.gpt2_dp import add_lora, conv1d_to_linear, linear_to_conv1d, merge_lora, position_ids, train_top, untie
+from safety.gpt2_dp import (
+    add_lora,
+    conv1d_to_linear,
+    linear_to_conv1d,
+    merge_lora,
+    position_ids,
+    train_top,
+    untie,
+)
 
 ACCOUNTANT = "prv"
 BUNDLED_PUBLIC = Path(__file__).resolve().parents[1] / "bot" / "demo" / "public_banking77.txt"
@@ -137,7 +147,7 @@ class DPTrainer(Trainer):
     per_record = True
 
     def __init__(self, spec, out_dir, **kw):
-        spec, self.responses_note = private_spec(spec, kw.get("log", print))
+        spec, self.responses_note = private_spec(spec, kw.get("log", print) if distributed.is_main() else lambda *a: None)
         super().__init__(spec, out_dir, **kw)
         self.p = spec.privacy
         if not 0 < self.p.count_epsilon < self.p.target_epsilon:
@@ -151,7 +161,8 @@ class DPTrainer(Trainer):
         super()._setup(resume)
         ledger = self.state.extra.setdefault("privacy", {})
         if "records_noisy" not in ledger:  # released once per training run (kept in the checkpoint for resuming)
-            ledger["records_noisy"] = noisy_count(self.n, self.p.count_epsilon)
+            ledger["records_noisy"] = distributed.from_main(noisy_count(self.n, self.p.count_epsilon) if self.main
+                                                            else None)  # one draw, whatever the number of processes
             self._checkpoint()
         self.n_noisy = ledger["records_noisy"]
         self.delta = self.p.delta or default_delta(self.n_noisy)
@@ -199,10 +210,22 @@ class DPTrainer(Trainer):
         # Poisson sampling at rate 1/S, S steps an epoch, S from the noisy count only.
         steps = max(1, round(self.n_noisy / self.p.logical_batch))
         sampler_rng = self.engine.secure_rng if secure else os_seeded_generator("cpu")
-        loader = DPDataLoader(TensorDataset(torch.arange(self.n)), sample_rate=1 / steps, generator=sampler_rng)
-        loader.batch_sampler.steps = steps
+        world = distributed.world()
+        loader = DPDataLoader(TensorDataset(torch.arange(self.n)), sample_rate=1 / steps, generator=sampler_rng,
+                              distributed=world > 1)
+        if world > 1:  # each rank Poisson-samples its part of the records at the same rate (Opacus' DPDDP recipe)
+            loader.batch_sampler.__class__ = _EveryStepSampler
+            loader.batch_sampler.num_batches = steps
+        else:
+            loader.batch_sampler.steps = steps
+        module = self.model
+        if world > 1:
+            from opacus.distributed import (
+                DifferentiallyPrivateDistributedDataParallel as DPDDP,
+            )
+            module = DPDDP(self.model)
         ledger = self.state.extra["privacy"]
-        common = dict(module=self.model, optimizer=self.opt, data_loader=loader, criterion=torch.nn.CrossEntropyLoss(),
+        common = dict(module=module, optimizer=self.opt, data_loader=loader, criterion=torch.nn.CrossEntropyLoss(),
                       max_grad_norm=self.p.max_grad_norm, poisson_sampling=False, grad_sample_mode="ghost",
                       noise_generator=None if secure else os_seeded_generator(self.device))
         if "history" in ledger:  # resuming: same noise as planned, and the accountant continues its history
@@ -213,7 +236,8 @@ class DPTrainer(Trainer):
             self.dp_model, self.opt, _, self.loader = self.engine.make_private_with_epsilon(
                 target_epsilon=self.p.target_epsilon - self.p.count_epsilon, target_delta=self.delta,
                 epochs=self.t.epochs, **common)
-        self.opt.expected_batch_size = max(1, round(self.n_noisy / steps))  # the mean's divisor: public too
+        # The mean's divisor, from public numbers too; per rank (the ranks' means are averaged).
+        self.opt.expected_batch_size = max(1, round(self.n_noisy / steps)) / world
         self.sample_rate = 1 / steps
         self._update_ledger()
         self.log(f"DP-SGD: noise multiplier {self.opt.noise_multiplier:.3f}, sample rate {self.sample_rate:.4f}, "
@@ -319,6 +343,7 @@ class DPTrainer(Trainer):
             "noise_multiplier": ledger["noise_multiplier"],
             "sample_rate": ledger["sample_rate"], "max_grad_norm": self.p.max_grad_norm, "steps": steps,
             "epochs": self.t.epochs, "logical_batch": self.p.logical_batch, "physical_batch": self.p.physical_batch,
+            "processes": distributed.world(),
             "records_noisy": ledger["records_noisy"],
             "unit": ("one distinct training utterance (after normalising case and spaces) with its intent and its "
                      "reply target; whether it is held out for validation and which reply it trains on depend only "
@@ -344,6 +369,18 @@ class DPTrainer(Trainer):
                            + (f"; {self.responses_note}" if self.responses_note else ""),
             "history": ledger["history"],
         }}
+
+
+class _EveryStepSampler(DistributedUniformWithReplacementSampler):
+    """Opacus' distributed Poisson sampler, but an empty draw is yielded too (Opacus skips it): every rank
+    then takes the same number of steps, and an empty step still adds its share (noise only), as DP-SGD
+    and the accountant assume."""
+
+    def __iter__(self):
+        indices = torch.arange(self.total_size)[self.rank:self.total_size:self.num_replicas]
+        for _ in range(self.num_batches):
+            mask = torch.rand(len(indices), generator=self.generator) < self.sample_rate
+            yield indices[mask.nonzero(as_tuple=False).reshape(-1)]
 
 
 def report(model_dir: str | Path) -> str:

@@ -26,6 +26,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
     t.add_argument("--keep-checkpoints", action="store_true", help="keep <out>.checkpoints/ after success")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    t.add_argument("--nproc", type=int, default=1, help="data-parallel training processes on this machine (torchrun; "
+                                                       "same result as one process for the same batch; README)")
     dp = t.add_argument_group("differential privacy (DP-SGD with Opacus; or `privacy:` in the bot file)")
     dp.add_argument("--dp", action="store_true", help="train with DP-SGD")
     dp.add_argument("--target-epsilon", type=float, help="ε to reach over the planned epochs (default 8)")

@@ -1,20 +1,44 @@
 """`candor train [BOT.yaml]`"""
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
+from bot import distributed
 from bot.spec import OUT_OF_SCOPE, BotFileError, Problem, check_robustness, demo_bot_path, load_bot
 from bot.train import checkpoint_dir
 from bot.train import train as run_training
 from safety.guard import served_text
 
 
+def launch(nproc: int, argv: list[str]) -> int:
+    """This same command as `nproc` processes under torchrun (one machine; see the README for several)."""
+    rest, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            rest.append(a)
+    print(f"starting {nproc} data-parallel training processes (torchrun, gloo on CPU / NCCL on GPU)", flush=True)
+    return subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+                            "-m", "ui.cli", *rest])
+
+
 def train(args) -> int:
+    if getattr(args, "nproc", 1) < 1:
+        raise SystemExit("candor train: --nproc must be at least 1")
+    if getattr(args, "nproc", 1) > 1 and not distributed.requested():
+        return launch(args.nproc, sys.argv[1:])
+    main = distributed.is_main()
+    say = print if main else (lambda *a, **k: None)
     path = Path(args.bot) if args.bot else demo_bot_path()
     spec, problems = load_bot(path)  # raises on any error: nothing is written for a bad bot file
     warnings = [p for p in problems if p.severity == "warning"]
     if warnings:
-        print(f"{path}: {len(warnings)} warning(s); first: {warnings[0]}  (see `candor data validate {path}`)")
+        say(f"{path}: {len(warnings)} warning(s); first: {warnings[0]}  (see `candor data validate {path}`)")
     for flag, section, key in (("epochs", "training", "epochs"), ("pretrain_epochs", "training", "pretrain_epochs"),
                                ("seed", "training", "seed"), ("checkpoint_every", "training", "checkpoint_every"),
                                ("base", "model", "base")):
@@ -45,11 +69,13 @@ def train(args) -> int:
         from safety.privacy import DPTrainer
         trainer_cls = DPTrainer
     out = Path(args.out or Path("models") / spec.name)
-    print(f"training '{spec.name}': {len(spec.intents)} intents, {len(spec.examples)} examples -> {out} "
-          f"(checkpoints in {checkpoint_dir(out)})")
+    say(f"training '{spec.name}': {len(spec.intents)} intents, {len(spec.examples)} examples -> {out} "
+        f"(checkpoints in {checkpoint_dir(out)})")
     run_training(spec, out, resume=args.resume, device=args.device, progress=not args.quiet,
                  keep_checkpoints=args.keep_checkpoints, trainer_cls=trainer_cls,
-                 views=views(spec, progress=not args.quiet), read=served_text)
+                 views=views(spec, progress=not args.quiet and main, log=say), read=served_text)
+    if not main:
+        return 0
     if spec.privacy.enabled:
         from safety.privacy import report
         print(report(out))

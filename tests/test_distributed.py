@@ -1,0 +1,101 @@
+"""Training on several processes (torchrun, gloo on CPU): the averaged gradient is the whole batch's, and
+`candor train --nproc 2` gives a comparable model and, under DP, the same ε as one process."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from tests.conftest import free_port, tiny_bot_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+
+
+def _data(n: int):
+    g = torch.Generator().manual_seed(n)
+    return torch.randn(n, 6, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+def _rank(rank: int, world: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    from bot import distributed
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        for n in (5, 1, 8):  # uneven shares, a rank with nothing, even shares
+            model = _model()
+            x, y = _data(n)
+            part, weight = distributed.share(list(range(n)))
+            loss = torch.nn.functional.cross_entropy(model(x[part]), y[part]) * weight
+            loss.backward()
+            distributed.average_gradients(model.parameters())
+            save_file({k: p.grad.contiguous() for k, p in model.named_parameters()}, f"{out}/rank{rank}-n{n}.safetensors")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_averaged_gradients_equal_the_whole_batch_gradient(tmp_path):
+    torch.multiprocessing.spawn(_rank, args=(2, free_port(), str(tmp_path)), nprocs=2)
+    for n in (5, 1, 8):
+        model = _model()
+        x, y = _data(n)
+        torch.nn.functional.cross_entropy(model(x), y).backward()  # the oracle: one process, the whole batch
+        for rank in (0, 1):
+            got = load_file(str(tmp_path / f"rank{rank}-n{n}.safetensors"))
+            for k, p in model.named_parameters():
+                torch.testing.assert_close(got[k], p.grad, rtol=1e-5, atol=1e-6)
+
+
+def _train(bot: Path, out: Path, *extra: str) -> dict:
+    done = subprocess.run([sys.executable, "-m", "ui.cli", "train", str(bot), "-o", str(out), "-q", "--device", "cpu",
+                           *extra], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads((out / "candor.json").read_text())
+
+
+def test_two_processes_train_a_comparable_model(tmp_path):
+    bot = tmp_path / "tiny.yaml"
+    bot.write_text(yaml.safe_dump(tiny_bot_dict(epochs=10, patience=100), sort_keys=False))
+    one, two = _train(bot, tmp_path / "one"), _train(bot, tmp_path / "two", "--nproc", "2")
+    assert one["training"]["processes"] == 1 and two["training"]["processes"] == 2
+    assert two["training"]["steps"] == one["training"]["steps"]  # the same global batches
+    acc1, acc2 = one["training"]["val_accuracy"], two["training"]["val_accuracy"]
+    assert acc2 >= 0.75 and abs(acc1 - acc2) <= 0.25, (acc1, acc2)
+    assert not (tmp_path / "two.checkpoints").exists()
+
+
+def test_two_dp_processes_spend_the_same_epsilon_as_one(tmp_path):
+    from opacus.accountants import PRVAccountant
+
+    pub = tmp_path / "public.txt"
+    pub.write_text("\n".join(["where is my parcel", "cancel the order", "money back please", "talk to someone"] * 30))
+    bot = tiny_bot_dict(epochs=3, reply_batch_size=4)
+    bot["privacy"] = {"enabled": True, "target_epsilon": 8.0, "logical_batch": 16, "physical_batch": 8,
+                      "public_corpus": str(pub)}
+    path = tmp_path / "dp.yaml"
+    path.write_text(yaml.safe_dump(bot, sort_keys=False))
+    cards = [_train(path, tmp_path / "one")["privacy"], _train(path, tmp_path / "two", "--nproc", "2")["privacy"]]
+    assert [c["processes"] for c in cards] == [1, 2]
+    for p in cards:  # each run's ε is the accountant's for its own (noise, global sample rate, steps)
+        acc = PRVAccountant()
+        acc.history = [(p["noise_multiplier"], p["sample_rate"], p["steps"])]
+        assert p["epsilon_sgd"] == pytest.approx(acc.get_epsilon(p["delta"]), rel=1e-9)
+        assert round(1 / p["sample_rate"]) == max(1, round(p["records_noisy"] / 16))  # the logical batch is global
+        assert p["steps"] == 3 * round(1 / p["sample_rate"])
+        assert 7.0 < p["epsilon"] <= 8.0 + 1e-9
+    assert cards[0]["epsilon"] == pytest.approx(cards[1]["epsilon"], abs=0.05)
