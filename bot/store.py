@@ -19,6 +19,8 @@ import io
 import json
 import os
 import secrets
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -121,6 +123,22 @@ class AuditStore:
             raise AuditDatabaseError(f"cannot open the audit database {_shown(self.url)}: "
                                      f"{str(getattr(e, 'orig', None) or e).strip().splitlines()[0]}") from None
         self._writes = 0
+        self._replies: OrderedDict[bytes, str] = OrderedDict()  # keyed hash of a reply -> its redaction
+        self._replies_lock = threading.Lock()
+
+    def _redact_reply(self, reply: str) -> str:
+        """Replies repeat (templates): each distinct one is redacted once. Keyed by an HMAC, not the text."""
+        key = hmac.new(self._session_key, reply.encode("utf-8"), hashlib.sha256).digest()
+        with self._replies_lock:
+            if key in self._replies:
+                self._replies.move_to_end(key)
+                return self._replies[key]
+        out = self.redact(reply)
+        with self._replies_lock:
+            self._replies[key] = out
+            while len(self._replies) > 4096:
+                self._replies.popitem(last=False)
+        return out
 
     def log(self, *, session: str, text: str, reply: str, intent: str, confidence: float, fallback: bool,
             fallback_reason: str | None, attributions: list[tuple[str, float]], model_version: str,
@@ -129,17 +147,21 @@ class AuditStore:
         """Write one turn's audit row; with `conversation` (the session's turns, this one last), also save
         the session's newest `keep_turns` turns, in the same transaction."""
         r = self.redact
-        joined = " ".join(w for w, _ in attributions)
-        if r(joined) != joined:  # words of unredacted text (a card number split into "4111", "1111"...): drop them
-            attributions = []
-        row = TurnRow(time=time or datetime.now(timezone.utc), session=self.pseudonym(session), text=r(text),
-                      reply=r(reply), intent=intent, confidence=float(confidence), fallback=bool(fallback),
+        stored = r(text)
+        words = "".join(w for w, _ in attributions)
+        if not (stored == text and words == "".join(text.split())):  # not simply the words of the stored text:
+            joined = " ".join(w for w, _ in attributions)
+            if r(joined) != joined:  # words of unredacted text (a card number split into "4111", "1111"...): drop
+                attributions = []
+        row = TurnRow(time=time or datetime.now(timezone.utc), session=self.pseudonym(session), text=stored,
+                      reply=self._redact_reply(reply), intent=intent, confidence=float(confidence), fallback=bool(fallback),
                       fallback_reason=fallback_reason, model_version=model_version,
                       attributions=[[w, float(s)] for w, s in attributions])
         turns = None
         if conversation is not None:  # only the newest turn is new text; the others were redacted when saved
             *old, (user, bot, turn_intent) = conversation[-keep_turns:]
-            turns = [list(t) for t in old] + [[r(user), r(bot), turn_intent]]
+            turns = [list(t) for t in old] + [[stored if user == text else r(user), self._redact_reply(bot),
+                                               turn_intent]]
         for attempt in (1, 2):
             try:
                 with Session(self.engine) as s, s.begin():

@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny synthetic bot and tiny GPT-2 settings that train in seconds."""
 from __future__ import annotations
 
+import collections
 import glob
 import itertools
 import os
@@ -9,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -96,6 +98,8 @@ def start_server(args: list[str], cwd: Path, env: dict | None = None) -> tuple[s
     if proc.poll() is not None or "Running on local URL" not in "".join(seen):
         proc.kill()
         pytest.fail("the app did not start:\n" + "".join(seen))
+    # Keep reading what it prints: a full pipe would block the server at its next log line.
+    threading.Thread(target=lambda: collections.deque(proc.stdout, maxlen=200), daemon=True).start()
     return proc, "".join(seen)
 
 

@@ -62,40 +62,74 @@ def test_broken_bot_file_writes_nothing(tmp_path):
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.checkpoints").exists()
 
 
-def test_kill_then_resume_finishes_like_an_uninterrupted_run(tmp_path):
+def _kill_at_a_random_step(args: list, out: Path, stage: str, lo: int, hi: int) -> int:
+    """Run `candor ARGS`, SIGKILL it once a checkpoint of `stage` at a step drawn from [lo, hi] exists, and
+    check that the model directory never appeared (half-written or not). Returns the checkpointed step."""
+    import random
+
+    kill_at = random.Random().randint(lo, hi)
+    ckpt = out.with_name(out.name + ".checkpoints")
+    proc = subprocess.Popen([sys.executable, "-m", "ui.cli", *map(str, args)], env=ENV, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline, state = time.time() + 300, None
+    while time.time() < deadline and proc.poll() is None:
+        assert not out.exists(), "a model directory appeared before training finished"
+        try:  # the pointed-to folder may be pruned by a newer checkpoint between the two reads
+            state = json.loads((ckpt / json.loads((ckpt / "latest.json").read_text())["dir"] / "state.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            state = None
+        if state and state["stage"] == stage and state["step"] >= kill_at:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    printed = proc.communicate()[0]
+    assert state and state["stage"] == stage, f"no {stage} checkpoint at step {kill_at} within 300 s:\n{printed[-3000:]}"
+    assert not out.exists(), "killed mid-run: no final model may exist"
+    return state["step"]
+
+
+def test_kill_at_a_random_step_then_resume_finishes_like_an_uninterrupted_run(tmp_path):
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(tiny_bot_dict(epochs=25, patience=100), sort_keys=False))
     ref = _candor("train", path, "-o", tmp_path / "ref", "-q", "--device", "cpu")
     assert ref.returncode == 0, ref.stderr
+    steps = read_card(tmp_path / "ref")["training"]["steps"]
 
-    out, ckpt = tmp_path / "run", tmp_path / "run.checkpoints"
-    proc = subprocess.Popen([sys.executable, "-m", "ui.cli", "train", str(path), "-o", str(out), "-q",
-                             "--device", "cpu", "--checkpoint-every", "7"], env=ENV, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        pointer = ckpt / "latest.json"
-        try:  # the pointed-to folder may be pruned by a newer checkpoint between the two reads
-            state = json.loads((ckpt / json.loads(pointer.read_text())["dir"] / "state.json").read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            state = None
-        if state and state["stage"] == "finetune" and state["step"] >= 21:
-            break
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert state and state["stage"] == "finetune", "no fine-tuning checkpoint appeared within 300 s"
-    assert not out.exists(), "killed mid-run: no final model may exist"
-    killed_at = state["step"]
-
-    res = _candor("train", path, "-o", out, "-q", "--device", "cpu", "--resume", "--checkpoint-every", "7")
+    out = tmp_path / "run"
+    args = ["train", path, "-o", out, "-q", "--device", "cpu", "--checkpoint-every", "3"]
+    killed_at = _kill_at_a_random_step(args, out, "finetune", 10, steps - 10)
+    res = _candor(*args, "--resume")
     assert res.returncode == 0, res.stderr
     resumed = [int(s) for s in read_card(out)["training"]["resumed_from_steps"]]
     assert resumed and resumed[0] >= killed_at and f"resumed from step {resumed[0]}" in res.stdout
     a, b = load_file(str(tmp_path / "ref" / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert a.keys() == b.keys()
     for k in a:
-        assert (a[k] == b[k]).all(), k
+        assert (a[k] == b[k]).all(), f"{k} differs after a kill at step {killed_at}"
+
+
+def test_kill_dp_training_at_a_random_step_then_resume_spends_at_least_the_planned_epsilon(tmp_path):
+    from safety.privacy import epsilon_for
+
+    pub = tmp_path / "public.txt"
+    pub.write_text("\n".join(["where is my parcel", "cancel the order", "money back please", "talk to someone"] * 30))
+    bot = tiny_bot_dict(epochs=4, reply_batch_size=4)
+    bot["privacy"] = {"enabled": True, "target_epsilon": 8.0, "logical_batch": 8, "physical_batch": 8,
+                      "public_corpus": str(pub)}
+    path, out = tmp_path / "dp.yaml", tmp_path / "dp"
+    path.write_text(yaml.safe_dump(bot, sort_keys=False))
+    args = ["train", path, "-o", out, "-q", "--device", "cpu", "--checkpoint-every", "2"]
+    pretrain_steps = 8  # 120 public lines in batches of 16
+    killed_at = _kill_at_a_random_step(args, out, "finetune", pretrain_steps + 2, pretrain_steps + 20)
+    res = _candor(*args, "--resume")
+    assert res.returncode == 0, res.stderr
+    card = read_card(out)
+    p = card["privacy"]
+    planned = 4 * round(1 / p["sample_rate"])  # epochs × steps per epoch, fixed by the noisy count
+    assert sum(h[2] for h in p["history"]) == p["steps"] == planned, (killed_at, p["history"])
+    uninterrupted = epsilon_for([(p["noise_multiplier"], p["sample_rate"], planned)], p["delta"]) + p["epsilon_count"]
+    assert p["epsilon"] >= uninterrupted - 1e-9 and p["epsilon"] <= 8.0 + 1e-9
+    assert card["training"]["resumed_from_steps"] and card["training"]["resumed_from_steps"][0] >= killed_at
 
 
 def test_resume_refuses_a_changed_bot_file(tmp_path):

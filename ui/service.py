@@ -24,7 +24,8 @@ from safety.guard import MAX_CHARS, read_message
 from safety.pii import redact_text, warm_up
 
 MAX_BATCH = 8  # turns in one model batch
-BATCH_WAIT_S = 0.005  # how long the first turn of a batch waits for others
+BATCH_WAIT_S = 0.0  # how long the first turn of a batch waits for others: none, a batch takes the turns that
+# queued while the previous one ran (no added latency for a lone user; batches grow with load)
 MAX_TURNS = 50  # a conversation keeps its newest turns (generation reads the last few)
 
 
@@ -55,7 +56,8 @@ class Batcher:
             deadline = time.monotonic() + self.max_wait
             while len(batch) < self.max_batch:
                 try:
-                    batch.append(self.items.get(timeout=max(0.0, deadline - time.monotonic())))
+                    wait = deadline - time.monotonic()
+                    batch.append(self.items.get(timeout=wait) if wait > 0 else self.items.get_nowait())
                 except queue.Empty:
                     break
             try:
