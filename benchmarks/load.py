@@ -127,6 +127,7 @@ def main() -> None:
     p.add_argument("--users", type=int, default=32)
     p.add_argument("--turns", type=int, default=25)
     p.add_argument("--time-limit", type=float, default=600.0)
+    p.add_argument("--explain-steps", type=int, help="integration steps per explanation (default: the server's, 32)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "load.json")
     args = p.parse_args()
     from bot.spec import demo_bot_path, load_bot
@@ -138,7 +139,8 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         db = args.out.parent / "load.audit.sqlite"
         db.unlink(missing_ok=True)
-        proc, url = start_server(args.model, str(db))
+        proc, url = start_server(args.model, str(db), ["--explain-steps", str(args.explain_steps)]
+                                 if args.explain_steps else [])
     try:
         result = run_load(url, args.users, args.turns, messages, args.time_limit)
     finally:
@@ -149,7 +151,7 @@ def main() -> None:
     import torch
 
     print(f"\n{platform.node()}, CPU, {os.cpu_count()} cores, torch {torch.__version__}; {url}; "
-          f"model {args.model}; explanations on")
+          f"model {args.model}; explanations on ({args.explain_steps or 32} integration steps)")
     print("| users × turns | ok | errors | throughput (turns/s) | p50 | p95 | max | wall |")
     print("|---|---|---|---|---|---|---|---|")
     print(f"| {s['users']} × {s['turns_each']} | {s['ok']} | {s['errors']} | {s['throughput']:.1f} | "
