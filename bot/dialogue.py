@@ -10,7 +10,7 @@ from pathlib import Path
 from bot import model as models
 from bot.classify import decide, predict_proba
 from bot.data import Encoder
-from bot.generate import fill, generate_reply, template_reply
+from bot.generate import fill, generate_replies, template_reply
 from bot.spec import Settings, Turn
 
 
@@ -59,24 +59,54 @@ class Bot:
         return [decide(p, self.model.intents, self.settings) for p in predict_proba(self.model, self.enc, texts)]
 
     def reply(self, text: str, intent: str, context: list[Turn], on_text=None) -> str:
-        """The reply for a confident intent; an empty generation falls back to the templates.
-        `on_text(reply_so_far)` is called as generated tokens arrive."""
-        if self.settings.response_mode == "generate":
-            generated = generate_reply(self.model, self.enc, text, intent, context, self.settings.max_reply_tokens,
-                                       on_text=(lambda so_far: on_text(fill(so_far, self.placeholders)))
-                                       if on_text else None)
-            if generated:
-                return fill(generated, self.placeholders)
-        return template_reply(self.responses.get(intent, []), self.placeholders, self.rng) or self.fallback_text
+        """The reply for a confident intent (see `replies`)."""
+        out = self.replies([(text, intent, context)], [on_text])[0]
+        if isinstance(out, BaseException):
+            raise out
+        return out
+
+    def replies(self, prompts: list[tuple[str, str, list[Turn]]], on_texts: list | None = None) -> list:
+        """Replies for several `(text, intent, context)`, generated in one batch in generate mode (an empty
+        generation falls back to the templates). `on_texts[i](reply_so_far)` streams reply i; if it raises,
+        item i's result is that exception."""
+        out: list = [None] * len(prompts)
+        if self.settings.response_mode == "generate" and prompts:
+            streams = [(lambda so_far, f=f: f(fill(so_far, self.placeholders))) if f else None
+                       for f in (on_texts or [None] * len(prompts))]
+            for i, g in enumerate(generate_replies(self.model, self.enc, prompts, self.settings.max_reply_tokens,
+                                                   on_texts=streams)):
+                out[i] = g if isinstance(g, BaseException) else (fill(g, self.placeholders) if g else None)
+        return [o if o is not None else template_reply(self.responses.get(intent, []), self.placeholders, self.rng)
+                or self.fallback_text for o, (_, intent, _) in zip(out, prompts)]
 
     def turn(self, text: str, conversation: Conversation | None = None, on_text=None, decision=None) -> TurnResult:
         """One turn; `decision` when the text was already classified (in a batch with others)."""
-        conversation = conversation if conversation is not None else Conversation()
-        decision = decision or self.classify(text)
-        context = conversation.turns[-self.settings.context_turns:] if self.settings.context_turns else []
-        reply = (fill(self.fallback_text, self.placeholders) if decision.fallback
-                 else self.reply(text, decision.intent, context, on_text))
-        conversation.turns.append(Turn(text, reply, None if decision.fallback else decision.intent))
-        return TurnResult(text, reply, decision.intent, decision.confidence, decision.fallback, decision.reason,
-                          decision.confidence_threshold, decision.ambiguity_threshold, decision.ranking,
-                          self.settings.response_mode)
+        out = self.turns([text], [conversation if conversation is not None else Conversation()], [on_text],
+                         [decision] if decision else None)[0]
+        if isinstance(out, BaseException):
+            raise out
+        return out
+
+    def turns(self, texts: list[str], conversations: list[Conversation], on_texts: list | None = None,
+              decisions: list | None = None) -> list:
+        """Several turns at once: one classification pass (unless `decisions` are given) and one batch of
+        generated replies, the same results as one at a time. Each turn is appended to its conversation; an
+        item whose stream raised gets that exception instead (and no turn)."""
+        decisions = decisions or self.classify_batch(texts)
+        on_texts = on_texts or [None] * len(texts)
+        k = self.settings.context_turns
+        contexts = [c.turns[-k:] if k else [] for c in conversations]
+        answer = [i for i, d in enumerate(decisions) if not d.fallback]
+        replies = dict(zip(answer, self.replies([(texts[i], decisions[i].intent, contexts[i]) for i in answer],
+                                                [on_texts[i] for i in answer])))
+        results: list = []
+        for i, (text, conversation, decision) in enumerate(zip(texts, conversations, decisions)):
+            reply = replies.get(i, fill(self.fallback_text, self.placeholders))
+            if isinstance(reply, BaseException):
+                results.append(reply)
+                continue
+            conversation.turns.append(Turn(text, reply, None if decision.fallback else decision.intent))
+            results.append(TurnResult(text, reply, decision.intent, decision.confidence, decision.fallback,
+                                      decision.reason, decision.confidence_threshold, decision.ambiguity_threshold,
+                                      decision.ranking, self.settings.response_mode))
+        return results

@@ -5,7 +5,8 @@ import random
 import re
 
 import torch
-from transformers import TextStreamer
+from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
 
 from bot.data import Encoder
 from bot.model import DialogueModel
@@ -23,31 +24,85 @@ def template_reply(responses: list[str], placeholders: dict[str, str], rng: rand
     return fill(rng.choice(responses), placeholders) if responses else None
 
 
-class _Callback(TextStreamer):
-    """Hands the reply decoded so far to `on_text` as tokens arrive."""
+class _Streams(BaseStreamer):
+    """Hands each row's reply decoded so far to its `on_text` as tokens arrive (whole words only, so a
+    character split across byte-level tokens never shows half-made). A row whose callback raises stops
+    being generated (`stopped`); the other rows go on."""
 
-    def __init__(self, tokenizer, on_text):
-        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
-        self.on_text, self.so_far = on_text, ""
+    def __init__(self, tokenizer, eos: int, on_texts: list):
+        self.tok, self.eos, self.on_texts = tokenizer, eos, on_texts
+        self.tokens: list[list[int]] = [[] for _ in on_texts]
+        self.done = [False] * len(on_texts)
+        self.shown = [""] * len(on_texts)
+        self.stopped: dict[int, BaseException] = {}
+        self.prompt_seen = False
 
-    def on_finalized_text(self, text: str, stream_end: bool = False):
-        self.so_far += text
-        if text:
-            self.on_text(self.so_far.strip())
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:  # the first call carries the prompts
+            self.prompt_seen = True
+            return
+        for row, token in enumerate(value.view(-1).tolist()):
+            if self.done[row] or row in self.stopped:
+                continue
+            if token == self.eos:
+                self.done[row] = True
+                continue
+            self.tokens[row].append(token)
+            text = self.tok.decode(self.tokens[row], skip_special_tokens=True)
+            words = text[: text.rfind(" ")].strip() if " " in text else ""
+            if self.on_texts[row] and words and words != self.shown[row] and "\ufffd" not in words:
+                self.shown[row] = words
+                try:
+                    self.on_texts[row](words)
+                except BaseException as e:  # noqa: BLE001 - this row's caller stopped it (e.g. Cancelled)
+                    self.stopped[row] = e
+
+    def end(self) -> None:
+        pass
+
+
+class _StopRows(StoppingCriteria):
+    """Ends the rows whose stream stopped (a closed tab), not the batch."""
+
+    def __init__(self, streams: _Streams):
+        self.streams = streams
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
+        return torch.tensor([row in self.streams.stopped for row in range(input_ids.shape[0])],
+                            device=input_ids.device)
 
 
 @torch.no_grad()
-def generate_reply(model: DialogueModel, enc: Encoder, text: str, intent: str, context: list[Turn] = (),
-                   max_new_tokens: int = 96, sample: bool = False, seed: int | None = None, on_text=None) -> str:
-    """Decode a reply after `... <|user|> text<|intent|> intent<|bot|>` until `<|endoftext|>`."""
+def generate_replies(model: DialogueModel, enc: Encoder, prompts: list[tuple[str, str, list[Turn]]],
+                     max_new_tokens: int = 96, sample: bool = False, seed: int | None = None,
+                     on_texts: list | None = None) -> list[str | BaseException]:
+    """Decode replies for several `(text, intent, context)` prompts in one batch (left-padded), each after
+    `... <|user|> text<|intent|> intent<|bot|>` until `<|endoftext|>`; the same replies as one at a time.
+    `on_texts[i](reply_so_far)` streams row i; if it raises, row i stops and its result is that exception."""
     budget = min(max_new_tokens, enc.max_length // 2)
-    prompt = torch.tensor([enc.prompt(text, intent, context, budget=budget)], device=model.device)
+    rows = [enc.prompt(text, intent, context, budget=budget) for text, intent, context in prompts]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), enc.pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):], mask[i, width - len(r):] = torch.tensor(r), 1
     if seed is not None:
         torch.manual_seed(seed)
+    streams = _Streams(enc.tok, enc.eos, on_texts or [None] * len(rows))
     out = model.lm.generate(
-        prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=budget, do_sample=sample,
+        ids.to(model.device), attention_mask=mask.to(model.device), max_new_tokens=budget, do_sample=sample,
         top_p=0.9 if sample else None, temperature=0.8 if sample else None, top_k=None,
-        eos_token_id=enc.eos, pad_token_id=enc.pad, repetition_penalty=1.1,
-        streamer=_Callback(enc.tok, on_text) if on_text else None,
+        eos_token_id=enc.eos, pad_token_id=enc.pad, repetition_penalty=1.1, streamer=streams,
+        stopping_criteria=StoppingCriteriaList([_StopRows(streams)]),
     )
-    return enc.tok.decode(out[0, prompt.shape[1]:], skip_special_tokens=True).strip()
+    return [streams.stopped[i] if i in streams.stopped else
+            enc.tok.decode(out[i, width:], skip_special_tokens=True).strip() for i in range(len(rows))]
+
+
+def generate_reply(model: DialogueModel, enc: Encoder, text: str, intent: str, context: list[Turn] = (),
+                   max_new_tokens: int = 96, sample: bool = False, seed: int | None = None, on_text=None) -> str:
+    """One reply (see `generate_replies`); an exception raised by `on_text` is raised here."""
+    out = generate_replies(model, enc, [(text, intent, list(context))], max_new_tokens, sample, seed, [on_text])[0]
+    if isinstance(out, BaseException):
+        raise out
+    return out

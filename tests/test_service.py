@@ -185,3 +185,34 @@ def test_explaining_a_batch_equals_explaining_each(service):
         assert (a.intent, a.predicted, [w.word for w in a.words]) == (b.intent, b.predicted, [w.word for w in b.words])
         assert [w.raw for w in a.words] == pytest.approx([w.raw for w in b.words], abs=1e-5)
         assert a.confidence == pytest.approx(b.confidence, abs=1e-6) and a.delta == pytest.approx(b.delta, abs=1e-4)
+
+
+def test_generated_replies_are_batched_and_equal_one_at_a_time(service):
+    from bot.dialogue import Conversation
+    from ui.service import Cancelled
+
+    bot = service.bot
+    texts = ["where is my package", "cancel my order please", "I want my money back", "talk to a human"]
+    bot.settings.response_mode = "generate"
+    try:
+        single = [bot.turn(t, Conversation()).reply for t in texts]
+        streamed: dict[int, list[str]] = {i: [] for i in range(len(texts))}
+
+        def stream(i):
+            def on_text(so_far):
+                if i == 1 and streamed[1]:
+                    raise Cancelled()  # this row's tab closed after its first words: only it stops
+                streamed[i].append(so_far)
+            return on_text
+
+        convs = [Conversation() for _ in texts]
+        together = bot.turns(texts, convs, [stream(i) for i in range(len(texts))])
+    finally:
+        bot.settings.response_mode = "template"
+    assert isinstance(together[1], Cancelled) and convs[1].turns == []
+    for i in (0, 2, 3):
+        assert together[i].reply == single[i]  # one batch, the same replies as one at a time
+        assert [t.bot for t in convs[i].turns] == [single[i]]
+        if streamed[i]:
+            assert single[i].startswith(streamed[i][-1]) and all(len(a) <= len(b) for a, b in zip(streamed[i], streamed[i][1:]))
+    assert sum(map(len, streamed.values())) > 0

@@ -1,8 +1,8 @@
 """One chat turn, served: guard → redact → classify → fallback → reply → explain → log.
 
 The model is loaded once per process. Turns that arrive together are batched (`Batcher`): up to
-`MAX_BATCH` turns waiting at most `BATCH_WAIT_S` are classified in one forward pass and explained in one
-Captum call, under one lock (Captum hooks the shared embedding layer); redaction and the audit store
+`MAX_BATCH` turns waiting at most `BATCH_WAIT_S` are classified in one forward pass, their replies generated
+in one batch (generate mode) and explained in one Captum call, under one lock (Captum hooks the shared embedding layer); redaction and the audit store
 run outside it, in each request's own thread.
 
 Conversations live in the audit store, not in the process: each turn reads its session's turns from
@@ -160,14 +160,14 @@ class ChatService:
         for i in set(range(len(items))) - set(live):
             out[i] = Cancelled()
         with self.lock:
-            decisions = self.bot.classify_batch([items[i][0] for i in live]) if live else []
+            turns = self.bot.turns([items[i][0] for i in live], [items[i][1] for i in live],
+                                   [_stream(items[i][2], items[i][3]) for i in live]) if live else []
             results = {}
-            for i, decision in zip(live, decisions):
-                text, conv, on_text, cancel = items[i]
-                try:
-                    results[i] = self.bot.turn(text, conv, on_text=_stream(on_text, cancel), decision=decision)
-                except Exception as e:  # noqa: BLE001 - this item's error, the others go on
-                    out[i] = e
+            for i, turn in zip(live, turns):
+                if isinstance(turn, BaseException):  # this item's stream stopped (Cancelled); the others go on
+                    out[i] = turn
+                else:
+                    results[i] = turn
             done = [i for i in live if i in results]
             explanations = self.explainer.explain_batch([items[i][0] for i in done],
                                                         [results[i].intent for i in done]) if done else []
