@@ -48,14 +48,17 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def share(batch: Sequence[int]) -> tuple[list[int], float]:
-    """This rank's part of a global batch and the weight of its mean loss: len(part)·world/len(batch), so
-    that averaging the ranks' gradients gives the gradient of the whole batch's mean loss. A rank whose part
-    is empty (a batch smaller than the world) trains on one record with weight 0."""
-    part = list(batch[rank()::world()])
-    if not part:
+def share(batch: Sequence[int], sizes: Sequence[int] | None = None) -> tuple[list[int], float]:
+    """This rank's part of a global batch and the weight of its mean loss, so that averaging the ranks'
+    gradients gives the gradient of the whole batch's mean loss: len(part)·world/len(batch) for a mean
+    over records, or with `sizes` (each record's count of loss terms, e.g. target tokens, for a mean over
+    tokens) size(part)·world/size(batch). A rank whose part is empty (a batch smaller than the world)
+    trains on one record with weight 0."""
+    sizes = list(sizes) if sizes is not None else [1] * len(batch)
+    picked = list(range(len(batch)))[rank()::world()]
+    if not picked:
         return list(batch[:1]), 0.0
-    return part, len(part) * world() / len(batch)
+    return [batch[j] for j in picked], sum(sizes[j] for j in picked) * world() / max(1, sum(sizes))
 
 
 def average_gradients(params) -> None:

@@ -5,10 +5,11 @@ the row is written, so raw PII cannot reach the database even if a caller forget
 Chat session ids are stored as a keyed hash (HMAC-SHA256, 16 hex digits): turns of one conversation
 still group together, but a stored or exported id cannot be used to attach to a live session.
 
-The store also keeps each live conversation (its newest turns, redacted), written in the same
-transaction as the turn's audit row, so any replica sharing the database can continue it: several
-`candor serve` processes on one PostgreSQL act as one bot. Conversations idle for `CONVERSATION_TTL`
-are deleted.
+The audit rows are also the live conversations: a session's conversation is its rows still marked
+`in_conversation` (undo and reset clear the mark, the rows stay), its newest `keep` turns from the last
+`CONVERSATION_TTL`. Appending a turn is writing its row, so two turns at once (on one replica or two) lose
+nothing, and any replica sharing the database continues a conversation: several `candor serve`
+processes on one PostgreSQL act as one bot.
 """
 from __future__ import annotations
 
@@ -35,12 +36,14 @@ from sqlalchemy import (
     String,
     Text,
     create_engine,
-    delete,
     func,
     select,
+    update,
 )
+from sqlalchemy import inspect as inspect_db
+from sqlalchemy import text as sql
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 COLUMNS = ("id", "time", "session", "text", "intent", "confidence", "fallback", "fallback_reason", "reply",
@@ -65,20 +68,13 @@ class TurnRow(_Base):
     reply: Mapped[str] = mapped_column(Text)
     model_version: Mapped[str] = mapped_column(String(128))
     attributions: Mapped[list] = mapped_column(JSON)  # [[word, score], ...] on the redacted text
+    in_conversation: Mapped[bool] = mapped_column(Boolean, default=True)  # cleared by undo and reset
 
     def to_dict(self) -> dict:
         d = {c: getattr(self, c) for c in COLUMNS}
         d["time"] = self.time.astimezone(timezone.utc).isoformat(timespec="seconds") if self.time.tzinfo \
             else self.time.replace(tzinfo=timezone.utc).isoformat(timespec="seconds")
         return d
-
-
-class ConversationRow(_Base):
-    __tablename__ = "candor_conversations"
-
-    session: Mapped[str] = mapped_column(String(64), primary_key=True)  # the keyed hash, as in candor_turns
-    updated: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
-    turns: Mapped[list] = mapped_column(JSON)  # [[user, bot, intent or null], ...], oldest first, redacted
 
 
 CONVERSATION_TTL = timedelta(hours=24)
@@ -120,23 +116,34 @@ SESSION_KEY_ENV = "CANDOR_SESSION_KEY"  # share it between replicas; otherwise a
 
 
 class AuditStore:
-    def __init__(self, where: str, redact: Callable[[str], str], session_key: bytes | None = None):
+    def __init__(self, where: str, redact: Callable[[str], str], session_key: bytes | None = None,
+                 cacheable: Callable[[str], bool] = lambda redacted: True):
         self.url = database_url(where)
-        self.redact = redact
+        self.redact, self.cacheable = redact, cacheable
         env = os.environ.get(SESSION_KEY_ENV, "").encode()
         self._session_key = session_key or env or secrets.token_bytes(32)
         try:
             self.engine = create_engine(self.url, pool_pre_ping=not self.url.startswith("sqlite"))
-            _Base.metadata.create_all(self.engine)
+            self._create_tables()
         except ModuleNotFoundError as e:
             raise AuditDatabaseError(f"audit database {_shown(self.url)}: its driver is not installed ({e}); for "
                                      "PostgreSQL: pip install 'candor[postgres]'") from None
         except (SQLAlchemyError, ValueError) as e:
             raise AuditDatabaseError(f"cannot open the audit database {_shown(self.url)}: "
                                      f"{str(getattr(e, 'orig', None) or e).strip().splitlines()[0]}") from None
-        self._writes = 0
         self._replies: OrderedDict[bytes, str] = OrderedDict()  # keyed hash of a reply -> its redaction
         self._replies_lock = threading.Lock()
+
+    def _create_tables(self) -> None:
+        """Create (or bring up to date) the table; replicas starting at once on PostgreSQL take turns."""
+        with self.engine.begin() as c:
+            if c.dialect.name == "postgresql":
+                c.execute(sql("SELECT pg_advisory_xact_lock(72430012)"))
+            _Base.metadata.create_all(c)
+            if "in_conversation" not in {col["name"] for col in inspect_db(c).get_columns(TurnRow.__tablename__)}:
+                # a store written before conversations lived here: its old turns are no live conversation
+                c.execute(sql(f"ALTER TABLE {TurnRow.__tablename__} ADD COLUMN in_conversation BOOLEAN "
+                              "NOT NULL DEFAULT FALSE"))
 
     def _redact_reply(self, reply: str) -> str:
         """Replies repeat (templates): each distinct one is redacted once. Keyed by an HMAC, not the text."""
@@ -146,6 +153,8 @@ class AuditStore:
                 self._replies.move_to_end(key)
                 return self._replies[key]
         out = self.redact(reply)
+        if not self.cacheable(out):  # e.g. a redaction that ran out of time: try again next time
+            return out
         with self._replies_lock:
             self._replies[key] = out
             while len(self._replies) > 4096:
@@ -154,10 +163,8 @@ class AuditStore:
 
     def log(self, *, session: str, text: str, reply: str, intent: str, confidence: float, fallback: bool,
             fallback_reason: str | None, attributions: list[tuple[str, float]], model_version: str,
-            time: datetime | None = None, conversation: list[tuple[str, str, str | None]] | None = None,
-            keep_turns: int = 50) -> int:
-        """Write one turn's audit row; with `conversation` (the session's turns, this one last), also save
-        the session's newest `keep_turns` turns, in the same transaction."""
+            time: datetime | None = None) -> int:
+        """Write one turn's audit row, which is also the newest turn of the session's conversation."""
         r = self.redact
         stored = r(text)
         words = "".join(w for w, _ in attributions)
@@ -166,54 +173,33 @@ class AuditStore:
             if r(joined) != joined:  # words of unredacted text (a card number split into "4111", "1111"...): drop
                 attributions = []
         row = TurnRow(time=time or datetime.now(timezone.utc), session=self.pseudonym(session), text=stored,
-                      reply=self._redact_reply(reply), intent=intent, confidence=float(confidence), fallback=bool(fallback),
-                      fallback_reason=fallback_reason, model_version=model_version,
-                      attributions=[[w, float(s)] for w, s in attributions])
-        turns = None
-        if conversation is not None:  # only the newest turn is new text; the others were redacted when saved
-            *old, (user, bot, turn_intent) = conversation[-keep_turns:]
-            turns = [list(t) for t in old] + [[stored if user == text else r(user), self._redact_reply(bot),
-                                               turn_intent]]
-        for attempt in (1, 2):
-            try:
-                with Session(self.engine) as s, s.begin():
-                    s.add(row)
-                    if turns is not None:
-                        s.merge(ConversationRow(session=row.session, updated=row.time, turns=turns))
-                    s.flush()
-                    turn_id = row.id
-                break
-            except IntegrityError:  # another replica started this conversation at the same moment: update it
-                if attempt == 2:
-                    raise
-                row = _copy(row)
-        self._writes += 1
-        if self._writes % 200 == 1:
-            self.expire_conversations()
-        return turn_id
+                      reply=self._redact_reply(reply), intent=intent, confidence=float(confidence),
+                      fallback=bool(fallback), fallback_reason=fallback_reason, model_version=model_version,
+                      attributions=[[w, float(s)] for w, s in attributions], in_conversation=True)
+        with Session(self.engine) as s, s.begin():
+            s.add(row)
+            s.flush()
+            return row.id
 
     # ------------------------------------------------------------ conversations
-    def conversation(self, session: str) -> list[tuple[str, str, str | None]]:
+    def _live(self, session: str):
+        since = self._time(datetime.now(timezone.utc) - CONVERSATION_TTL)
+        return (TurnRow.session == self.pseudonym(session), TurnRow.in_conversation.is_(True), TurnRow.time >= since)
+
+    def conversation(self, session: str, keep: int = 50) -> list[tuple[str, str, str | None]]:
+        """The session's newest `keep` turns, oldest first: (user text, reply, intent or None for a fallback)."""
+        q = select(TurnRow.text, TurnRow.reply, TurnRow.intent, TurnRow.fallback).where(*self._live(session))
         with Session(self.engine) as s:
-            row = s.get(ConversationRow, self.pseudonym(session))
-            return [tuple(t) for t in row.turns] if row else []
+            rows = s.execute(q.order_by(TurnRow.id.desc()).limit(keep)).all()
+        return [(t, reply, None if fb else intent) for t, reply, intent, fb in reversed(rows)]
 
     def keep_turns(self, session: str, n: int) -> None:
-        """Keep a conversation's first `n` turns (undo, retry); n = 0 forgets it."""
+        """Keep the first `n` turns of the live conversation (undo, retry: the turns before the one undone,
+        counted as the chat shows them); 0 clears it. The audit rows stay."""
         with Session(self.engine) as s, s.begin():
-            row = s.get(ConversationRow, self.pseudonym(session))
-            if row is not None and n <= 0:
-                s.delete(row)
-            elif row is not None:
-                row.turns = row.turns[:n]
-
-    def expire_conversations(self, older_than: timedelta = CONVERSATION_TTL) -> None:
-        try:
-            with Session(self.engine) as s, s.begin():
-                s.execute(delete(ConversationRow).where(
-                    ConversationRow.updated < self._time(datetime.now(timezone.utc) - older_than)))
-        except IntegrityError:  # another replica expired them at the same moment
-            pass
+            ids = s.scalars(select(TurnRow.id).where(*self._live(session)).order_by(TurnRow.id)).all()
+            if ids[max(0, n):]:
+                s.execute(update(TurnRow).where(TurnRow.id.in_(ids[max(0, n):])).values(in_conversation=False))
 
     def pseudonym(self, session: str) -> str:
         return hmac.new(self._session_key, session.encode("utf-8"), hashlib.sha256).hexdigest()[:16]
@@ -252,10 +238,6 @@ class AuditStore:
     def intents(self) -> list[str]:
         with Session(self.engine) as s:
             return sorted(s.scalars(select(TurnRow.intent).distinct()))
-
-
-def _copy(row: TurnRow) -> TurnRow:
-    return TurnRow(**{c: getattr(row, c) for c in COLUMNS if c != "id"})
 
 
 def to_json(rows: list[dict]) -> str:

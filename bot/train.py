@@ -339,8 +339,9 @@ class Trainer:
         bar = tqdm(batches, desc=f"pre-train {self.state.epoch + 1}/{self.t.pretrain_epochs}",
                    disable=not self.progress, initial=self.state.batch, total=len(batches))
         for idx in batches[self.state.batch:]:
-            part, weight = distributed.share(idx)
-            b = self._to(self.enc.pad_batch([self.enc.lm(texts[i]) for i in part]))
+            seqs = {i: self.enc.lm(texts[i]) for i in idx}
+            part, weight = distributed.share(idx, [len(seqs[i]) - 1 for i in idx])  # the loss is a mean over tokens
+            b = self._to(self.enc.pad_batch([seqs[i] for i in part]))
             loss = self.model.lm_loss(**b)
             self._step(loss * weight, total)
             bar.update(1)
@@ -358,15 +359,17 @@ class Trainer:
         for k in range(self.state.batch, len(batches)):
             part, weight = distributed.share(batches[k])
             recs = [self.train_records[i] for i in part]
-            rng = random.Random(f"{self.t.seed}-{self.state.epoch}-{k}")
-            b = self._to(self.enc.pad_batch([self.enc.classify(self.view(i, r, rng)) for i, r in zip(part, recs)]))
+            views = [self.view(i, r, random.Random(f"{self.t.seed}-{self.state.epoch}-{k}-{i}")) for i, r in zip(part, recs)]
+            b = self._to(self.enc.pad_batch([self.enc.classify(v) for v in views]))
             y = torch.tensor([intent_id[r.intent] for r in recs], device=self.device)
             ce = F.cross_entropy(self.model.intent_logits(b["input_ids"], b["attention_mask"]), y)
             loss, lm = ce * weight, None
             if replies and self.t.reply_weight > 0:
-                picks, reply_weight = distributed.share(range(rbs))
-                pick = [self.reply_records[replies[(k * rbs + j) % len(replies)]] for j in picks]
-                pairs = [self.enc.reply(r, self.spec.settings.max_reply_tokens) for r in pick]
+                every = [self.enc.reply(self.reply_records[replies[(k * rbs + j) % len(replies)]],
+                                        self.spec.settings.max_reply_tokens) for j in range(rbs)]
+                picks, reply_weight = distributed.share(range(rbs), [sum(t != -100 for t in labels[1:])
+                                                                     for _, labels in every])
+                pairs = [every[j] for j in picks]
                 rb = self._to(self.enc.pad_batch([p[0] for p in pairs], [p[1] for p in pairs]))
                 lm = self.model.lm_loss(**rb)
                 loss = loss + self.t.reply_weight * lm * reply_weight
@@ -430,7 +433,7 @@ class Trainer:
             for v in self.views:
                 v.start_epoch(self)
             self._finetune_epoch()
-            stop = self._end_of_finetune_epoch()
+            stop = distributed.from_main(self._end_of_finetune_epoch())  # every rank stops together
             self.state.epoch, self.state.batch = self.state.epoch + 1, 0
             self.state.seconds = time.time() - started
             if stop:

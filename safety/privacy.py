@@ -263,10 +263,10 @@ class DPTrainer(Trainer):
     def _batch(self, idx: list[int]):
         """One sequence per sampled record: a view of its text, its intent position and reply labels."""
         intent_id = {n: i for i, n in enumerate(self.model.intents)}
-        rng = random.Random(f"{self.t.seed}-dp-{self.state.step}")
         seqs, labels, pos, ys = [], [], [], []
         for i in idx:
             r = self.train_records[i]
+            rng = random.Random(f"{self.t.seed}-dp-{self.state.step}-{i}")  # per record: the same on any rank
             ids, lab, at = self.enc.joint(self.view(i, r, rng), r.intent, r.reply if self.t.reply_weight > 0 else None,
                                           self.spec.settings.max_reply_tokens)
             seqs.append(ids), labels.append(lab), pos.append(at), ys.append(intent_id[r.intent])

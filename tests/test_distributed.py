@@ -29,6 +29,18 @@ def _data(n: int):
     return torch.randn(n, 6, generator=g), torch.randint(0, 3, (n,), generator=g)
 
 
+def _tokens(n: int):
+    """Sequences of 1..5 "tokens" (as the LM loss: a mean over every target token of the batch)."""
+    g = torch.Generator().manual_seed(100 + n)
+    lengths = torch.randint(1, 6, (n,), generator=g)
+    mask = torch.arange(5)[None, :] < lengths[:, None]
+    return torch.randn(n, 5, 6, generator=g), torch.randint(0, 3, (n, 5), generator=g), mask, lengths.tolist()
+
+
+def _token_loss(model, x, y, mask):
+    return torch.nn.functional.cross_entropy(model(x)[mask], y[mask])
+
+
 def _rank(rank: int, world: int, port: int, out: str) -> None:
     import torch.distributed as dist
 
@@ -45,6 +57,12 @@ def _rank(rank: int, world: int, port: int, out: str) -> None:
             loss.backward()
             distributed.average_gradients(model.parameters())
             save_file({k: p.grad.contiguous() for k, p in model.named_parameters()}, f"{out}/rank{rank}-n{n}.safetensors")
+            model = _model()  # a mean over tokens: shares weighted by their token counts
+            x, y, mask, lengths = _tokens(n)
+            part, weight = distributed.share(list(range(n)), lengths)
+            (_token_loss(model, x[part], y[part], mask[part]) * weight).backward()
+            distributed.average_gradients(model.parameters())
+            save_file({k: p.grad.contiguous() for k, p in model.named_parameters()}, f"{out}/rank{rank}-t{n}.safetensors")
     finally:
         dist.destroy_process_group()
 
@@ -55,15 +73,19 @@ def test_averaged_gradients_equal_the_whole_batch_gradient(tmp_path):
         model = _model()
         x, y = _data(n)
         torch.nn.functional.cross_entropy(model(x), y).backward()  # the oracle: one process, the whole batch
+        tokens = _model()
+        x, y, mask, _ = _tokens(n)
+        _token_loss(tokens, x, y, mask).backward()
         for rank in (0, 1):
-            got = load_file(str(tmp_path / f"rank{rank}-n{n}.safetensors"))
-            for k, p in model.named_parameters():
-                torch.testing.assert_close(got[k], p.grad, rtol=1e-5, atol=1e-6)
+            for name, oracle in ((f"rank{rank}-n{n}", model), (f"rank{rank}-t{n}", tokens)):
+                got = load_file(str(tmp_path / f"{name}.safetensors"))
+                for k, p in oracle.named_parameters():
+                    torch.testing.assert_close(got[k], p.grad, rtol=1e-5, atol=1e-6, msg=lambda m, name=name, k=k: f"{name} {k}: {m}")
 
 
 def _train(bot: Path, out: Path, *extra: str) -> dict:
     done = subprocess.run([sys.executable, "-m", "ui.cli", "train", str(bot), "-o", str(out), "-q", "--device", "cpu",
-                           *extra], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+                           *extra], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return json.loads((out / "candor.json").read_text())
 

@@ -115,8 +115,7 @@ def test_raw_pii_never_reaches_postgresql_files(postgres):
     store = AuditStore(postgres.new_database(), redact_text)
     _log(store, text="my card 4111 1111 1111 1111, mail jo.smith@example.com")
     store.log(session="s9", text="call me on +44 7911 123456", reply="ok", intent="greet", confidence=0.9,
-              fallback=False, fallback_reason=None, attributions=[], model_version="m",
-              conversation=[("call me on +44 7911 123456", "ok", "greet")])
+              fallback=False, fallback_reason=None, attributions=[], model_version="m")
     with store.engine.connect() as c:
         c.execute(text("CHECKPOINT"))  # every page on disk
     raw = b"".join(f.read_bytes() for f in postgres.data.rglob("*") if f.is_file())
@@ -124,28 +123,30 @@ def test_raw_pii_never_reaches_postgresql_files(postgres):
     assert b"<CREDIT_CARD>" in raw
 
 
-def test_conversations_are_saved_with_their_turn_redacted_and_shared_between_replicas(db_url):
+def _turn(store, session, text, reply="ok", intent="greet", fallback=False, time=None):
+    return store.log(session=session, text=text, reply=reply, intent=intent, confidence=0.9, fallback=fallback,
+                     fallback_reason="low_confidence" if fallback else None, attributions=[], model_version="m",
+                     time=time)
+
+
+def test_the_audit_rows_are_the_conversation_shared_between_replicas(db_url):
     a, b = AuditStore(db_url, redact_text, session_key=b"k" * 32), AuditStore(db_url, redact_text, session_key=b"k" * 32)
-    first = [("where is my order", "It is on its way.", "track_order")]
-    a.log(session="s1", text=first[0][0], reply=first[0][1], intent="track_order", confidence=0.9, fallback=False,
-          fallback_reason=None, attributions=[], model_version="m", conversation=first)
-    assert b.conversation("s1") == first  # the other replica reads it
-    second = first + [("mail me at jo@example.com", "Sorry?", None)]
-    b.log(session="s1", text=second[1][0], reply="Sorry?", intent="greet", confidence=0.1, fallback=True,
-          fallback_reason="low_confidence", attributions=[], model_version="m", conversation=second, keep_turns=50)
-    assert a.conversation("s1") == [first[0], ("mail me at <EMAIL_ADDRESS>", "Sorry?", None)]
-    assert a.conversation("other") == [] and a.count() == 2
-    long = [(f"turn {i}", "ok", "greet") for i in range(8)]
-    a.log(session="s2", text="turn 7", reply="ok", intent="greet", confidence=1, fallback=False, fallback_reason=None,
-          attributions=[], model_version="m", conversation=long, keep_turns=5)
-    assert [t[0] for t in b.conversation("s2")] == ["turn 3", "turn 4", "turn 5", "turn 6", "turn 7"]
-    b.keep_turns("s2", 2)
-    assert [t[0] for t in a.conversation("s2")] == ["turn 3", "turn 4"]
+    _turn(a, "s1", "where is my order", "It is on its way.", "track_order")
+    assert b.conversation("s1") == [("where is my order", "It is on its way.", "track_order")]  # the other replica
+    _turn(b, "s1", "mail me at jo@example.com", "Sorry?", fallback=True)
+    assert a.conversation("s1") == [("where is my order", "It is on its way.", "track_order"),
+                                    ("mail me at <EMAIL_ADDRESS>", "Sorry?", None)]  # redacted; a fallback: no intent
+    assert a.conversation("other") == []
+    for i in range(8):
+        _turn(a, "s2", f"turn {i}")
+    assert [t[0] for t in b.conversation("s2", keep=5)] == ["turn 3", "turn 4", "turn 5", "turn 6", "turn 7"]
+    b.keep_turns("s2", 2)  # undo back to the first two turns of the chat
+    assert [t[0] for t in a.conversation("s2", keep=5)] == ["turn 0", "turn 1"]
     a.keep_turns("s2", 0)
-    assert b.conversation("s2") == [] and b.count() == 3  # forgetting a conversation keeps its audit rows
+    assert b.conversation("s2") == [] and b.count() == 10  # clearing a conversation keeps its audit rows
 
 
-def test_two_replicas_starting_one_conversation_at_once_lose_no_row(db_url):
+def test_turns_written_at_once_on_two_replicas_are_all_kept(db_url):
     import threading
 
     stores = [AuditStore(db_url, lambda t: t, session_key=b"k" * 32) for _ in range(2)]
@@ -154,9 +155,7 @@ def test_two_replicas_starting_one_conversation_at_once_lose_no_row(db_url):
     def writer(i):
         gate.wait()
         try:
-            stores[i % 2].log(session="same", text=f"hi {i}", reply="ok", intent="greet", confidence=1.0,
-                              fallback=False, fallback_reason=None, attributions=[], model_version="m",
-                              conversation=[(f"hi {i}", "ok", "greet")])
+            _turn(stores[i % 2], "same", f"hi {i}")
         except Exception as e:  # noqa: BLE001 - a lost turn fails the test
             errors.append(e)
 
@@ -165,15 +164,25 @@ def test_two_replicas_starting_one_conversation_at_once_lose_no_row(db_url):
         t.start()
     for t in threads:
         t.join()
-    assert errors == [] and stores[0].count() == 8 and len(stores[1].conversation("same")) == 1
+    assert errors == [] and stores[0].count() == 8
+    assert sorted(t[0] for t in stores[1].conversation("same")) == [f"hi {i}" for i in range(8)]  # none overwritten
 
 
-def test_idle_conversations_expire(db_url):
+def test_idle_conversations_are_not_continued(db_url):
     store = AuditStore(db_url, lambda t: t)
-    old = datetime.now(timezone.utc) - timedelta(days=2)
-    store.log(session="old", text="a", reply="b", intent="greet", confidence=1, fallback=False, fallback_reason=None,
-              attributions=[], model_version="m", conversation=[("a", "b", "greet")], time=old)
-    store.log(session="new", text="a", reply="b", intent="greet", confidence=1, fallback=False, fallback_reason=None,
-              attributions=[], model_version="m", conversation=[("a", "b", "greet")])
-    store.expire_conversations()
-    assert store.conversation("old") == [] and store.conversation("new") == [("a", "b", "greet")]
+    _turn(store, "s", "two days ago", time=datetime.now(timezone.utc) - timedelta(days=2))
+    _turn(store, "s", "now")
+    assert store.conversation("s") == [("now", "ok", "greet")] and store.count() == 2
+
+
+def test_a_store_from_before_conversations_is_brought_up_to_date(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    _log(AuditStore(str(path), lambda t: t), "an old turn")
+    with sqlite3.connect(path) as c:  # the table as it was before the in_conversation column
+        c.execute("ALTER TABLE candor_turns DROP COLUMN in_conversation")
+    store = AuditStore(str(path), lambda t: t)
+    assert [r["text"] for r in store.query()] == ["an old turn"] and store.conversation("s1") == []
+    _log(store, "a new turn")
+    assert [t[0] for t in store.conversation("s1")] == ["a new turn"]

@@ -67,7 +67,9 @@ def _kill_at_a_random_step(args: list, out: Path, stage: str, lo: int, hi: int) 
     check that the model directory never appeared (half-written or not). Returns the checkpointed step."""
     import random
 
-    kill_at = random.Random().randint(lo, hi)
+    seed = random.SystemRandom().randrange(2**32)
+    kill_at = random.Random(seed).randint(lo, hi)
+    print(f"killing at step {kill_at} (seed {seed})")
     ckpt = out.with_name(out.name + ".checkpoints")
     proc = subprocess.Popen([sys.executable, "-m", "ui.cli", *map(str, args)], env=ENV, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -114,8 +116,9 @@ def test_kill_dp_training_at_a_random_step_then_resume_spends_at_least_the_plann
     pub = tmp_path / "public.txt"
     pub.write_text("\n".join(["where is my parcel", "cancel the order", "money back please", "talk to someone"] * 30))
     bot = tiny_bot_dict(epochs=4, reply_batch_size=4)
-    bot["privacy"] = {"enabled": True, "target_epsilon": 8.0, "logical_batch": 8, "physical_batch": 8,
-                      "public_corpus": str(pub)}
+    # count_epsilon 1: the noisy record count stays near the true one, so every run has about 10 steps an epoch
+    bot["privacy"] = {"enabled": True, "target_epsilon": 8.0, "count_epsilon": 1.0, "logical_batch": 8,
+                      "physical_batch": 8, "public_corpus": str(pub)}
     path, out = tmp_path / "dp.yaml", tmp_path / "dp"
     path.write_text(yaml.safe_dump(bot, sort_keys=False))
     args = ["train", path, "-o", out, "-q", "--device", "cpu", "--checkpoint-every", "2"]

@@ -147,6 +147,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # as given (train --nproc runs it again under torchrun)
     try:
         if args.verb == "train":
             from ui.verbs.train import train

@@ -6,7 +6,7 @@ in one batch (generate mode) and explained in one Captum call, under one lock (C
 run outside it, in each request's own thread.
 
 Conversations live in the audit store, not in the process: each turn reads its session's turns from
-the store and writes them back with its audit row, so replicas on one database act as one bot.
+the store, and its audit row is the new turn, so replicas on one database act as one bot.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from bot.spec import Turn
 from bot.store import AuditStore
 from explain.attribution import N_STEPS, IntentExplainer
 from safety.guard import MAX_CHARS, read_message
-from safety.pii import redact_text, warm_up
+from safety.pii import UNCHECKED, redact_text, warm_up
 
 MAX_BATCH = 8  # turns in one model batch
 BATCH_WAIT_S = 0.0  # how long the first turn of a batch waits for others: none, a batch takes the turns that
@@ -116,7 +116,7 @@ class ChatService:
         self.model_dir = Path(model_dir)
         self.bot = Bot(model_dir, device=device)
         self.explainer = IntentExplainer(self.bot.model, self.bot.enc, n_steps=explain_steps)
-        self.store = AuditStore(audit_db, redact_text)
+        self.store = AuditStore(audit_db, redact_text, cacheable=lambda redacted: f"<{UNCHECKED}>" not in redacted)
         self.version = model_version(model_dir, self.bot.card)
         self.max_chars = max_chars
         self.lock = threading.Lock()  # model work
@@ -129,7 +129,7 @@ class ChatService:
 
     def conversation(self, session: str) -> Conversation:
         """The session's turns as the store has them (another replica may have written the last one)."""
-        return Conversation([Turn(*t) for t in self.store.conversation(session)])
+        return Conversation([Turn(*t) for t in self.store.conversation(session, keep=MAX_TURNS)])
 
     def keep(self, session: str, turns: int) -> None:
         """Keep the first `turns` turns of a conversation (undo and retry: the turns before the one undone)."""
@@ -147,8 +147,7 @@ class ChatService:
         turn_id = self.store.log(session=session, text=red.text, reply=result.reply, intent=result.intent,
                                  confidence=result.confidence, fallback=result.fallback,
                                  fallback_reason=result.fallback_reason, attributions=words,
-                                 model_version=self.version, keep_turns=MAX_TURNS,
-                                 conversation=[(t.user, t.bot, t.intent) for t in conv.turns])
+                                 model_version=self.version)
         return Answer(turn_id, red.text, red.found, result.reply, result.intent, result.confidence, result.fallback,
                       result.fallback_reason, result.ranking[:5], words, explanation.delta, self.version)
 
@@ -160,8 +159,11 @@ class ChatService:
         for i in set(range(len(items))) - set(live):
             out[i] = Cancelled()
         with self.lock:
-            turns = self.bot.turns([items[i][0] for i in live], [items[i][1] for i in live],
-                                   [_stream(items[i][2], items[i][3]) for i in live]) if live else []
+            try:
+                turns = self.bot.turns([items[i][0] for i in live], [items[i][1] for i in live],
+                                       [_stream(items[i][2], items[i][3]) for i in live]) if live else []
+            except Exception:  # noqa: BLE001 - one turn's failure must not fail the others: one at a time
+                turns = [self._one_turn(*items[i]) for i in live]
             results = {}
             for i, turn in zip(live, turns):
                 if isinstance(turn, BaseException):  # this item's stream stopped (Cancelled); the others go on
@@ -178,6 +180,12 @@ class ChatService:
             else:
                 out[i] = (results[i], explanation)
         return out
+
+    def _one_turn(self, text, conv, on_text, cancel):
+        try:
+            return self.bot.turn(text, conv, on_text=_stream(on_text, cancel))
+        except Exception as e:  # noqa: BLE001 - handed to this turn's caller
+            return e
 
     def respond_stream(self, message: str, session: str):
         """Yields the reply so far (str) while it is generated, then the Answer."""

@@ -17,7 +17,7 @@ import gradio as gr
 
 from bot.store import Filter
 from safety.guard import Rejected
-from ui.auth import Access
+from ui.auth import Access, gradio_user
 from ui.http import locked_message
 from ui.service import Answer, ChatService
 
@@ -117,13 +117,19 @@ def build(service: ChatService, access: Access) -> gr.Blocks:
         def api_respond(message: str, request: gr.Request) -> dict:
             """One turn: reply, intent, confidence, fallback and word attributions (text already redacted)."""
             try:
-                session = request.session_hash or uuid.uuid4().hex  # no session: a turn without history
-                return service.respond(message, f"api-{session}").to_dict()
+                return service.respond(message, conversation_id(request, "api-")).to_dict()
             except Rejected as e:
                 raise gr.Error(str(e)) from None
 
         gr.api(api_respond, api_name="respond", concurrency_limit=MODEL_CONCURRENCY, concurrency_id=MODEL_EVENTS)
     return app
+
+
+def conversation_id(request: gr.Request, prefix: str = "") -> str:
+    """Whose conversation a request continues: the signed-in user's and the Gradio session's. Conversations
+    are shared by replicas, so a session hash alone (guarded per process) must not reach another user's."""
+    session = request.session_hash or uuid.uuid4().hex  # no session: a turn without history
+    return f"{prefix}{gradio_user(request) or '-'}/{session}"
 
 
 def _refused(history: list, index: int) -> bool:
@@ -164,7 +170,7 @@ def _chat_tab(service: ChatService) -> None:
         history.append({"role": "assistant", "content": "…"})
         yield history, "", gr.update(), gr.update(), gr.update()
         try:
-            for part in service.respond_stream(message, request.session_hash):
+            for part in service.respond_stream(message, conversation_id(request)):
                 if isinstance(part, str):
                     history[-1] = {"role": "assistant", "content": _user(part)}
                     yield history, "", gr.update(), gr.update(), gr.update()
@@ -179,7 +185,7 @@ def _chat_tab(service: ChatService) -> None:
             yield history, message if len(message) <= service.max_chars else "", gr.update(), gr.update(), gr.update()
 
     def undo(data: gr.UndoData, history: list, request: gr.Request):
-        service.keep(request.session_hash, turns_in(history[: data.index]))
+        service.keep(conversation_id(request), turns_in(history[: data.index]))
         refused = _refused(history, data.index)
         return history[: data.index], "" if refused else _typed(history[data.index]["content"])
 
@@ -188,12 +194,12 @@ def _chat_tab(service: ChatService) -> None:
             gr.Info("That message was not sent, so there is nothing to retry: edit it and send it again.")
             yield history[: data.index], gr.update(), gr.update(), gr.update(), gr.update()
             return
-        service.keep(request.session_hash, turns_in(history[: data.index]))
+        service.keep(conversation_id(request), turns_in(history[: data.index]))
         message = _typed(history[data.index]["content"])
         yield from send(message, history[: data.index], request)
 
     def reset(request: gr.Request):
-        service.reset(request.session_hash)
+        service.reset(conversation_id(request))
         return [], "", "Send a message to see how the bot decides.", None, None
 
     model = {"concurrency_limit": MODEL_CONCURRENCY, "concurrency_id": MODEL_EVENTS}

@@ -31,7 +31,7 @@ def train(args) -> int:
     if getattr(args, "nproc", 1) < 1:
         raise SystemExit("candor train: --nproc must be at least 1")
     if getattr(args, "nproc", 1) > 1 and not distributed.requested():
-        return launch(args.nproc, sys.argv[1:])
+        return launch(args.nproc, getattr(args, "argv", sys.argv[1:]))
     main = distributed.is_main()
     say = print if main else (lambda *a, **k: None)
     path = Path(args.bot) if args.bot else demo_bot_path()
