@@ -121,3 +121,55 @@ def test_two_dp_processes_spend_the_same_epsilon_as_one(tmp_path):
         assert p["steps"] == 3 * round(1 / p["sample_rate"])
         assert 7.0 < p["epsilon"] <= 8.0 + 1e-9
     assert cards[0]["epsilon"] == pytest.approx(cards[1]["epsilon"], abs=0.05)
+
+
+def _dp_rank(rank: int, world: int, port: int, bot: str, out: str) -> None:
+    """One DP step of the real trainer with a zero loss: the step is the noise alone."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
+
+    from bot import distributed
+    from bot.spec import load_bot
+    from safety.privacy import DPTrainer
+
+    spec, _ = load_bot(Path(bot))
+    trainer = DPTrainer(spec, Path(out) / "m", device="cpu", progress=False, log=lambda *a: None)
+    trainer._setup(resume=False)
+    trainer.state.stage = "finetune"
+    trainer.prepare_model()
+    trainer.opt = trainer._optimizer()
+    trainer.start_finetune()
+    seen = {}
+    trainer.opt.original_optimizer.step = lambda *a, **k: seen.update(
+        {n: p.grad.detach().clone().contiguous() for n, p in trainer.model.named_parameters() if p.grad is not None})
+    b, pos, y = trainer._batch(list(range(rank, 12, world)))  # some records on every rank
+    DPTensorFastGradientClipping(trainer.dp_model, trainer.opt, trainer.per_record_loss(b, pos, y) * 0.0,
+                                 "mean").backward()
+    trainer.opt.step()
+    save_file(seen, f"{out}/noise{rank}.safetensors")
+    batch = max(1, round(trainer.n_noisy / round(1 / trainer.sample_rate)))  # the public expected logical batch
+    (Path(out) / f"meta{rank}.json").write_text(json.dumps(
+        {"sigma": trainer.opt.noise_multiplier, "clip": trainer.p.max_grad_norm, "batch": batch}))
+    distributed.finish()
+
+
+def test_two_dp_processes_add_the_noise_once_with_the_stated_std(tmp_path):
+    pub = tmp_path / "public.txt"
+    pub.write_text("\n".join(["where is my parcel", "cancel the order", "money back please", "talk to someone"] * 30))
+    bot = tiny_bot_dict(epochs=3)
+    bot["privacy"] = {"enabled": True, "target_epsilon": 8.0, "logical_batch": 16, "physical_batch": 16,
+                      "public_corpus": str(pub)}
+    path = tmp_path / "dp.yaml"
+    path.write_text(yaml.safe_dump(bot, sort_keys=False))
+    torch.multiprocessing.spawn(_dp_rank, args=(2, free_port(), str(path), str(tmp_path)), nprocs=2)
+    meta = json.loads((tmp_path / "meta0.json").read_text())
+    assert meta == json.loads((tmp_path / "meta1.json").read_text())
+    a, b = load_file(str(tmp_path / "noise0.safetensors")), load_file(str(tmp_path / "noise1.safetensors"))
+    assert a.keys() == b.keys() and a
+    for k in a:
+        torch.testing.assert_close(a[k], b[k])  # the same step on both ranks: one noise draw, all-reduced
+    noise = torch.cat([v.reshape(-1) for v in a.values()])
+    expected = meta["sigma"] * meta["clip"] / meta["batch"]  # σC / B: noise added once, not once per rank
+    assert 0.95 * expected < float(noise.std()) < 1.05 * expected, (float(noise.std()), expected)
+    assert abs(float(noise.mean())) < 0.05 * expected
