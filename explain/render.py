@@ -6,15 +6,23 @@ import json
 
 from explain.attribution import Explanation
 
+# The one colour legend, everywhere (terminal, HTML report, web app): red toward the intent, purple against.
+TOWARD, AGAINST = "red", "purple"
+LEGEND = f"{TOWARD}: toward it, {AGAINST}: against"
+_ANSI = {TOWARD: [None, 224, 217, 210, 203, 160], AGAINST: [None, 189, 183, 141, 98, 54]}  # xterm-256, light to dark
+_RGB = {TOWARD: "220,38,38", AGAINST: "126,34,206"}
+
+
+def colour_of(score: float) -> str:
+    return TOWARD if score > 0 else AGAINST
+
 
 def _ansi(score: float) -> str:
-    """Green background for words that pushed toward the intent, red for against; stronger = darker."""
+    """A background for each word: red toward the intent, purple against; stronger = darker."""
     level = min(5, int(abs(score) * 5 + 0.5))
     if level == 0:
         return ""
-    green = [None, 194, 157, 120, 77, 34][level]
-    red = [None, 224, 217, 210, 203, 160][level]
-    return f"\033[48;5;{green if score > 0 else red}m\033[30m"
+    return f"\033[48;5;{_ANSI[colour_of(score)][level]}m\033[30m"
 
 
 def terminal(e: Explanation, colour: bool = True) -> str:
@@ -37,7 +45,7 @@ def as_json(e: Explanation) -> str:
 
 
 def _span(word: str, score: float) -> str:
-    colour = f"rgba(42,157,143,{abs(score):.2f})" if score >= 0 else f"rgba(231,111,81,{abs(score):.2f})"
+    colour = f"rgba({_RGB[colour_of(score)]},{abs(score):.2f})"
     return (f'<span class="w" style="background:{colour}" title="{score:+.3f}">{html.escape(word)}</span>')
 
 
@@ -55,8 +63,8 @@ def html_report(e: Explanation) -> str:
 <style>body{{font-family:system-ui,sans-serif;max-width:50em;margin:2em auto}}.w{{padding:2px 3px;border-radius:3px}}
 p.t{{font-size:1.4em;line-height:2}}.m{{color:#555}}td{{padding:2px 10px}}</style></head><body>
 <h1>Intent <code>{html.escape(e.intent)}</code> — confidence {e.confidence:.3f}</h1>
-<p class=m>The bot chose <code>{html.escape(e.predicted)}</code>. Green words pushed toward
-<code>{html.escape(e.intent)}</code>, red words against it.</p>
+<p class=m>The bot chose <code>{html.escape(e.predicted)}</code>. {TOWARD.capitalize()} words pushed toward
+<code>{html.escape(e.intent)}</code>, {AGAINST} words against it.</p>
 <p class=t>{words}</p>
 <table><tr><th>word</th><th>score [-1, 1]</th><th>attribution</th></tr>{rows}</table>
 <p class=m>{html.escape(e.method)}, {e.n_steps} steps, baseline: {html.escape(e.baseline)}.

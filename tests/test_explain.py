@@ -94,3 +94,17 @@ def test_cli_evaluate_prints_faithfulness_table(trained_tiny, tiny_bot_file, cap
     assert main(["explain", "--evaluate", "-m", str(trained_tiny), "--bot", str(tiny_bot_file), "-q"]) == 0
     out = capsys.readouterr().out
     assert "| attributed |" in out and "| random |" in out and "comp AOPC" in out
+
+
+def test_one_colour_legend_everywhere(bot):
+    """Red toward the intent, purple against: in the terminal, the HTML report and the web app's label."""
+    from explain.render import AGAINST, LEGEND, TOWARD, _ansi, _span
+
+    assert (TOWARD, AGAINST) == ("red", "purple") and LEGEND.startswith("red: toward")
+    assert _ansi(0.9) == "\033[48;5;160m\033[30m" and _ansi(-0.9) == "\033[48;5;54m\033[30m"  # xterm red / purple
+    assert "rgba(220,38,38," in _span("w", 0.5) and "rgba(126,34,206," in _span("w", -0.5)
+    e = IntentExplainer(bot.model, bot.enc).explain("cancel my order")
+    assert "Red words pushed toward" in render.html_report(e) and "purple words against" in render.html_report(e)
+    import ui.web
+
+    assert "LEGEND" in ui.web.__dict__ and ui.web.LEGEND is LEGEND

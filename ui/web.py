@@ -16,6 +16,7 @@ from pathlib import Path
 import gradio as gr
 
 from bot.store import Filter
+from explain.render import LEGEND
 from safety.guard import Rejected
 from ui.auth import Access, gradio_user
 from ui.http import locked_message
@@ -154,7 +155,7 @@ def _chat_tab(service: ChatService) -> None:
             clear = gr.Button("Clear conversation", size="sm")
         with gr.Column(scale=2):
             decision = gr.Markdown("Send a message to see how the bot decides.", elem_id="decision")
-            words = gr.HighlightedText(label="Words that chose the intent (red: toward it, purple: against)",
+            words = gr.HighlightedText(label=f"Words that chose the intent ({LEGEND})",
                                        elem_id="attributions", combine_adjacent=False, show_legend=False,
                                        show_inline_category=False)
             ranking = gr.Label(label="Top intents", num_top_classes=5, elem_id="ranking")
