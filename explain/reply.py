@@ -13,17 +13,27 @@ from bot.tokenizer import BOT, INTENT, USER
 from explain.words import normalise, segment
 
 
+def _plain(s: str) -> str:
+    """User text can never spell a role token (`<|bot|>`...) in the prompt Captum tokenises."""
+    return s.replace("<|", "< |")
+
+
+def reply_prompt(text: str, spans: list[tuple[int, int]], values, intent: str) -> str:
+    """The reply prompt with each word span of `text` replaced by its value (an ablated word is "")."""
+    out, last = [], 0
+    for (start, end), value in zip(spans, values):
+        out += [text[last:start], value]
+        last = end
+    out.append(text[last:])
+    return f"{USER} {_plain(''.join(out))}{INTENT} {intent}{BOT}"  # joined first: "<", "|", "bot"... spell one too
+
+
 def explain_reply(model, enc, text: str, intent: str, reply: str, max_reply_tokens: int = 48) -> dict:
     seg = segment(enc.tok, text, enc.max_length - 2)
     words, spans = seg.words, seg.spans
 
     def template(*values: str) -> str:
-        out, last = [], 0
-        for (start, end), value in zip(spans, values):
-            out += [text[last:start], value.replace("<|", "< |")]
-            last = end
-        out.append(text[last:])
-        return f"{USER} {''.join(out)}{INTENT} {intent}{BOT}"
+        return reply_prompt(text, spans, values, intent)
 
     target = torch.tensor(enc.words(reply)[:max_reply_tokens])
     model.eval()
