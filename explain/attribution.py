@@ -27,6 +27,7 @@ class WordScore:
     raw: float  # share of F(text) − F(baseline)
     start: int
     end: int
+    read: bool = True  # False: cut by the model's length limit, never read (its score 0 means nothing)
 
 
 @dataclass
@@ -94,7 +95,8 @@ class IntentExplainer:
         for i, (text, seg, target) in enumerate(zip(texts, segs, targets)):
             per_token = attr[i].sum(-1)[1:len(seg.token_ids) + 1].detach().cpu()
             raw = word_scores(seg, per_token.tolist())
-            words = [WordScore(w, sc, r, a, b) for w, sc, r, (a, b) in zip(seg.words, normalise(raw), raw, seg.spans)]
+            words = [WordScore(w, sc, r, a, b, read) for w, sc, r, (a, b), read
+                     in zip(seg.words, normalise(raw), raw, seg.spans, seg.read)]
             out.append(Explanation(text, self.model.intents[target], float(probs[i, target]),
                                    self.model.intents[predicted[i]], words, float(probs[len(texts) + i, target]),
                                    float(per_token.sum()), abs(float(delta[i])), n_steps=self.n_steps,

@@ -35,6 +35,9 @@ def terminal(e: Explanation, colour: bool = True) -> str:
         f"P({e.intent}) {e.baseline_probability:.3f} -> {e.confidence:.3f}, attributions sum {e.attribution_sum:.3f}, "
         f"convergence delta {e.delta:.1e}",
     ]
+    cut = [w.word for w in e.words if not w.read]
+    if cut:
+        lines.append(f"not read: the last {len(cut)} word(s) were cut by the model's length limit and have no score")
     if e.reply:
         lines.append("reply:  " + ", ".join(f"{w['word']} {w['score']:+.2f}" for w in e.reply["words"]))
     return "\n".join(lines)

@@ -20,6 +20,12 @@ class Segmented:
     spans: list[tuple[int, int]]  # character span of each word in the text
     token_word: list[int]  # index of the word each token belongs to (-1 only when there are no words)
 
+    @property
+    def read(self) -> list[bool]:
+        """Whether each word reached the model: words past the token limit were cut and score 0 unread."""
+        seen = set(self.token_word)
+        return [k in seen for k in range(len(self.words))]
+
 
 def segment(tokenizer, text: str, max_tokens: int | None = None) -> Segmented:
     enc = tokenizer(" " + text, add_special_tokens=False, return_offsets_mapping=True, split_special_tokens=True)

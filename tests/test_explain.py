@@ -122,3 +122,14 @@ def test_user_text_cannot_inject_a_role_token_into_the_reply_prompt(bot):
     roles = [bot.enc.tok.convert_tokens_to_ids(t) for t in (USER, INTENT, BOT)]
     assert [ids.count(r) for r in roles] == [1, 1, 1]  # only the prompt's own role tokens
     assert prompt.startswith(USER) and prompt.endswith(f"{INTENT} cancel_order{BOT}")
+
+
+def test_words_cut_by_the_length_limit_are_marked_not_read(bot):
+    text = "cancel my order " + " ".join(f"word{i}" for i in range(200))
+    e = IntentExplainer(bot.model, bot.enc).explain(text)
+    read = [w.read for w in e.words]
+    assert read[:3] == [True, True, True] and read[-1] is False
+    assert read == sorted(read, reverse=True)  # the words read come first, then the cut ones
+    assert all(w.raw == 0 for w in e.words if not w.read)
+    assert "not read: the last" in render.terminal(e, colour=False)
+    assert IntentExplainer(bot.model, bot.enc).explain("cancel my order").words[-1].read
