@@ -53,6 +53,18 @@ def tiny_bot_dict(n_per_intent: int = 24, **training) -> dict:
     }
 
 
+def dp_bot_file(tmp_path: Path, training: dict | None = None, **privacy) -> Path:
+    """The tiny bot under DP with a small public corpus (so the tokenizer and LM pre-training are quick)."""
+    pub = tmp_path / "public.txt"
+    pub.write_text("\n".join(["where is my parcel", "cancel the order", "money back please", "talk to someone"] * 30))
+    bot = tiny_bot_dict(**{"epochs": 3, "reply_batch_size": 4, **(training or {})})
+    bot["privacy"] = {"enabled": True, "target_epsilon": 8.0, "logical_batch": 16, "physical_batch": 8,
+                      "public_corpus": str(pub), **privacy}
+    path = tmp_path / "dp.yaml"
+    path.write_text(yaml.safe_dump(bot, sort_keys=False))
+    return path
+
+
 @pytest.fixture
 def tiny_bot_file(tmp_path) -> Path:
     path = tmp_path / "tiny.yaml"

@@ -13,7 +13,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from tests.conftest import free_port, tiny_bot_dict
+from tests.conftest import dp_bot_file, free_port, tiny_bot_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
@@ -104,13 +104,7 @@ def test_two_processes_train_a_comparable_model(tmp_path):
 def test_two_dp_processes_spend_the_same_epsilon_as_one(tmp_path):
     from opacus.accountants import PRVAccountant
 
-    pub = tmp_path / "public.txt"
-    pub.write_text("\n".join(["where is my parcel", "cancel the order", "money back please", "talk to someone"] * 30))
-    bot = tiny_bot_dict(epochs=3, reply_batch_size=4)
-    bot["privacy"] = {"enabled": True, "target_epsilon": 8.0, "logical_batch": 16, "physical_batch": 8,
-                      "public_corpus": str(pub)}
-    path = tmp_path / "dp.yaml"
-    path.write_text(yaml.safe_dump(bot, sort_keys=False))
+    path = dp_bot_file(tmp_path)
     cards = [_train(path, tmp_path / "one")["privacy"], _train(path, tmp_path / "two", "--nproc", "2")["privacy"]]
     assert [c["processes"] for c in cards] == [1, 2]
     for p in cards:  # each run's ε is the accountant's for its own (noise, global sample rate, steps)
@@ -155,13 +149,7 @@ def _dp_rank(rank: int, world: int, port: int, bot: str, out: str) -> None:
 
 
 def test_two_dp_processes_add_the_noise_once_with_the_stated_std(tmp_path):
-    pub = tmp_path / "public.txt"
-    pub.write_text("\n".join(["where is my parcel", "cancel the order", "money back please", "talk to someone"] * 30))
-    bot = tiny_bot_dict(epochs=3)
-    bot["privacy"] = {"enabled": True, "target_epsilon": 8.0, "logical_batch": 16, "physical_batch": 16,
-                      "public_corpus": str(pub)}
-    path = tmp_path / "dp.yaml"
-    path.write_text(yaml.safe_dump(bot, sort_keys=False))
+    path = dp_bot_file(tmp_path, physical_batch=16)
     torch.multiprocessing.spawn(_dp_rank, args=(2, free_port(), str(path), str(tmp_path)), nprocs=2)
     meta = json.loads((tmp_path / "meta0.json").read_text())
     assert meta == json.loads((tmp_path / "meta1.json").read_text())

@@ -22,7 +22,7 @@ from bot.model import read_card
 from bot.spec import ModelSettings, load_bot
 from safety.gpt2_dp import add_lora, conv1d_to_linear, linear_to_conv1d, merge_lora, position_ids, train_top, untie
 from safety.privacy import DPTrainer, default_delta
-from tests.conftest import TINY_MODEL, tiny_bot_dict
+from tests.conftest import TINY_MODEL, dp_bot_file, tiny_bot_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORDS = [Record("cancel my order", "a", "Sure, cancelled."), Record("where is my parcel now", "b", "On its way."),
@@ -186,14 +186,7 @@ def test_noise_is_really_added(sigma):
 
 
 def _dp_bot(tmp_path, epochs=3):
-    pub = tmp_path / "public.txt"
-    pub.write_text("\n".join(["where is my parcel", "cancel the order", "money back please", "talk to someone"] * 30))
-    bot = tiny_bot_dict(epochs=epochs, reply_batch_size=4)
-    bot["privacy"] = {"enabled": True, "target_epsilon": 8.0, "logical_batch": 16, "physical_batch": 8,
-                      "public_corpus": str(pub)}
-    path = tmp_path / "dp.yaml"
-    path.write_text(yaml.safe_dump(bot, sort_keys=False))
-    return path
+    return dp_bot_file(tmp_path, {"epochs": epochs})
 
 
 def test_reported_epsilon_is_opacus_accountants(tmp_path):

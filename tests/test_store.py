@@ -86,25 +86,30 @@ def test_search_pages_and_counts_and_dates_honour_their_offset(db_url):
     assert store.count(until) == 2
 
 
-def test_thirty_two_concurrent_writers_lose_no_row(db_url):
+def _at_once(n: int, write) -> list[Exception]:
+    """Run write(i) in n threads released together; the errors they raised."""
     import threading
 
-    store = AuditStore(db_url, lambda t: t)
-    errors, gate = [], threading.Barrier(32)
+    errors, gate = [], threading.Barrier(n)
 
-    def writer(i):
+    def worker(i):
         gate.wait()
-        for k in range(20):
-            try:
-                _log(store, text=f"writer {i} turn {k}")
-            except Exception as e:  # noqa: BLE001 - any lost write fails the test
-                errors.append(e)
+        try:
+            write(i)
+        except Exception as e:  # noqa: BLE001 - any lost write fails the calling test
+            errors.append(e)
 
-    threads = [threading.Thread(target=writer, args=(i,)) for i in range(32)]
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    return errors
+
+
+def test_thirty_two_concurrent_writers_lose_no_row(db_url):
+    store = AuditStore(db_url, lambda t: t)
+    errors = _at_once(32, lambda i: [_log(store, text=f"writer {i} turn {k}") for k in range(20)])
     assert errors == [] and store.count() == 32 * 20
     assert len({r["text"] for r in store.query(Filter(limit=None))}) == 640
 
@@ -147,23 +152,8 @@ def test_the_audit_rows_are_the_conversation_shared_between_replicas(db_url):
 
 
 def test_turns_written_at_once_on_two_replicas_are_all_kept(db_url):
-    import threading
-
     stores = [AuditStore(db_url, lambda t: t, session_key=b"k" * 32) for _ in range(2)]
-    errors, gate = [], threading.Barrier(8)
-
-    def writer(i):
-        gate.wait()
-        try:
-            _turn(stores[i % 2], "same", f"hi {i}")
-        except Exception as e:  # noqa: BLE001 - a lost turn fails the test
-            errors.append(e)
-
-    threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = _at_once(8, lambda i: _turn(stores[i % 2], "same", f"hi {i}"))
     assert errors == [] and stores[0].count() == 8
     assert sorted(t[0] for t in stores[1].conversation("same")) == [f"hi {i}" for i in range(8)]  # none overwritten
 

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from bot.dialogue import Bot, Conversation
 from bot.model import read_card
-from tests.conftest import tiny_bot_dict
+from tests.conftest import dp_bot_file, tiny_bot_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
@@ -113,14 +113,9 @@ def test_kill_at_a_random_step_then_resume_finishes_like_an_uninterrupted_run(tm
 def test_kill_dp_training_at_a_random_step_then_resume_spends_at_least_the_planned_epsilon(tmp_path):
     from safety.privacy import epsilon_for
 
-    pub = tmp_path / "public.txt"
-    pub.write_text("\n".join(["where is my parcel", "cancel the order", "money back please", "talk to someone"] * 30))
-    bot = tiny_bot_dict(epochs=4, reply_batch_size=4)
     # count_epsilon 1: the noisy record count stays near the true one, so every run has about 10 steps an epoch
-    bot["privacy"] = {"enabled": True, "target_epsilon": 8.0, "count_epsilon": 1.0, "logical_batch": 8,
-                      "physical_batch": 8, "public_corpus": str(pub)}
-    path, out = tmp_path / "dp.yaml", tmp_path / "dp"
-    path.write_text(yaml.safe_dump(bot, sort_keys=False))
+    path = dp_bot_file(tmp_path, {"epochs": 4}, count_epsilon=1.0, logical_batch=8)
+    out = tmp_path / "dp"
     args = ["train", path, "-o", out, "-q", "--device", "cpu", "--checkpoint-every", "2"]
     pretrain_steps = 8  # 120 public lines in batches of 16
     killed_at = _kill_at_a_random_step(args, out, "finetune", pretrain_steps + 2, pretrain_steps + 20)

@@ -1,7 +1,8 @@
 """One chat turn, served: guard → redact → classify → fallback → reply → explain → log.
 
 The model is loaded once per process. Turns that arrive together are batched (`Batcher`): up to
-`MAX_BATCH` turns waiting at most `BATCH_WAIT_S` are classified in one forward pass, their replies generated
+the turns that queued while the previous batch ran (at most `MAX_BATCH`, none waits for company) are
+classified in one forward pass, their replies generated
 in one batch (generate mode) and explained in one Captum call, under one lock (Captum hooks the shared embedding layer); redaction and the audit store
 run outside it, in each request's own thread.
 
@@ -24,8 +25,6 @@ from safety.guard import MAX_CHARS, read_message
 from safety.pii import UNCHECKED, redact_text, warm_up
 
 MAX_BATCH = 8  # turns in one model batch
-BATCH_WAIT_S = 0.0  # how long the first turn of a batch waits for others: none, a batch takes the turns that
-# queued while the previous one ran (no added latency for a lone user; batches grow with load)
 MAX_TURNS = 50  # a conversation keeps its newest turns (generation reads the last few)
 
 
@@ -35,8 +34,8 @@ class Batcher:
     `submit(item)` blocks until `run(items)` has returned the item's result (or raised for it):
     `run` returns one result per item, an exception instance to raise in that item's thread."""
 
-    def __init__(self, run, max_batch: int = MAX_BATCH, max_wait: float = BATCH_WAIT_S):
-        self.run, self.max_batch, self.max_wait = run, max_batch, max_wait
+    def __init__(self, run, max_batch: int = MAX_BATCH):
+        self.run, self.max_batch = run, max_batch
         self.items: queue.Queue = queue.Queue()
         threading.Thread(target=self._work, daemon=True, name="candor-batcher").start()
 
@@ -49,15 +48,11 @@ class Batcher:
         return box["result"]
 
     def _work(self) -> None:
-        import time
-
-        while True:
+        while True:  # a batch: the first turn, then what queued meanwhile (no added latency for a lone user)
             batch = [self.items.get()]
-            deadline = time.monotonic() + self.max_wait
             while len(batch) < self.max_batch:
                 try:
-                    wait = deadline - time.monotonic()
-                    batch.append(self.items.get(timeout=wait) if wait > 0 else self.items.get_nowait())
+                    batch.append(self.items.get_nowait())
                 except queue.Empty:
                     break
             try:
