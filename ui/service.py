@@ -1,10 +1,10 @@
 """One chat turn, served: guard → redact → classify → fallback → reply → explain → log.
 
-The model is loaded once per process. Turns that arrive together are batched (`Batcher`): up to
-the turns that queued while the previous batch ran (at most `MAX_BATCH`, none waits for company) are
-classified in one forward pass, their replies generated
-in one batch (generate mode) and explained in one Captum call, under one lock (Captum hooks the shared embedding layer); redaction and the audit store
-run outside it, in each request's own thread.
+The model is loaded once per process. Turns that arrive together are batched (`Batcher`): the turns
+that queued while the previous batch ran (at most `MAX_BATCH`; none waits for company) are classified in
+one forward pass, their replies generated in one batch (generate mode) and explained in one Captum call.
+All model work runs on the batcher's one thread (Captum hooks the shared embedding layer); redaction and
+the audit store run in each request's own thread.
 
 Conversations live in the audit store, not in the process: each turn reads its session's turns from
 the store, and its audit row is the new turn, so replicas on one database act as one bot.
@@ -114,7 +114,6 @@ class ChatService:
         self.store = AuditStore(audit_db, redact_text, cacheable=lambda redacted: f"<{UNCHECKED}>" not in redacted)
         self.version = model_version(model_dir, self.bot.card)
         self.max_chars = max_chars
-        self.lock = threading.Lock()  # model work
         self.batcher = Batcher(self._model_batch)
         warm_up()
 
@@ -153,21 +152,20 @@ class ChatService:
         live = [i for i, (_, _, _, cancel) in enumerate(items) if not (cancel is not None and cancel.is_set())]
         for i in set(range(len(items))) - set(live):
             out[i] = Cancelled()
-        with self.lock:
-            try:
-                turns = self.bot.turns([items[i][0] for i in live], [items[i][1] for i in live],
-                                       [_stream(items[i][2], items[i][3]) for i in live]) if live else []
-            except Exception:  # noqa: BLE001 - one turn's failure must not fail the others: one at a time
-                turns = [self._one_turn(*items[i]) for i in live]
-            results = {}
-            for i, turn in zip(live, turns):
-                if isinstance(turn, BaseException):  # this item's stream stopped (Cancelled); the others go on
-                    out[i] = turn
-                else:
-                    results[i] = turn
-            done = [i for i in live if i in results]
-            explanations = self.explainer.explain_batch([items[i][0] for i in done],
-                                                        [results[i].intent for i in done]) if done else []
+        try:
+            turns = self.bot.turns([items[i][0] for i in live], [items[i][1] for i in live],
+                                   [_stream(items[i][2], items[i][3]) for i in live]) if live else []
+        except Exception:  # noqa: BLE001 - one turn's failure must not fail the others: one at a time
+            turns = [self._one_turn(*items[i]) for i in live]
+        results = {}
+        for i, turn in zip(live, turns):
+            if isinstance(turn, BaseException):  # this item's stream stopped (Cancelled); the others go on
+                out[i] = turn
+            else:
+                results[i] = turn
+        done = [i for i in live if i in results]
+        explanations = self.explainer.explain_batch([items[i][0] for i in done],
+                                                    [results[i].intent for i in done]) if done else []
         for i, explanation in zip(done, explanations):
             cancel = items[i][3]
             if cancel is not None and cancel.is_set():
