@@ -387,6 +387,9 @@ class _NoNoise(DPTrainer):
 def test_dp_plumbing_without_noise_learns_the_intents(tmp_path, monkeypatch):
     """Clipping, Poisson batches, one sequence per record: with σ = 0 it must learn like plain training."""
     monkeypatch.setattr("safety.privacy.noisy_count", lambda n, epsilon: n)  # the plan, not the count, is tested
+    # Poisson batches normally come from the OS CSPRNG; on 12 validation records one unlucky draw in about
+    # ten left an intent unlearned after 10 epochs (0.67), so the draw is fixed here: the plumbing is tested.
+    monkeypatch.setattr("safety.privacy.os_seeded_generator", lambda device: torch.Generator(device=device).manual_seed(0))
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(tiny_bot_dict(epochs=10, reply_weight=0.0), sort_keys=False))
     spec, _ = load_bot(path)
