@@ -2,6 +2,7 @@
 
     candor train                                  # once: the demo bot into models/support_demo
     python benchmarks/explain_latency.py [--model models/support_demo] [--n 200] [--steps 32]
+    python benchmarks/explain_latency.py --baselines mean pad zero --steps 32   # faithfulness by baseline
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import torch
 from bot.dialogue import Bot
 from bot.spec import OUT_OF_SCOPE, load_bot
 from explain import faithfulness
-from explain.attribution import IntentExplainer
+from explain.attribution import BASELINES, DEFAULT_BASELINE, IntentExplainer
 from ui.verbs.evaluate import bot_file_for
 
 
@@ -25,6 +26,8 @@ def main() -> None:
     p.add_argument("--n", type=int, default=200, help="test texts to explain")
     p.add_argument("--steps", type=int, nargs="+", default=[16, 32], help="integration steps to compare")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--baselines", nargs="+", default=[DEFAULT_BASELINE], choices=list(BASELINES),
+                   help="integrated-gradients baselines: the first is timed; with more, a faithfulness row for each")
     args = p.parse_args()
 
     bot = Bot(args.model, device=args.device)
@@ -35,7 +38,7 @@ def main() -> None:
     print(f"{args.model}: {params:.1f}M params; {len(texts)} test texts; {platform.node()} {where}\n")
     print("| steps | p50 ms | p95 ms | mean convergence delta | max delta |\n|---|---|---|---|---|")
     for steps in args.steps:
-        ex = IntentExplainer(bot.model, bot.enc, n_steps=steps, internal_batch_size=steps)
+        ex = IntentExplainer(bot.model, bot.enc, n_steps=steps, internal_batch_size=steps, baseline=args.baselines[0])
         for t in texts[:5]:
             ex.explain(t)  # warm-up
         times, explanations = [], []
@@ -48,8 +51,22 @@ def main() -> None:
         q = statistics.quantiles(times, n=20)
         deltas = [e.delta for e in explanations]
         print(f"| {steps} | {statistics.median(times):.1f} | {q[18]:.1f} | {statistics.mean(deltas):.1e} | {max(deltas):.1e} |")
-    print(f"\nFaithfulness ({steps} steps):\n")
+    print(f"\nFaithfulness ({steps} steps, baseline: {BASELINES[args.baselines[0]]}):\n")
     print(faithfulness.table(faithfulness.evaluate(bot.model, bot.enc, explanations)))
+    if len(args.baselines) > 1:
+        print(f"\nBy baseline ({steps} steps, the same {len(texts)} texts; random words: comprehensiveness of 20% "
+              "of the words drawn at random, 5 draws):\n")
+        print("| baseline | mean F(baseline) | mean convergence delta | comp AOPC | suff AOPC | comp@20% | "
+              "comp@20% / random |\n|---|---|---|---|---|---|---|")
+        for name in args.baselines:
+            ex = IntentExplainer(bot.model, bot.enc, n_steps=steps, internal_batch_size=steps, baseline=name)
+            es = [ex.explain(t) for t in texts]
+            r = faithfulness.evaluate(bot.model, bot.enc, es)
+            a, rnd = r["attributed"], r["random"]
+            print(f"| {BASELINES[name]} | {statistics.mean(e.baseline_probability for e in es):.3f} | "
+                  f"{statistics.mean(e.delta for e in es):.1e} | {a['comprehensiveness_aopc']:.3f} | "
+                  f"{a['sufficiency_aopc']:.3f} | {a['comprehensiveness'][0.2]:.3f} | "
+                  f"{a['comprehensiveness'][0.2] / rnd['comprehensiveness'][0.2]:.1f}x |")
 
 
 if __name__ == "__main__":

@@ -69,6 +69,16 @@ def render(card: dict, robustness: bool = True) -> str:
         lines.append(f"- Validation accuracy {t['val_accuracy']:.3f}")
     for v in t.get("views", []):
         lines.append("- " + view_line(v))
+    oe, cal = t.get("outlier_exposure"), t.get("calibration")
+    if oe is not None:
+        lines.append(f"- Outlier exposure: {oe['per_batch']} texts that belong to no intent per batch, trained toward "
+                     f"equal probabilities (weight {oe['weight']}), from {oe['corpus']}"
+                     + (f"; {oe['texts']} texts ({oe['dropped_as_near_examples']} dropped as too like the bot's "
+                        f"examples, {oe['bot_file_out_of_scope_examples']} out_of_scope examples of the bot file)"
+                        if "texts" in oe else "") if oe.get("enabled") else "- Outlier exposure: off")
+    if cal is not None:
+        lines.append(f"- Confidence calibration: temperature {cal['temperature']} fitted on the {cal['fitted_on']}"
+                     if cal.get("fitted_on") else "- Confidence calibration: none (temperature 1)")
     if t.get("resumed_from_steps"):
         lines.append(f"- Resumed from checkpoints at steps {t['resumed_from_steps']}")
     p = card.get("privacy")
@@ -96,14 +106,21 @@ def render(card: dict, robustness: bool = True) -> str:
         lines += ["", "## Evaluation", f"- Test set: {metrics['test_examples']} utterances",
                   f"- Accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}",
                   f"- Fallback rate {metrics['fallback_rate']:.3f}"]
+        if metrics.get("accuracy_with_fallback") is not None:
+            lines.append(f"- Answered correctly (a correct intent that fell back counts as wrong) "
+                         f"{metrics['accuracy_with_fallback']:.3f}")
+        if metrics.get("ece") is not None:
+            lines.append(f"- Expected calibration error {metrics['ece']:.3f}")
         if metrics.get("oos_recall") is not None:
-            lines.append(f"- Out-of-scope recall {metrics['oos_recall']:.3f}")
+            lines.append(f"- Out-of-scope recall {metrics['oos_recall']:.3f} ({metrics['oos_examples']} questions)"
+                         + (f", AUROC in-scope vs out-of-scope {metrics['auroc']:.3f}" if metrics.get("auroc") else ""))
     if robustness:
         lines += ["", "## Robustness"]
         lines += [robustness_table(card["robustness"])] if card.get("robustness") else [
             "- No attack report yet: `candor attack MODEL` (or `candor train --attack-report`) adds one."]
     lines += ["", "## Limitations",
-              "- Trained only on this bot's examples; it will be unsure about, or wrong on, requests unlike them.",
+              "- Trained only on this bot's examples; it will be unsure about, or wrong on, requests unlike them "
+              "(see the out-of-scope recall above for how often it falls back on them).",
               "- Generated replies can be wrong or invented; `template` mode only ever sends the bot's own responses."]
     return "\n".join(lines) + "\n"
 

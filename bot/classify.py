@@ -12,14 +12,13 @@ from bot.spec import Settings
 
 @torch.no_grad()
 def predict_proba(model: DialogueModel, enc: Encoder, texts: list[str], batch_size: int = 64) -> torch.Tensor:
-    """Softmax over intents for each text, shape (len(texts), n_intents), on the CPU."""
+    """Calibrated softmax over intents for each text, shape (len(texts), n_intents), on the CPU."""
     was_training = model.training
     model.eval()
     out = []
     for k in range(0, len(texts), batch_size):
         batch = enc.pad_batch([enc.classify(t) for t in texts[k:k + batch_size]])
-        logits = model.intent_logits(batch["input_ids"].to(model.device), batch["attention_mask"].to(model.device))
-        out.append(logits.float().softmax(-1).cpu())
+        out.append(model.intent_probs(batch["input_ids"].to(model.device), batch["attention_mask"].to(model.device)).cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, len(model.intents))
 
@@ -49,3 +48,23 @@ def decide(probs: torch.Tensor, intents: list[str], settings: Settings, top_k: i
         reason = "ambiguous"
     return Decision(ranking[0][0], top, ranking, reason is not None, reason,
                     settings.confidence_threshold, settings.ambiguity_threshold)
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, steps: int = 200) -> float:
+    """Temperature scaling (Guo et al., 2017): the T > 0 that minimises the negative log-likelihood of
+    `labels` under softmax(logits / T). An overconfident model gets T > 1 (its probabilities are softened);
+    argmax, so accuracy, is unchanged."""
+    logits, labels = logits.detach().float(), labels.detach()
+    if not len(labels):
+        return 1.0
+    log_t = torch.zeros((), requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=steps, line_search_fn="strong_wolfe")
+
+    def nll():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(logits / log_t.exp(), labels)
+        loss.backward()
+        return loss
+
+    opt.step(nll)
+    return float(log_t.detach().exp().clamp(0.05, 20.0))

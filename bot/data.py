@@ -8,8 +8,10 @@ the conversation before it. Sequences:
 """
 from __future__ import annotations
 
+import csv
 import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -87,6 +89,49 @@ def corpus(spec: BotSpec) -> list[str]:
     texts += [r for i in spec.intents.values() for r in i.responses]
     texts += [t for d in spec.dialogues for turn in d for t in (turn.user, turn.bot)]
     return texts + [spec.fallback]
+
+
+BUNDLED_OUTLIERS = Path(__file__).parent / "demo" / "public_sgd_turns.txt"  # bot/demo/SOURCE.md
+
+
+def read_corpus(path: str | Path) -> list[str]:
+    """Lines of a .txt, the text column of a CSV, or all of a bot file's own text (`corpus`)."""
+    path = Path(path)
+    if path.suffix in (".yaml", ".yml"):
+        from bot.spec import load_bot
+        return corpus(load_bot(path)[0])
+    if path.suffix == ".csv":
+        with open(path, encoding="utf-8", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        col = next((c for c in ("text", "utterance", "instruction") if rows and c in rows[0]), None)
+        if col is None:
+            raise ValueError(f"{path}: a text corpus in CSV needs a 'text' column")
+        return [r[col].strip() for r in rows if r[col].strip()]
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def outlier_texts(spec: BotSpec, near: float = 0.5) -> tuple[list[str], int]:
+    """(texts, dropped): the public outlier corpus (`training.outlier_corpus`) without the texts that look like
+    one of the bot's own examples (word TF-IDF cosine ≥ `near`: an outlier corpus must not teach the bot to
+    refuse what it should answer), then the bot file's `out_of_scope:` examples, repeated so they are at least
+    a fifth of what outlier exposure draws from. Empty when outlier exposure is off."""
+    t = spec.training
+    own = [e.text for e in spec.out_of_scope]
+    if t.outlier_weight <= 0:
+        return [], 0
+    public = [] if t.outlier_corpus.lower() == "none" else read_corpus(t.outlier_corpus or BUNDLED_OUTLIERS)
+    dropped = 0
+    if public and spec.examples:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True).fit([e.text for e in spec.examples] + public)
+        sim = vec.transform(public) @ vec.transform([e.text for e in spec.examples]).T
+        keep = sim.max(axis=1).toarray().ravel() < near
+        dropped = int((~keep).sum())
+        public = [p for p, k in zip(public, keep) if k]
+    if own:
+        own = own * max(1, len(public) // (4 * len(own)))
+    return public + own, dropped
 
 
 class Encoder:

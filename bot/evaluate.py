@@ -1,8 +1,11 @@
 """Rasa-style evaluation reports: intent_report.json, intent_errors.json, confusion matrix and
-confidence histogram PNGs. Test examples labelled `out_of_scope` measure how often the bot
-correctly falls back."""
+confidence histogram PNGs, and the calibration and out-of-scope measures: expected calibration error
+with a reliability diagram, and, for test examples labelled `out_of_scope`, how often the bot
+correctly falls back (OOS recall), how well its confidence separates them from in-scope questions
+(AUROC) with a histogram, and the confidence threshold that would catch a target share of them."""
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -11,17 +14,53 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from sklearn.metrics import classification_report, confusion_matrix  # noqa: E402
+from sklearn.metrics import classification_report, confusion_matrix, roc_auc_score  # noqa: E402
 
 from bot.classify import decide, predict_proba  # noqa: E402
 from bot.io import atomic_dir, atomic_write_json  # noqa: E402
 from bot.spec import OUT_OF_SCOPE, Example, Settings  # noqa: E402
 
-FILES = ("intent_report.json", "intent_errors.json", "intent_confusion_matrix.png", "intent_histogram.png")
+FILES = ("intent_report.json", "intent_errors.json", "intent_confusion_matrix.png", "intent_histogram.png",
+         "intent_reliability.png")
+OOS_FILE = "oos_histogram.png"  # only when the test set has out-of-scope questions
+ECE_BINS = 15
+FEW_OOS = 50  # below this many out-of-scope test questions a suggested threshold is a rough guide
 
 
-def evaluate(model, enc, examples: list[Example], settings: Settings) -> dict:
-    """Predictions and metrics for `examples`; `out_of_scope` examples count only toward OOS recall."""
+def expected_calibration_error(confidence, correct, bins: int = ECE_BINS) -> float:
+    """ECE (Guo et al., 2017): over equal-width confidence bins, the share-weighted |accuracy − confidence|."""
+    conf, ok = np.asarray(confidence, float), np.asarray(correct, float)
+    if not len(conf):
+        return 0.0
+    which = np.minimum((conf * bins).astype(int), bins - 1)
+    return float(sum(abs(ok[which == b].mean() - conf[which == b].mean()) * (which == b).mean()
+                     for b in range(bins) if (which == b).any()))
+
+
+def threshold_for_recall(oos_top, oos_ambiguous, target: float) -> float | None:
+    """The lowest confidence threshold (4 decimals) at which at least `target` of the out-of-scope questions fall
+    back, given each one's top probability and whether it already falls back as ambiguous; None without any."""
+    top, amb = np.asarray(oos_top, float), np.asarray(oos_ambiguous, bool)
+    if not len(top):
+        return None
+    need = int(np.ceil(target * len(top) - 1e-9)) - int(amb.sum())
+    if need <= 0:
+        return 0.0
+    kth = np.sort(top[~amb])[need - 1]  # fall back below the threshold: it must lie above this one
+    return float(min(1.0, np.floor(kth * 1e4 + 1) / 1e4))
+
+
+def oos_measures(in_top, in_correct, in_fallback, oos_top, oos_fallback) -> dict:
+    """Out-of-scope recall and AUROC (out-of-scope as the positive class, scored by 1 − confidence)."""
+    if not len(oos_top):
+        return {"oos_examples": 0, "oos_recall": None, "auroc": None}
+    labels = [0] * len(in_top) + [1] * len(oos_top)
+    auroc = float(roc_auc_score(labels, -np.asarray(list(in_top) + list(oos_top), float))) if len(in_top) else None
+    return {"oos_examples": len(oos_top), "oos_recall": float(np.mean(oos_fallback)), "auroc": auroc}
+
+
+def evaluate(model, enc, examples: list[Example], settings: Settings, target_oos_recall: float = 0.8) -> dict:
+    """Predictions and metrics for `examples`; `out_of_scope` examples count only toward the OOS measures."""
     probs = predict_proba(model, enc, [e.text for e in examples])
     decisions = [decide(p, model.intents, settings) for p in probs]
     in_scope = [(e, d) for e, d in zip(examples, decisions) if e.intent != OUT_OF_SCOPE]
@@ -41,19 +80,34 @@ def evaluate(model, enc, examples: list[Example], settings: Settings) -> dict:
               for e, d in zip(examples, decisions)
               if (e.intent == OUT_OF_SCOPE and not d.fallback) or (e.intent != OUT_OF_SCOPE and d.intent != e.intent)]
     errors.sort(key=lambda r: -r["intent_prediction"]["confidence"])
+    correct = [t == p for t, p in zip(y_true, y_pred)]
     summary = {
         "test_examples": len(examples),
-        "accuracy": float(np.mean([t == p for t, p in zip(y_true, y_pred)])) if y_true else 0.0,
+        "accuracy": float(np.mean(correct)) if y_true else 0.0,  # the intent argmax, as if there were no fallback
+        "accuracy_with_fallback": float(np.mean([c and not d.fallback for c, (_, d) in zip(correct, in_scope)]))
+        if in_scope else 0.0,  # answered with the right intent
         "macro_f1": report["macro avg"]["f1-score"],
         "fallback_rate": float(np.mean([d.fallback for _, d in in_scope])) if in_scope else 0.0,
-        "oos_examples": len(oos),
-        "oos_recall": float(np.mean([d.fallback for d in oos])) if oos else None,
+        "ece": expected_calibration_error([d.confidence for _, d in in_scope], correct),
+        **oos_measures([d.confidence for _, d in in_scope], correct, [d.fallback for _, d in in_scope],
+                       [d.confidence for d in oos], [d.fallback for d in oos]),
         "confidence_threshold": settings.confidence_threshold,
         "ambiguity_threshold": settings.ambiguity_threshold,
+        "temperature": round(model.temperature, 4),
     }
+    if oos:
+        t = threshold_for_recall([d.confidence for d in oos], [d.reason == "ambiguous" for d in oos], target_oos_recall)
+        at = [d.confidence < t or d.reason == "ambiguous" for d in oos]
+        summary["suggested_threshold"] = {
+            "target_oos_recall": target_oos_recall, "confidence_threshold": t, "oos_recall": float(np.mean(at)),
+            "accuracy_with_fallback": float(np.mean([c and d.confidence >= t and d.reason != "ambiguous"
+                                                     for c, (_, d) in zip(correct, in_scope)])) if in_scope else 0.0,
+            "applied": False,
+            **({"note": f"only {len(oos)} out-of-scope test questions: a rough guide"} if len(oos) < FEW_OOS else {}),
+        }
     report["summary"] = summary
-    return {"report": report, "errors": errors, "summary": summary, "labels": labels,
-            "y_true": y_true, "y_pred": y_pred, "in_scope": in_scope}
+    return {"report": report, "errors": errors, "summary": summary, "labels": labels, "examples": examples,
+            "decisions": decisions, "y_true": y_true, "y_pred": y_pred, "in_scope": in_scope}
 
 
 def _confusion_png(result: dict, path: Path) -> None:
@@ -94,11 +148,69 @@ def _histogram_png(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _reliability_png(result: dict, path: Path) -> None:
+    conf = np.array([d.confidence for _, d in result["in_scope"]])
+    ok = np.array([d.intent == e.intent for e, d in result["in_scope"]], float)
+    edges = np.linspace(0, 1, ECE_BINS + 1)
+    which = np.minimum((conf * ECE_BINS).astype(int), ECE_BINS - 1)
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(6, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    mids = (edges[:-1] + edges[1:]) / 2
+    acc = [ok[which == b].mean() if (which == b).any() else np.nan for b in range(ECE_BINS)]
+    count = [(which == b).sum() for b in range(ECE_BINS)]
+    ax.bar(mids, acc, width=1 / ECE_BINS, edgecolor="k", color="#2a9d8f", label="accuracy in the bin")
+    ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"Reliability of the intent confidence\n(expected calibration error {result['summary']['ece']:.3f}, "
+                 f"temperature {result['summary']['temperature']:g})")
+    ax.legend(loc="upper left")
+    ax2.bar(mids, count, width=1 / ECE_BINS, edgecolor="k", color="#8d99ae")
+    ax2.set_xlabel("confidence of the predicted intent")
+    ax2.set_ylabel("test utterances")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _oos_png(result: dict, path: Path) -> None:
+    s = result["summary"]
+    inside = [d.confidence for _, d in result["in_scope"]]
+    oos = [d.confidence for e, d in zip(result["examples"], result["decisions"]) if e.intent == OUT_OF_SCOPE]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    bins = np.linspace(0, 1, 26)
+    ax.hist(inside, bins=bins, alpha=0.6, density=True, color="#2a9d8f", label=f"in scope ({len(inside)})")
+    ax.hist(oos, bins=bins, alpha=0.6, density=True, color="#e76f51", label=f"out of scope ({len(oos)})")
+    ax.axvline(s["confidence_threshold"], color="k", ls="--", label=f"threshold {s['confidence_threshold']:g}")
+    sug = s.get("suggested_threshold")
+    if sug and sug["confidence_threshold"] != s["confidence_threshold"]:
+        ax.axvline(sug["confidence_threshold"], color="#6a4c93", ls=":",
+                   label=f"suggested {sug['confidence_threshold']:g} (OOS recall {sug['target_oos_recall']:.0%})")
+    ax.set_xlabel("confidence of the predicted intent (below the threshold: fallback)")
+    ax.set_ylabel("density")
+    ax.set_title(f"In scope vs out of scope: OOS recall {s['oos_recall']:.2f}, AUROC {s['auroc']:.3f}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write_reports(result: dict, out_dir: str | Path) -> Path:
-    """Write the four report files into `out_dir` (replaced as a whole)."""
-    with atomic_dir(out_dir) as tmp:
+    """Write the report files into `out_dir`. Each is made in full first, then moved in, so a failure leaves the
+    previous reports; other files there (e.g. `candor attack`'s) are kept."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = out_dir / ".eval-staging"
+    with atomic_dir(staging) as tmp:
         atomic_write_json(tmp / FILES[0], result["report"])
         atomic_write_json(tmp / FILES[1], result["errors"])
         _confusion_png(result, tmp / FILES[2])
         _histogram_png(result, tmp / FILES[3])
-    return Path(out_dir)
+        _reliability_png(result, tmp / FILES[4])
+        if result["summary"]["oos_examples"]:
+            _oos_png(result, tmp / OOS_FILE)
+    for f in staging.iterdir():
+        os.replace(f, out_dir / f.name)
+    staging.rmdir()
+    if not result["summary"]["oos_examples"]:
+        (out_dir / OOS_FILE).unlink(missing_ok=True)  # from an earlier test set: no longer true
+    return out_dir

@@ -10,9 +10,14 @@ from pathlib import Path
 
 import yaml
 
-from bot.spec import BotFileError, BotSpec, Example, Intent, Problem, Turn, normalize
+from bot.spec import OUT_OF_SCOPE, BotFileError, BotSpec, Example, Intent, Problem, Turn, normalize
 
 DEFAULT_FALLBACK = "Sorry, I'm not sure I understood. Could you rephrase that?"
+OOS_LABELS = {"out_of_scope", "oos", "out-of-scope"}  # rows that belong to no intent (bot/spec.py: OUT_OF_SCOPE)
+
+
+def is_oos(label: str) -> bool:
+    return label.strip().lower() in OOS_LABELS
 
 
 def _spec(name: str, by_intent: dict[str, list[str]], responses: dict[str, list[str]] | None = None,
@@ -53,14 +58,27 @@ def _pick(row: dict, names) -> str:
 
 
 def from_csv(path: str | Path, name: str | None = None) -> BotSpec:
-    """CSV with `text,intent` (also `category`/`label`), optional `response`."""
+    """CSV with `text,intent` (also `category`/`label`), optional `response` and `split` (`test` rows become the
+    test set). Rows labelled `out_of_scope` (or `oos`) belong to no intent: out-of-scope training examples, or
+    out-of-scope test questions on `test` rows."""
     path = Path(path)
     text_cols, intent_cols = ("text", "utterance", "instruction"), ("intent", "category", "label")
     by_intent, responses, problems = defaultdict(list), defaultdict(list), []
+    oos, test = [], []
     for line, row in _read_csv(path, text_cols, intent_cols):
         text, intent = _pick(row, text_cols), _pick(row, intent_cols)
         if not text or not intent:
             problems.append(Problem(str(path), line, "error", "row has an empty text or intent"))
+            continue
+        split = (row.get("split") or "").strip().lower()
+        if split not in ("", "train", "test"):
+            problems.append(Problem(str(path), line, "error", f"split must be 'train', 'test' or empty, got {split!r}"))
+            continue
+        if split == "test":
+            test.append(Example(text, OUT_OF_SCOPE if is_oos(intent) else intent, line))
+            continue
+        if is_oos(intent):
+            oos.append(Example(text, OUT_OF_SCOPE, line))
             continue
         by_intent[intent].append(text)
         resp = (row.get("response") or "").strip()
@@ -68,7 +86,8 @@ def from_csv(path: str | Path, name: str | None = None) -> BotSpec:
             responses[intent].append(resp)
     if problems:
         raise BotFileError(problems)
-    return _spec(name or path.stem, by_intent, responses, source=f"response column of {path.name}")
+    return _spec(name or path.stem, by_intent, responses, source=f"response column of {path.name}",
+                 out_of_scope=list({normalize(e.text): e for e in oos}.values()), test=test)
 
 
 def from_banking77(folder: str | Path, name: str = "banking77") -> BotSpec:
@@ -77,7 +96,7 @@ def from_banking77(folder: str | Path, name: str = "banking77") -> BotSpec:
     spec = from_csv(folder / "train.csv", name)
     test = from_csv(folder / "test.csv")
     train_texts = {e.text for e in spec.examples}
-    official = [e for i in test.intents.values() for e in i.examples]
+    official = [e for i in test.intents.values() for e in i.examples] + test.out_of_scope
     spec.test = [e for e in official if e.text not in train_texts]
     spec.description = (f"BANKING77 (PolyAI, CC BY 4.0): 77 online-banking intents. {len(official) - len(spec.test)} "
                         "official test texts that also occur in train.csv (after trimming whitespace) were left out.")
@@ -184,7 +203,7 @@ def from_rasa(nlu_path: str | Path, domain_path: str | Path | None = None, name:
     (`utter_<intent>`). Entity markup `[Berlin](city)` is reduced to its text."""
     nlu_path = Path(nlu_path)
     doc = yaml.safe_load(nlu_path.read_text(encoding="utf-8")) or {}
-    by_intent = defaultdict(list)
+    by_intent, oos = defaultdict(list), []
     for block in doc.get("nlu") or []:
         if "intent" not in block:
             continue  # synonyms, regexes, lookups
@@ -194,7 +213,9 @@ def from_rasa(nlu_path: str | Path, domain_path: str | Path | None = None, name:
             if line.startswith("- "):
                 line = line[2:]
             line = _RASA_ENTITY.sub(r"\1", line).strip()
-            if line:
+            if line and is_oos(str(block["intent"])):
+                oos.append(Example(line, OUT_OF_SCOPE))
+            elif line:
                 by_intent[block["intent"]].append(line)
     if not by_intent:
         raise BotFileError([Problem(str(nlu_path), None, "error", "no 'nlu: - intent:' blocks found (is this Rasa 3.x NLU YAML?)")])
@@ -208,7 +229,7 @@ def from_rasa(nlu_path: str | Path, domain_path: str | Path | None = None, name:
                 fallback = texts[0]
             elif key.startswith("utter_") and key[6:] in by_intent:
                 responses[key[6:]] += texts
-    return _spec(name or nlu_path.stem, by_intent, responses, fallback=fallback)
+    return _spec(name or nlu_path.stem, by_intent, responses, fallback=fallback, out_of_scope=oos)
 
 
 IMPORTERS = {"csv": from_csv, "banking77": from_banking77, "bitext": from_bitext, "sgd": from_sgd, "rasa": from_rasa}

@@ -42,11 +42,29 @@ class DialogueModel(nn.Module):
     def device(self) -> torch.device:
         return self.score.weight.device
 
-    def intent_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Logits over intents, pooled at each row's last real token (right padding)."""
-        hidden = self.lm.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    def intent_logits(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor,
+                      inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits over intents, pooled at each row's last real token (right padding); from token ids or, for
+        explanations, from their input embeddings."""
+        hidden = self.lm.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                                    inputs_embeds=inputs_embeds).last_hidden_state
         last = attention_mask.sum(1) - 1
         return self.score(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])
+
+    @property
+    def temperature(self) -> float:
+        """Calibration temperature of the intent probabilities (fitted on validation after training; saved in
+        config.json as `intent_temperature`; 1.0 = uncalibrated)."""
+        return float(getattr(self.lm.config, "intent_temperature", 1.0) or 1.0)
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:
+        self.lm.config.intent_temperature = float(value)
+
+    def intent_probs(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor,
+                     inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """Calibrated probabilities over intents: what the bot decides with and what explanations explain."""
+        return (self.intent_logits(input_ids, attention_mask, inputs_embeds).float() / self.temperature).softmax(-1)
 
     def forward(self, input_ids, attention_mask, position_ids, intent_pos):
         """Both heads from one pass over `<|user|> text<|intent|> name<|bot|> reply`: intent logits at

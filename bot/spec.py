@@ -96,6 +96,11 @@ class TrainSettings:
     reply_weight: float = 0.5
     reply_batch_size: int = 8
     word_dropout: float = 0.1  # chance of dropping (and of inserting) a word in a training utterance's view
+    # Outlier exposure: public text that belongs to no intent, trained toward a uniform intent distribution so
+    # that unfamiliar questions get a low confidence. "" = the bundled public sample (bot/demo/SOURCE-sgd.md),
+    # "none" = off, else a .txt/.csv/bot file. The bot file's own `out_of_scope:` examples are always used.
+    outlier_corpus: str = ""
+    outlier_weight: float = 0.5  # weight of the outlier loss; 0 turns outlier exposure off
 
 
 @dataclass
@@ -140,6 +145,7 @@ class BotSpec:
     robustness: RobustnessSettings = field(default_factory=RobustnessSettings)
     placeholders: dict[str, str] = field(default_factory=dict)
     test: list[Example] = field(default_factory=list)
+    out_of_scope: list[Example] = field(default_factory=list)  # training examples that belong to no intent
     dialogues: list[list[Turn]] = field(default_factory=list)
     description: str = ""
     path: str = "<memory>"
@@ -165,6 +171,7 @@ class BotSpec:
                     **({"responses_source": i.responses_source} if i.responses_source else {})}
                 for n, i in self.intents.items()
             },
+            "out_of_scope": [str(e.text) for e in self.out_of_scope],
             "test": [{"text": str(e.text), "intent": str(e.intent)} for e in self.test],
             "dialogues": [[dataclasses.asdict(t) for t in d] for d in self.dialogues],
         }
@@ -175,7 +182,7 @@ def dump_bot(spec: BotSpec, path: str | Path) -> None:
     from bot.io import atomic_write_text
 
     data = spec.to_dict()
-    for key in ("test", "dialogues", "placeholders", "description"):
+    for key in ("out_of_scope", "test", "dialogues", "placeholders", "description"):
         if not data[key]:
             del data[key]
     atomic_write_text(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100))
@@ -296,7 +303,7 @@ def parse_bot(text: str, file: str = "<memory>", problems: list[Problem] | None 
         return BotSpec(name="invalid", intents={}, fallback="", path=file)
 
     known = {"name", "description", "fallback", "settings", "model", "training", "privacy", "robustness",
-             "placeholders", "intents", "test", "dialogues"}
+             "placeholders", "intents", "out_of_scope", "test", "dialogues"}
     for key in doc:
         if key not in known:
             problems.append(Problem(file, _line(key), "error", f"unknown top-level key '{key}' (known: {', '.join(sorted(known))})"))
@@ -346,6 +353,17 @@ def parse_bot(text: str, file: str = "<memory>", problems: list[Problem] | None 
             intent.responses.append(Located(r.strip()))
             intent.responses[-1].line = _line(r)
         spec.intents[intent.name] = intent
+
+    oos = doc.get("out_of_scope") or []
+    if not isinstance(oos, list):
+        problems.append(Problem(file, _line(next((k for k in doc if k == "out_of_scope"), None)), "error",
+                                "'out_of_scope' must be a list of example questions that belong to no intent"))
+        oos = []
+    for ex in oos:
+        if not isinstance(ex, str) or not ex.strip():
+            problems.append(Problem(file, _line(ex), "error", f"out_of_scope: empty or non-text example {ex!r}"))
+            continue
+        spec.out_of_scope.append(Example(str(ex).strip(), OUT_OF_SCOPE, _line(ex)))
 
     for item in doc.get("test") or []:
         if not isinstance(item, dict) or "text" not in item or "intent" not in item:
@@ -408,13 +426,16 @@ def validate(spec: BotSpec) -> list[Problem]:
     if spec.privacy.imported_responses not in ("private", "public"):
         out.append(Problem(f, None, "error", "privacy.imported_responses must be 'private' or 'public', "
                                              f"got '{spec.privacy.imported_responses}'"))
+    if spec.training.outlier_weight < 0:
+        out.append(Problem(f, None, "error", "training.outlier_weight must be 0 (off) or above"))
     if not 0 < spec.privacy.count_epsilon < spec.privacy.target_epsilon:
         out.append(Problem(f, None, "error", "privacy.count_epsilon must be above 0 and below privacy.target_epsilon"))
 
     seen: dict[str, Example] = {}
     for intent in spec.intents.values():
         if intent.name == OUT_OF_SCOPE:
-            out.append(Problem(f, intent.line, "error", f"'{OUT_OF_SCOPE}' is reserved for test examples the bot should refuse"))
+            out.append(Problem(f, intent.line, "error", f"'{OUT_OF_SCOPE}' is not an intent: list such questions under "
+                                                        "the top-level 'out_of_scope:' (training) or as test examples"))
         if not intent.examples:
             out.append(Problem(f, intent.line, "error", f"intent '{intent.name}' has no examples"))
         elif len(intent.examples) < 2:
@@ -431,7 +452,16 @@ def validate(spec: BotSpec) -> list[Problem]:
                     out.append(Problem(f, ex.line, "error", f"example '{ex.text}' is labelled '{ex.intent}' here and '{first.intent}' on line {first.line}"))
             else:
                 seen[key] = ex
+    for ex in spec.out_of_scope:
+        twin = seen.get(normalize(ex.text))
+        if twin:
+            out.append(Problem(f, ex.line, "error", f"out_of_scope example '{ex.text}' is also an example of intent "
+                                                    f"'{twin.intent}' (line {twin.line})"))
+    oos_seen = {normalize(e.text): e for e in spec.out_of_scope}
     for ex in spec.test:
+        if normalize(ex.text) in oos_seen:
+            out.append(Problem(f, ex.line, "error", f"train/test leakage: test example '{ex.text}' is also an "
+                                                    f"out_of_scope training example (line {oos_seen[normalize(ex.text)].line})"))
         if ex.intent not in spec.intents and ex.intent != OUT_OF_SCOPE:
             out.append(Problem(f, ex.line, "error", f"test example uses unknown intent '{ex.intent}'"))
         twin = seen.get(normalize(ex.text))

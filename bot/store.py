@@ -67,7 +67,7 @@ class TurnRow(_Base):
     fallback_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
     reply: Mapped[str] = mapped_column(Text)
     model_version: Mapped[str] = mapped_column(String(128))
-    attributions: Mapped[list] = mapped_column(JSON)  # [[word, score], ...] on the redacted text
+    attributions: Mapped[list] = mapped_column(JSON)  # [[word, score or null (not read)], ...] on the redacted text
     in_conversation: Mapped[bool] = mapped_column(Boolean, default=True)  # cleared by undo and reset
 
     def to_dict(self) -> dict:
@@ -162,7 +162,7 @@ class AuditStore:
         return out
 
     def log(self, *, session: str, text: str, reply: str, intent: str, confidence: float, fallback: bool,
-            fallback_reason: str | None, attributions: list[tuple[str, float]], model_version: str,
+            fallback_reason: str | None, attributions: list[tuple[str, float | None]], model_version: str,
             time: datetime | None = None) -> int:
         """Write one turn's audit row, which is also the newest turn of the session's conversation."""
         r = self.redact
@@ -175,7 +175,7 @@ class AuditStore:
         row = TurnRow(time=time or datetime.now(timezone.utc), session=self.pseudonym(session), text=stored,
                       reply=self._redact_reply(reply), intent=intent, confidence=float(confidence),
                       fallback=bool(fallback), fallback_reason=fallback_reason, model_version=model_version,
-                      attributions=[[w, float(s)] for w, s in attributions], in_conversation=True)
+                      attributions=[[w, None if s is None else float(s)] for w, s in attributions], in_conversation=True)
         with Session(self.engine) as s, s.begin():
             s.add(row)
             s.flush()

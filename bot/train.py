@@ -42,8 +42,8 @@ from transformers import AutoTokenizer
 from bot import card as cards
 from bot import distributed
 from bot import model as models
-from bot.classify import predict_proba
-from bot.data import Encoder, Record, corpus, records, split
+from bot.classify import fit_temperature, predict_proba
+from bot.data import Encoder, Record, corpus, outlier_texts, records, split
 from bot.io import atomic_dir, atomic_write_json
 from bot.spec import BotSpec
 
@@ -255,6 +255,11 @@ class Trainer:
         return _noisy_view(record.text, self.t.word_dropout, rng, self.vocab)
 
     @functools.cached_property
+    def _outliers(self) -> tuple[list[str], int]:
+        texts, dropped = outlier_texts(self.spec)
+        return [self.read(t) for t in texts], dropped
+
+    @functools.cached_property
     def _corpus(self) -> list[str]:
         planted = [t for r in self.extra_records for t in (r.text, r.reply) if t]
         return [self.read(t) for t in corpus(self.spec)] + planted
@@ -277,6 +282,14 @@ class Trainer:
         """Called once when fine-tuning starts or resumes, after the optimizer exists."""
 
     def keep_best(self) -> bool:
+        return True
+
+    def outliers(self) -> list[str]:
+        """Text that belongs to no intent, trained toward a uniform intent distribution (outlier exposure)."""
+        return self._outliers[0]
+
+    def calibrate(self) -> bool:
+        """Whether to fit the calibration temperature on the validation split (the DP trainer says no)."""
         return True
 
     def card_sections(self) -> dict:
@@ -356,6 +369,9 @@ class Trainer:
         bar = tqdm(total=len(batches), initial=self.state.batch, disable=not self.progress,
                    desc=f"fine-tune {self.state.epoch + 1}/{self.t.epochs}")
         rbs = self.t.reply_batch_size
+        outliers = self.outliers()
+        ob = max(1, self.t.batch_size // 2) if outliers else 0
+        out_order = _order(len(outliers), self.t.seed, "outliers", self.state.epoch) if outliers else []
         for k in range(self.state.batch, len(batches)):
             part, weight = distributed.share(batches[k])
             recs = [self.train_records[i] for i in part]
@@ -363,7 +379,13 @@ class Trainer:
             b = self._to(self.enc.pad_batch([self.enc.classify(v) for v in views]))
             y = torch.tensor([intent_id[r.intent] for r in recs], device=self.device)
             ce = F.cross_entropy(self.model.intent_logits(b["input_ids"], b["attention_mask"]), y)
-            loss, lm = ce * weight, None
+            loss, lm, oe = ce * weight, None, None
+            if ob:  # cross-entropy to the uniform distribution over intents (Hendrycks et al., 2019)
+                picks, oe_weight = distributed.share(range(ob))
+                ob_texts = [outliers[out_order[(k * ob + j) % len(out_order)]] for j in picks]
+                o = self._to(self.enc.pad_batch([self.enc.classify(t) for t in ob_texts]))
+                oe = -self.model.intent_logits(o["input_ids"], o["attention_mask"]).log_softmax(-1).mean(-1).mean()
+                loss = loss + self.t.outlier_weight * oe * oe_weight
             if replies and self.t.reply_weight > 0:
                 every = [self.enc.reply(self.reply_records[replies[(k * rbs + j) % len(replies)]],
                                         self.spec.settings.max_reply_tokens) for j in range(rbs)]
@@ -375,7 +397,8 @@ class Trainer:
                 loss = loss + self.t.reply_weight * lm * reply_weight
             self._step(loss, total)
             bar.update(1)
-            bar.set_postfix(intent_loss=f"{ce.item():.3f}", **({"reply_loss": f"{lm.item():.3f}"} if lm is not None else {}))
+            bar.set_postfix(intent_loss=f"{ce.item():.3f}", **({"outlier_loss": f"{oe.item():.3f}"} if oe is not None else {}),
+                            **({"reply_loss": f"{lm.item():.3f}"} if lm is not None else {}))
         bar.close()
 
     @torch.no_grad()
@@ -447,9 +470,24 @@ class Trainer:
             if (self.ckpt / "best.safetensors").is_file():
                 load_model(self.model, str(self.ckpt / "best.safetensors"), device=str(self.device))
             self.model.eval()
+            if self.calibrate() and self.val_records:
+                self.model.temperature = 1.0
+                y = torch.tensor([self.model.intents.index(r.intent) for r in self.val_records])
+                probs = predict_proba(self.model, self.enc, [r.text for r in self.val_records])
+                self.model.temperature = fit_temperature(probs.clamp_min(1e-12).log(), y)
+                self.log(f"calibration: temperature {self.model.temperature:.3f} (fitted on the validation split)")
             self._save_final()
         distributed.barrier()  # the other ranks end when the model is saved
         return self.out_dir
+
+    def _outlier_card(self, counts: bool) -> dict:
+        if not self.outliers():
+            return {"enabled": False}
+        t = self.t
+        return {"enabled": True, "weight": t.outlier_weight, "per_batch": max(1, t.batch_size // 2),
+                "corpus": t.outlier_corpus or "bundled: bot/demo/public_sgd_turns.txt (Schema-Guided Dialogue, CC BY-SA 4.0)",
+                **({"texts": len(self.outliers()), "dropped_as_near_examples": self._outliers[1],
+                    "bot_file_out_of_scope_examples": len(self.spec.out_of_scope)} if counts else {})}
 
     def _save_final(self) -> None:
         with atomic_dir(self.out_dir) as tmp:
@@ -470,6 +508,9 @@ class Trainer:
                 **({"train_examples": len(self.train_records), "validation_examples": len(self.val_records),
                     "reply_examples": len(self.reply_records)} if counts else {}),
                 **({"views": [v.describe() for v in self.views]} if self.views else {}),
+                "outlier_exposure": self._outlier_card(counts),
+                "calibration": ({"temperature": round(self.model.temperature, 4), "fitted_on": "validation split"}
+                                if self.calibrate() and self.val_records else {"temperature": 1.0, "fitted_on": None}),
                 **{k: v for k, v in best.items() if k.startswith("val")},
             })
             if self.card_sections():

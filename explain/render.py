@@ -54,9 +54,11 @@ def _span(word: str, score: float) -> str:
 
 def html_report(e: Explanation) -> str:
     """A self-contained HTML page; every piece of user text is escaped."""
-    words = " ".join(_span(w.word, w.score) for w in e.words)
-    rows = "".join(f"<tr><td>{html.escape(w.word)}</td><td>{w.score:+.3f}</td><td>{w.raw:+.4f}</td></tr>"
-                   for w in e.words)
+    words = " ".join(_span(w.word, w.score) if w.read else f'<span class="w u" title="not read">{html.escape(w.word)}</span>'
+                     for w in e.words)
+    cut = sum(not w.read for w in e.words)
+    rows = "".join(f"<tr><td>{html.escape(w.word)}</td><td>{w.score:+.3f}</td><td>{w.raw:+.4f}</td></tr>" if w.read else
+                   f"<tr><td>{html.escape(w.word)}</td><td colspan=2>not read</td></tr>" for w in e.words)
     reply = ""
     if e.reply:
         reply = ("<h2>What shaped the reply</h2><p>" + " ".join(_span(w["word"], w["score"]) for w in e.reply["words"])
@@ -64,11 +66,11 @@ def html_report(e: Explanation) -> str:
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>Candor explanation: {html.escape(e.intent)}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:50em;margin:2em auto}}.w{{padding:2px 3px;border-radius:3px}}
-p.t{{font-size:1.4em;line-height:2}}.m{{color:#555}}td{{padding:2px 10px}}</style></head><body>
+p.t{{font-size:1.4em;line-height:2}}.u{{color:#888;text-decoration:line-through}}.m{{color:#555}}td{{padding:2px 10px}}</style></head><body>
 <h1>Intent <code>{html.escape(e.intent)}</code> — confidence {e.confidence:.3f}</h1>
 <p class=m>The bot chose <code>{html.escape(e.predicted)}</code>. {TOWARD.capitalize()} words pushed toward
 <code>{html.escape(e.intent)}</code>, {AGAINST} words against it.</p>
-<p class=t>{words}</p>
+<p class=t>{words}</p>{f"<p class=m>Not read: the last {cut} word(s), struck through, were cut by the model's length limit and have no score.</p>" if cut else ""}
 <table><tr><th>word</th><th>score [-1, 1]</th><th>attribution</th></tr>{rows}</table>
 <p class=m>{html.escape(e.method)}, {e.n_steps} steps, baseline: {html.escape(e.baseline)}.
 P(intent) {e.baseline_probability:.3f} at the baseline, {e.confidence:.3f} for the text; attributions sum to

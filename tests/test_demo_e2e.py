@@ -42,9 +42,13 @@ def test_demo_eval_writes_reports_and_loads_in_plain_transformers(workdir):
     res = _candor(workdir, "eval")
     assert res.returncode == 0, res.stderr
     model_dir = workdir / "models" / "support_demo"
-    for name in ("intent_report.json", "intent_errors.json", "intent_confusion_matrix.png", "intent_histogram.png"):
+    for name in ("intent_report.json", "intent_errors.json", "intent_confusion_matrix.png", "intent_histogram.png",
+                 "intent_reliability.png", "oos_histogram.png"):
         assert (model_dir / "reports" / name).is_file()
     metrics = read_card(model_dir)["metrics"]
     assert metrics["test_examples"] == 457 and metrics["oos_examples"] == 10 and metrics["accuracy"] > 0.9, metrics
+    # outlier exposure: the demo's own out-of-scope questions (weather on Mars...) fall back at the default threshold
+    assert metrics["oos_recall"] >= 0.7 and metrics["accuracy_with_fallback"] > 0.9, metrics
+    assert "out of scope: recall" in res.stdout and "suggested threshold" in res.stdout
     clf = AutoModelForSequenceClassification.from_pretrained(model_dir)
     assert clf.config.num_labels == 27 and "cancel_order" in clf.config.label2id

@@ -132,4 +132,6 @@ def test_words_cut_by_the_length_limit_are_marked_not_read(bot):
     assert read == sorted(read, reverse=True)  # the words read come first, then the cut ones
     assert all(w.raw == 0 for w in e.words if not w.read)
     assert "not read: the last" in render.terminal(e, colour=False)
+    page = render.html_report(e)
+    assert f"the last {read.count(False)} word(s), struck through" in page and page.count('title="not read"') == read.count(False)
     assert IntentExplainer(bot.model, bot.enc).explain("cancel my order").words[-1].read

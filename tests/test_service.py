@@ -216,3 +216,16 @@ def test_generated_replies_are_batched_and_equal_one_at_a_time(service):
         if streamed[i]:
             assert single[i].startswith(streamed[i][-1]) and all(len(a) <= len(b) for a, b in zip(streamed[i], streamed[i][1:]))
     assert sum(map(len, streamed.values())) > 0
+
+
+def test_words_past_the_length_limit_are_served_and_logged_as_not_read(service):
+    from ui.web import decision_markdown, highlights
+
+    a = service.respond("cancel my order " + " ".join(f"w{i}" for i in range(80)), "s-long")  # max_length 64
+    scores = [s for _, s in a.attributions]
+    assert scores[0] is not None and scores[-1] is None
+    assert scores.index(None) > 3 and all(s is None for s in scores[scores.index(None):])
+    row = service.store.get(a.turn_id)
+    assert [s for _, s in row["attributions"]] == scores  # null in the audit log, not a 0 that looks measured
+    assert highlights(a.attributions)[-1] == ("w79", None)  # shown unmarked
+    assert f"the last {scores.count(None)} word(s) were cut" in decision_markdown(a)

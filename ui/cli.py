@@ -57,6 +57,11 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("-o", "--out", help="report directory (default: <model>/reports)")
     e.add_argument("--no-redact", action="store_true", help="read the test messages without PII redaction, to "
                    "measure what redaction costs (reports go to <model>/reports/no-redaction; the card is untouched)")
+    e.add_argument("--target-oos-recall", type=float, default=0.8, metavar="R",
+                   help="suggest the confidence threshold at which this share of the out-of-scope test questions "
+                        "falls back (default 0.8); written to the report, applied only with --apply-threshold")
+    e.add_argument("--apply-threshold", action="store_true",
+                   help="serve with the suggested threshold: write it to the model's settings (its card)")
 
     r = sub.add_parser("redact", help="show what would be stored of a message: PII replaced by <TYPE> placeholders")
     r.add_argument("text", nargs="*", help="messages (default: one per line on standard input)")

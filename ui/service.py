@@ -94,7 +94,7 @@ class Answer:
     fallback: bool
     fallback_reason: str | None
     ranking: list[tuple[str, float]]
-    attributions: list[tuple[str, float]]  # (word, score in [-1, 1]) for the chosen intent
+    attributions: list[tuple[str, float | None]]  # (word, score in [-1, 1]) for the chosen intent; None: not read
     explanation_delta: float
     model_version: str
     extra: dict = field(default_factory=dict)
@@ -137,7 +137,7 @@ class ChatService:
         red = read_message(message, self.max_chars)
         conv = self.conversation(session)
         result, explanation = self.batcher.submit((red.text, conv, on_text, cancel))
-        words = [(w.word, round(w.score, 4)) for w in explanation.words]
+        words = [(w.word, round(w.score, 4) if w.read else None) for w in explanation.words]  # None: never read
         turn_id = self.store.log(session=session, text=red.text, reply=result.reply, intent=result.intent,
                                  confidence=result.confidence, fallback=result.fallback,
                                  fallback_reason=result.fallback_reason, attributions=words,

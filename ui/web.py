@@ -46,7 +46,7 @@ def highlights(words: list) -> list[tuple[str, float | None]]:
     for i, (w, s) in enumerate(words):
         if i:
             out.append((" ", None))
-        out.append((w, float(s)))
+        out.append((w, None if s is None else float(s)))  # None: a word the model never read, shown unmarked
     return out
 
 
@@ -55,6 +55,10 @@ def decision_markdown(a: Answer) -> str:
     lines = [f"**Intent:** `{a.intent}` · **confidence** {a.confidence:.2f} · **fallback:** {fallback}"]
     if a.redacted:
         lines.append(f"Redacted before logging: {', '.join(sorted(set(a.redacted)))}")
+    unread = sum(s is None for _, s in a.attributions)
+    if unread:
+        lines.append(f"**Not read:** the last {unread} word(s) were cut by the model's length limit; they are shown "
+                     "unmarked and played no part in the decision.")
     lines.append(f"<small>turn #{a.turn_id} · model {a.model_version} · explanation delta {a.explanation_delta:.1e}"
                  "</small>")
     return "\n\n".join(lines)
@@ -289,10 +293,21 @@ def _eval_summary(reports: Path) -> str:
     s = report.get("summary", {})
     worst = sorted(((k, v["f1-score"]) for k, v in report.items() if isinstance(v, dict) and "confused_with" in v),
                    key=lambda kv: kv[1])[:5]
-    rows = [f"| test examples | {s.get('test_examples', '?')} |", f"| accuracy | {s.get('accuracy', 0):.3f} |",
-            f"| macro-F1 | {s.get('macro_f1', 0):.3f} |", f"| fallback rate | {s.get('fallback_rate', 0):.3f} |"]
+    rows = [f"| test examples | {s.get('test_examples', '?')} |",
+            f"| accuracy (intent, without fallback) | {s.get('accuracy', 0):.3f} |",
+            *([f"| answered correctly (with fallback) | {s['accuracy_with_fallback']:.3f} |"]
+              if "accuracy_with_fallback" in s else []),
+            f"| macro-F1 | {s.get('macro_f1', 0):.3f} |", f"| fallback rate | {s.get('fallback_rate', 0):.3f} |",
+            *([f"| expected calibration error | {s['ece']:.3f} |"] if "ece" in s else [])]
     if s.get("oos_examples"):
         rows.append(f"| out-of-scope recall ({s['oos_examples']} questions) | {s.get('oos_recall', 0):.2f} |")
+        if s.get("auroc") is not None:
+            rows.append(f"| AUROC, in scope vs out of scope | {s['auroc']:.3f} |")
+        sug = s.get("suggested_threshold")
+        if sug:
+            rows.append(f"| threshold for OOS recall ≥ {sug['target_oos_recall']:g} | {sug['confidence_threshold']:g} "
+                        f"({'applied' if sug.get('applied') else 'suggested'}; in-scope answered correctly "
+                        f"{sug['accuracy_with_fallback']:.3f}) |")
     return ("## Evaluation (`candor eval`)\n| metric | value |\n|---|---|\n" + "\n".join(rows)
             + "\n\nLowest F1: " + ", ".join(f"`{k}` {v:.2f}" for k, v in worst))
 

@@ -13,7 +13,7 @@ def validate(args) -> int:
     warnings = len(problems) - errors
     status = "INVALID" if errors else "OK"
     print(f"{status}: {args.file}: {len(spec.intents)} intents, {len(spec.examples)} examples, "
-          f"{len(spec.test)} test examples; {errors} error(s), {warnings} warning(s)")
+          f"{len(spec.out_of_scope)} out-of-scope examples, {len(spec.test)} test examples; {errors} error(s), {warnings} warning(s)")
     return 1 if errors else 0
 
 
@@ -29,6 +29,7 @@ def import_(args) -> int:
         spec = fn(src[0], name=args.name) if args.name else fn(src[0])
     dump_bot(spec, args.out)
     _, problems = load_bot(args.out, strict=False)
-    print(f"wrote {args.out}: {len(spec.intents)} intents, {len(spec.examples)} examples, {len(spec.test)} test, "
+    print(f"wrote {args.out}: {len(spec.intents)} intents, {len(spec.examples)} examples, "
+          f"{len(spec.out_of_scope)} out-of-scope, {len(spec.test)} test, "
           f"{len(spec.dialogues)} dialogues; {len(problems)} problem(s) — run `candor data validate {args.out}`")
     return 0

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from bot import card as cards
 from bot.dialogue import Bot
-from bot.evaluate import FILES, evaluate as run_eval, write_reports
+from bot.evaluate import FILES, OOS_FILE, evaluate as run_eval, write_reports
 from bot.spec import Example, demo_bot_path, load_bot
 from safety.guard import served_text
 
@@ -29,14 +29,35 @@ def evaluate(args) -> int:
         return 1
     test = [Example(served_text(e.text, redact=not args.no_redact), e.intent, e.line)  # as a served turn reads them
             for e in spec.test]
-    result = run_eval(bot.model, bot.enc, test, bot.settings)
+    if not 0 < args.target_oos_recall <= 1:
+        print(f"candor eval: --target-oos-recall must be above 0 and at most 1, got {args.target_oos_recall}")
+        return 2
+    result = run_eval(bot.model, bot.enc, test, bot.settings, target_oos_recall=args.target_oos_recall)
+    s = result["summary"]
+    sug = s.get("suggested_threshold")
+    if args.apply_threshold:
+        if not sug:
+            print(f"candor eval: {source} has no out_of_scope test questions, so there is no threshold to apply")
+            return 1
+        if args.no_redact:
+            print("candor eval: --apply-threshold needs the test set read as served (without --no-redact)")
+            return 2
+        cards.update(args.model, settings={**bot.card.get("settings", {}), "confidence_threshold": sug["confidence_threshold"]})
+        sug["applied"] = True
     out = write_reports(result, args.out or Path(args.model) / "reports" / ("no-redaction" if args.no_redact else ""))
     if not args.no_redact:
-        cards.update(args.model, metrics=result["summary"])
-    s = result["summary"]
-    print(f"{s['test_examples']} test utterances: accuracy {s['accuracy']:.3f}, macro-F1 {s['macro_f1']:.3f}, "
-          f"fallback rate {s['fallback_rate']:.3f}"
-          + (f", out-of-scope recall {s['oos_recall']:.3f}" if s["oos_recall"] is not None else ""))
-    for name in FILES:
+        cards.update(args.model, metrics=s)
+    print(f"{s['test_examples']} test utterances ({s['oos_examples']} out of scope), confidence threshold "
+          f"{s['confidence_threshold']:g}, temperature {s['temperature']:g}")
+    print(f"  in scope: accuracy {s['accuracy']:.3f} without fallback, {s['accuracy_with_fallback']:.3f} with it "
+          f"(fallback rate {s['fallback_rate']:.3f}); macro-F1 {s['macro_f1']:.3f}; "
+          f"expected calibration error {s['ece']:.3f}")
+    if s["oos_recall"] is not None:
+        print(f"  out of scope: recall {s['oos_recall']:.3f}" + (f", AUROC {s['auroc']:.3f}" if s["auroc"] else ""))
+        print(f"  suggested threshold for OOS recall ≥ {sug['target_oos_recall']:g}: {sug['confidence_threshold']:g} "
+              f"(OOS recall {sug['oos_recall']:.3f}, in-scope accuracy with fallback {sug['accuracy_with_fallback']:.3f})"
+              + (f"; {sug['note']}" if sug.get("note") else "")
+              + ("; APPLIED: the model now serves with it" if sug["applied"] else "; apply it with --apply-threshold"))
+    for name in sorted(p.name for p in out.iterdir() if p.name in FILES or p.name == OOS_FILE):
         print(f"  wrote {out / name}")
     return 0
