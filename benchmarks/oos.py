@@ -147,7 +147,6 @@ def main() -> None:
     th, amb = settings.confidence_threshold, settings.ambiguity_threshold
     read = [served_text(e.text) for e in tqdm(test, desc="reading the in-scope test set as served")]
     oos_read = {k: [served_text(t) for t in tqdm(v, desc=f"reading {k[:30]}")] for k, v in oos.items()}
-    all_oos = [t for v in oos_read.values() for t in v]
     intents = list(spec.intents)
     y = np.array([intents.index(e.intent) for e in test])
 

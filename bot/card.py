@@ -114,6 +114,10 @@ def render(card: dict, robustness: bool = True) -> str:
         if metrics.get("oos_recall") is not None:
             lines.append(f"- Out-of-scope recall {metrics['oos_recall']:.3f} ({metrics['oos_examples']} questions)"
                          + (f", AUROC in-scope vs out-of-scope {metrics['auroc']:.3f}" if metrics.get("auroc") else ""))
+        if metrics.get("replies"):
+            r = metrics["replies"]
+            lines.append(f"- Replies, ROUGE-L against {r['examples']} held-out reference replies: " + ", ".join(
+                f"{way} {m['rouge_l']:.3f}" for way, m in r.items() if isinstance(m, dict)))
     if robustness:
         lines += ["", "## Robustness"]
         lines += [robustness_table(card["robustness"])] if card.get("robustness") else [

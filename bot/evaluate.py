@@ -25,6 +25,7 @@ FILES = ("intent_report.json", "intent_errors.json", "intent_confusion_matrix.pn
 OOS_FILE = "oos_histogram.png"  # only when the test set has out-of-scope questions
 ECE_BINS = 15
 FEW_OOS = 50  # below this many out-of-scope test questions a suggested threshold is a rough guide
+REPLY_BATCH = 32
 
 
 def expected_calibration_error(confidence, correct, bins: int = ECE_BINS) -> float:
@@ -214,3 +215,49 @@ def write_reports(result: dict, out_dir: str | Path) -> Path:
     if not result["summary"]["oos_examples"]:
         (out_dir / OOS_FILE).unlink(missing_ok=True)  # from an earlier test set: no longer true
     return out_dir
+
+
+def reply_measures(bot, examples: list[Example], limit: int = 200, seed: int = 0, progress: bool = True) -> dict:
+    """Replies to test examples that carry a held-out reference (`reply:`), with the true intent (reply quality
+    apart from classification), each way the bot can answer: `template` (one authored response at random),
+    `grounded` (the authored response the model scores highest), `generated` (free generation) and `generate
+    mode` (as served: generated, or grounded when the model's own score says the generation is poor). For each:
+    mean ROUGE-L F1 against the reference (Lin, 2004; Google's rouge-score, Porter stemming) and mean
+    repetition rate (share of repeated word 3-grams)."""
+    import random
+
+    from rouge_score import rouge_scorer
+    from tqdm.auto import tqdm
+
+    from bot.generate import fill, generate_replies, repetition, template_reply
+
+    items = [e for e in examples if e.reply and e.intent != OUT_OF_SCOPE][:limit]
+    if not items:
+        return {}
+    prompts = [(e.text, e.intent, []) for e in items]
+    refs = [fill(e.reply, bot.placeholders) for e in items]
+    rng = random.Random(seed)
+    ways = {"template": [template_reply(bot.responses.get(e.intent, []), bot.placeholders, rng) or bot.fallback_text
+                         for e in items]}
+    generated, grounded, served, sources = [], [], [], []
+    bar = tqdm(total=len(items), desc="replies", disable=not progress)
+    for k in range(0, len(items), REPLY_BATCH):
+        part = prompts[k:k + REPLY_BATCH]
+        for p, g in zip(part, generate_replies(bot.model, bot.enc, part, bot.settings.max_reply_tokens)):
+            generated.append(fill(g, bot.placeholders))
+            grounded.append(fill(bot.grounded(p)[1] or bot.fallback_text, bot.placeholders))
+            text, source = bot.choose(p, g)
+            served.append(fill(text, bot.placeholders) if text else ways["template"][len(served)])
+            sources.append(source)
+            bar.update(1)
+    bar.close()
+    ways.update({"grounded": grounded, "generated": generated, "generate mode": served})
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    out = {way: {"rouge_l": float(np.mean([scorer.score(r, h)["rougeL"].fmeasure for r, h in zip(refs, hyps)])),
+                 "repetition": float(np.mean([repetition(h) for h in hyps])),
+                 "mean_words": float(np.mean([len(h.split()) for h in hyps]))}
+           for way, hyps in ways.items()}
+    out["generate mode"]["kept_generated"] = sources.count("generated") / len(sources)
+    return {"examples": len(items), "ways": out,
+            "samples": [{"text": e.text, "reference": r, **{w: ways[w][i] for w in ways}}
+                        for i, (e, r) in enumerate(zip(items[:5], refs))]}

@@ -106,3 +106,33 @@ def generate_reply(model: DialogueModel, enc: Encoder, text: str, intent: str, c
     if isinstance(out, BaseException):
         raise out
     return out
+
+
+@torch.no_grad()
+def reply_scores(model: DialogueModel, enc: Encoder, prompt: tuple[str, str, list[Turn]], replies: list[str],
+                 max_new_tokens: int = 96) -> list[float]:
+    """The model's own score for each candidate reply to `prompt`: the mean log-probability of its tokens
+    (and the end token) after `... <|user|> text<|intent|> intent<|bot|>`, in nats per token."""
+    if not replies:
+        return []
+    text, intent, context = prompt
+    rows, labels = [], []
+    for r in replies:
+        target = (enc.words(r) + [enc.eos])[:max_new_tokens]
+        head = enc.prompt(text, intent, context, budget=len(target))
+        target = target[: enc.max_length - len(head)]
+        rows.append(head + target)
+        labels.append([-100] * len(head) + target)
+    b = enc.pad_batch(rows, labels)
+    logits = model.lm(input_ids=b["input_ids"].to(model.device), attention_mask=b["attention_mask"].to(model.device)).logits
+    lab = b["labels"][:, 1:].to(model.device)
+    logp = logits[:, :-1].float().log_softmax(-1).gather(-1, lab.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    keep = lab != -100
+    return ((logp * keep).sum(1) / keep.sum(1).clamp_min(1)).tolist()
+
+
+def repetition(text: str, n: int = 3) -> float:
+    """Share of the reply's word n-grams that repeat an earlier one (0: none; degenerate loops approach 1)."""
+    words = text.lower().split()
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    return 1 - len(set(grams)) / len(grams) if grams else 0.0

@@ -115,7 +115,8 @@ def bitext_placeholder(name: str) -> str:
 
 def from_bitext(path: str | Path, name: str = "bitext_support", responses_per_intent: int = 5,
                 test_fraction: float = 0.1, seed: int = 0) -> BotSpec:
-    """Bitext customer-support CSV (instruction, intent, response).
+    """Bitext customer-support CSV (instruction, intent, response); each test example keeps its own row's
+    response as a held-out reference reply.
 
     Keeps every instruction as an example (a stratified `test_fraction` goes to the test set) and
     `responses_per_intent` generic replies per intent: ones tied to no entity first, then shortest,
@@ -124,23 +125,27 @@ def from_bitext(path: str | Path, name: str = "bitext_support", responses_per_in
     """
     path = Path(path)
     rows = _read_csv(path, ("instruction",), ("intent",))
-    by_intent, candidates = defaultdict(list), defaultdict(list)
+    by_intent, candidates, reply_of = defaultdict(list), defaultdict(list), {}
     for _, row in rows:
         by_intent[row["intent"].strip()].append(row["instruction"].strip())
         has_entity = bool((row.get("entity_type") or "").strip())
         candidates[row["intent"].strip()].append((has_entity, row["response"].strip()))
+        reply_of.setdefault(normalize(row["instruction"]), (has_entity, row["response"].strip()))
+
+    def template(has_entity: bool, r: str) -> str:
+        return _BITEXT_SLOT.sub(lambda m: "{" + bitext_placeholder(m.group(1)) + "}",
+                                _NUMBER.sub("{order_number}", r) if has_entity else r)
+
     rng = random.Random(seed)
     responses, test = {}, []
     for intent, texts in by_intent.items():
         texts = list({normalize(t): t for t in texts}.values())
         rng.shuffle(texts)
         n_test = int(round(len(texts) * test_fraction))
-        test += [Example(t, intent) for t in texts[:n_test]]
+        test += [Example(t, intent, reply=template(*reply_of[normalize(t)])) for t in texts[:n_test]]
         by_intent[intent] = texts[n_test:]
-        pool = sorted(set(candidates[intent]), key=lambda c: (c[0], len(c[1]) > 700, len(_BITEXT_SLOT.findall(c[1])), len(c[1])))
-        responses[intent] = [_BITEXT_SLOT.sub(lambda m: "{" + bitext_placeholder(m.group(1)) + "}",
-                                              _NUMBER.sub("{order_number}", r) if has_entity else r)
-                             for has_entity, r in pool[:responses_per_intent]]
+        pool = sorted(set(candidates[intent]), key=lambda c: (c[0], len(c[1]) > 700, len(_BITEXT_SLOT.findall(c[1])), len(c[1]), c[1]))
+        responses[intent] = [template(has_entity, r) for has_entity, r in pool[:responses_per_intent]]
     spec = _spec(name, by_intent, responses, source=f"response column of {path.name}")
     spec.test = test
     return spec

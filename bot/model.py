@@ -64,7 +64,9 @@ class DialogueModel(nn.Module):
     def intent_probs(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor,
                      inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
         """Calibrated probabilities over intents: what the bot decides with and what explanations explain."""
-        return (self.intent_logits(input_ids, attention_mask, inputs_embeds).float() / self.temperature).softmax(-1)
+        logits = (self.intent_logits(input_ids, attention_mask) if inputs_embeds is None
+                  else self.intent_logits(None, attention_mask, inputs_embeds))
+        return (logits.float() / self.temperature).softmax(-1)
 
     def forward(self, input_ids, attention_mask, position_ids, intent_pos):
         """Both heads from one pass over `<|user|> text<|intent|> name<|bot|> reply`: intent logits at

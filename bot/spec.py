@@ -45,6 +45,7 @@ class Example:
     text: str
     intent: str
     line: int | None = None
+    reply: str | None = None  # test examples only: a held-out reference reply (`candor eval --replies`)
 
 
 @dataclass
@@ -172,7 +173,8 @@ class BotSpec:
                 for n, i in self.intents.items()
             },
             "out_of_scope": [str(e.text) for e in self.out_of_scope],
-            "test": [{"text": str(e.text), "intent": str(e.intent)} for e in self.test],
+            "test": [{"text": str(e.text), "intent": str(e.intent), **({"reply": str(e.reply)} if e.reply else {})}
+                     for e in self.test],
             "dialogues": [[dataclasses.asdict(t) for t in d] for d in self.dialogues],
         }
 
@@ -369,7 +371,12 @@ def parse_bot(text: str, file: str = "<memory>", problems: list[Problem] | None 
         if not isinstance(item, dict) or "text" not in item or "intent" not in item:
             problems.append(Problem(file, _line(item), "error", "each test entry needs 'text' and 'intent'"))
             continue
-        spec.test.append(Example(str(item["text"]).strip(), str(item["intent"]), _line(item["text"])))
+        unknown = set(item) - {"text", "intent", "reply"}
+        if unknown:
+            problems.append(Problem(file, _line(item["text"]), "error", f"unknown key(s) in a test entry: "
+                                    f"{', '.join(sorted(map(str, unknown)))} (use 'text', 'intent' and optionally 'reply')"))
+        reply = str(item["reply"]).strip() if item.get("reply") else None
+        spec.test.append(Example(str(item["text"]).strip(), str(item["intent"]), _line(item["text"]), reply))
 
     for d in doc.get("dialogues") or []:
         turns = []

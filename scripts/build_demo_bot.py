@@ -10,6 +10,8 @@ s.placeholders = {"customer_support_phone_number": "1-800-555-0199", "website_na
  "live_chat": "Live Chat", "order_history": "Order History", "cancel_order": "Cancel Order", "purchases": "Purchases",
  "cancel": "Cancel", "request_cancellation": "Request Cancellation", "customer_support_email": "support@candor-shop.example",
  "customer_support_availability": "24/7"}
+for intent in s.intents.values():  # the demo's replies are its published responses (public Bitext sample), not private data
+    intent.responses_source = ""
 s.training.pretrain_epochs = 1
 s.training.epochs = 6
 s.training.patience = 2

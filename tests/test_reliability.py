@@ -49,7 +49,9 @@ def _check_answer(a, intents: set[str]) -> None:
     assert a.intent in intents and 0.0 <= a.confidence <= 1.0 and isinstance(a.fallback, bool)
     assert a.text and not any(unicodedata.category(c)[0] == "C" for c in a.text)  # no control/format characters
     assert len(a.text) <= MAX_CHARS and isinstance(a.reply, str) and a.reply
-    assert all(isinstance(w, str) and -1.0 <= s <= 1.0 for w, s in a.attributions)
+    assert all(isinstance(w, str) and (s is None or -1.0 <= s <= 1.0) for w, s in a.attributions)
+    scores = [s for _, s in a.attributions]  # None: past the length limit, so only ever at the end
+    assert None not in scores or set(scores[scores.index(None):]) == {None}
 
 
 def test_ten_thousand_hostile_messages_through_the_service(trained_tiny, tmp_path, monkeypatch):

@@ -22,7 +22,7 @@ from bot.train import Trainer
 from safety.attack_report import Outcome, summarise
 from safety.guard import read_message
 from safety.privacy import DPTrainer
-from safety.recipes import RECIPES, offline
+from safety.recipes import offline
 from tests.conftest import tiny_bot_dict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,8 +126,8 @@ def test_wrapper_batches_like_one_at_a_time_and_reads_like_the_served_turn(train
     assert served[3] == "talk to a human now" and served[4] == "cancel my order" and "<EMAIL_ADDRESS>" in served[5]
     np.testing.assert_allclose(together[:6], predict_proba(bot.model, bot.enc, served).numpy(), atol=1e-5)
     service = ChatService(trained_tiny, str(tmp_path / "audit.sqlite"), explain_steps=4)
-    for t, p in zip(texts[:6], together[:6]):
-        answer = service.respond(t, "s")
+    for k, (t, p) in enumerate(zip(texts[:6], together[:6])):
+        answer = service.respond(t, f"s{k}")  # one session each: no earlier message to read a follow-up with
         assert answer.intent == bot.model.intents[int(p.argmax())]
         assert answer.confidence == pytest.approx(float(p.max()), abs=1e-5)
     np.testing.assert_allclose(together[6:], 1 / len(bot.model.intents))  # refused: no decision

@@ -60,6 +60,10 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--target-oos-recall", type=float, default=0.8, metavar="R",
                    help="suggest the confidence threshold at which this share of the out-of-scope test questions "
                         "falls back (default 0.8); written to the report, applied only with --apply-threshold")
+    e.add_argument("--replies", action="store_true",
+                   help="also measure replies against the test set's held-out reference replies (`reply:`): ROUGE-L "
+                        "and repetition for template, grounded, generated and generate-mode replies")
+    e.add_argument("--reply-limit", type=int, default=200, help="with --replies: at most this many test examples")
     e.add_argument("--apply-threshold", action="store_true",
                    help="serve with the suggested threshold: write it to the model's settings (its card)")
 

@@ -53,6 +53,9 @@ def highlights(words: list) -> list[tuple[str, float | None]]:
 def decision_markdown(a: Answer) -> str:
     fallback = f"**yes** ({a.fallback_reason})" if a.fallback else "no"
     lines = [f"**Intent:** `{a.intent}` · **confidence** {a.confidence:.2f} · **fallback:** {fallback}"]
+    if a.context:
+        lines.append("Read as a follow-up: on its own the message was unclear, so the bot read it with your previous "
+                     "message, which confirmed that intent. The highlighted words are this message's share.")
     if a.redacted:
         lines.append(f"Redacted before logging: {', '.join(sorted(set(a.redacted)))}")
     unread = sum(s is None for _, s in a.attributions)
@@ -308,6 +311,10 @@ def _eval_summary(reports: Path) -> str:
             rows.append(f"| threshold for OOS recall ≥ {sug['target_oos_recall']:g} | {sug['confidence_threshold']:g} "
                         f"({'applied' if sug.get('applied') else 'suggested'}; in-scope answered correctly "
                         f"{sug['accuracy_with_fallback']:.3f}) |")
+    replies = s.get("replies")
+    if replies:
+        rows += [f"| replies, {way}: ROUGE-L / repetition ({replies['examples']} references) | "
+                 f"{m['rouge_l']:.3f} / {m['repetition']:.3f} |" for way, m in replies.items() if isinstance(m, dict)]
     return ("## Evaluation (`candor eval`)\n| metric | value |\n|---|---|\n" + "\n".join(rows)
             + "\n\nLowest F1: " + ", ".join(f"`{k}` {v:.2f}" for k, v in worst))
 

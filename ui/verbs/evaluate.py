@@ -5,7 +5,8 @@ from pathlib import Path
 
 from bot import card as cards
 from bot.dialogue import Bot
-from bot.evaluate import FILES, OOS_FILE, evaluate as run_eval, write_reports
+from bot.evaluate import FILES, OOS_FILE, evaluate as run_eval, reply_measures, write_reports
+from bot.io import atomic_write_json
 from bot.spec import Example, demo_bot_path, load_bot
 from safety.guard import served_text
 
@@ -20,6 +21,9 @@ def bot_file_for(card: dict, given: str | None) -> Path:
     return Path(source)
 
 
+REPLY_FILE = "reply_report.json"
+
+
 def evaluate(args) -> int:
     bot = Bot(args.model)
     source = bot_file_for(bot.card, args.bot)
@@ -27,7 +31,7 @@ def evaluate(args) -> int:
     if not spec.test:
         print(f"candor eval: {source} has no 'test:' examples to evaluate on")
         return 1
-    test = [Example(served_text(e.text, redact=not args.no_redact), e.intent, e.line)  # as a served turn reads them
+    test = [Example(served_text(e.text, redact=not args.no_redact), e.intent, e.line, e.reply)  # as a turn reads them
             for e in spec.test]
     if not 0 < args.target_oos_recall <= 1:
         print(f"candor eval: --target-oos-recall must be above 0 and at most 1, got {args.target_oos_recall}")
@@ -44,7 +48,12 @@ def evaluate(args) -> int:
             return 2
         cards.update(args.model, settings={**bot.card.get("settings", {}), "confidence_threshold": sug["confidence_threshold"]})
         sug["applied"] = True
+    replies = reply_measures(bot, test, limit=args.reply_limit) if args.replies else None
+    if replies:
+        s["replies"] = {"examples": replies["examples"], **replies["ways"]}
     out = write_reports(result, args.out or Path(args.model) / "reports" / ("no-redaction" if args.no_redact else ""))
+    if replies:
+        atomic_write_json(out / REPLY_FILE, replies)
     if not args.no_redact:
         cards.update(args.model, metrics=s)
     print(f"{s['test_examples']} test utterances ({s['oos_examples']} out of scope), confidence threshold "
@@ -58,6 +67,15 @@ def evaluate(args) -> int:
               f"(OOS recall {sug['oos_recall']:.3f}, in-scope accuracy with fallback {sug['accuracy_with_fallback']:.3f})"
               + (f"; {sug['note']}" if sug.get("note") else "")
               + ("; APPLIED: the model now serves with it" if sug["applied"] else "; apply it with --apply-threshold"))
-    for name in sorted(p.name for p in out.iterdir() if p.name in FILES or p.name == OOS_FILE):
+    if args.replies and not replies:
+        print(f"  replies: {source} has no test examples with a reference 'reply:' to measure against")
+    elif replies:
+        print(f"  replies to {replies['examples']} test examples against their held-out references (true intent):")
+        print("    way             ROUGE-L  repetition  words")
+        for way, m in replies["ways"].items():
+            print(f"    {way:<15} {m['rouge_l']:.3f}    {m['repetition']:.3f}       {m['mean_words']:.0f}"
+                  + (f"   (kept the generated reply {m['kept_generated']:.0%} of the time)" if "kept_generated" in m else ""))
+    written = set(FILES) | ({OOS_FILE} if s["oos_examples"] else set()) | ({REPLY_FILE} if replies else set())
+    for name in sorted(written):
         print(f"  wrote {out / name}")
     return 0
