@@ -6,7 +6,8 @@ Two settings (`--setting`):
 - `demo`: the bundled demo bot (27 customer-support intents; its own in-scope test set) against two sets of
   questions it was never taught: BANKING77 test questions from banking intents a shop does not handle
   (`BANKING_OOS` below), and Schema-Guided-Dialogue *test-split* user turns (the bundled outlier corpus is drawn
-  from the *train* split, so none of these were trained on; filtered as that corpus is: bot/demo/SOURCE.md).
+  from the *train* split; filtered as that corpus is: bot/demo/SOURCE.md). A few common phrasings occur in
+  both splits, so about 2% of these texts are also in the outlier corpus.
 - `banking77`: BANKING77 with 10 intents (drawn with seed 0) held out of training; their test questions are the
   out-of-scope ones, the other 67 intents' test questions the in-scope ones. Nothing like the held-out
   questions is in any outlier corpus: the hardest case.

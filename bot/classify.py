@@ -32,7 +32,6 @@ class Decision:
     reason: str | None  # "low_confidence", "ambiguous" or None
     confidence_threshold: float
     ambiguity_threshold: float
-    context: bool = False  # decided on the user's previous message + this one (Bot.in_context)
 
 
 def decide(probs: torch.Tensor, intents: list[str], settings: Settings, top_k: int = 5) -> Decision:

@@ -32,7 +32,6 @@ class TurnResult:
     ambiguity_threshold: float
     ranking: list[tuple[str, float]]
     response_mode: str
-    context: bool = False  # the intent was read with the user's previous message (a follow-up)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -64,23 +63,6 @@ class Bot:
     def classify_batch(self, texts: list[str]):
         """One forward pass for several texts; each decision as `classify` would make it."""
         return [decide(p, self.model.intents, self.settings) for p in predict_proba(self.model, self.enc, texts)]
-
-    def in_context(self, texts: list[str], conversations: list[Conversation], decisions: list) -> list:
-        """Follow-ups: a message the bot is unsure of on its own ("it's order 4432, placed yesterday") is read
-        again with the user's previous message in front; when that confidently gives the previous turn's intent,
-        the turn continues it (`context=True`), else the first decision stands. Off with `context_turns: 0`."""
-        if not self.settings.context_turns:
-            return decisions
-        follow = [i for i, d in enumerate(decisions)
-                  if d.fallback and conversations[i].turns and conversations[i].turns[-1].intent]
-        if not follow:
-            return decisions
-        decisions = list(decisions)
-        joined = [f"{conversations[i].turns[-1].user} {texts[i]}" for i in follow]
-        for i, d in zip(follow, self.classify_batch(joined)):
-            if not d.fallback and d.intent == conversations[i].turns[-1].intent:
-                decisions[i] = dataclasses.replace(d, context=True)
-        return decisions
 
     def reply(self, text: str, intent: str, context: list[Turn], on_text=None) -> str:
         """The reply for a confident intent (see `replies`)."""
@@ -145,7 +127,7 @@ class Bot:
         """Several turns at once: one classification pass (unless `decisions` are given) and one batch of
         generated replies, the same results as one at a time. Each turn is appended to its conversation; an
         item whose stream raised gets that exception instead (and no turn)."""
-        decisions = self.in_context(texts, conversations, decisions or self.classify_batch(texts))
+        decisions = decisions or self.classify_batch(texts)
         on_texts = on_texts or [None] * len(texts)
         k = self.settings.context_turns
         contexts = [c.turns[-k:] if k else [] for c in conversations]
@@ -161,5 +143,5 @@ class Bot:
             conversation.turns.append(Turn(text, reply, None if decision.fallback else decision.intent))
             results.append(TurnResult(text, reply, decision.intent, decision.confidence, decision.fallback,
                                       decision.reason, decision.confidence_threshold, decision.ambiguity_threshold,
-                                      decision.ranking, self.settings.response_mode, decision.context))
+                                      decision.ranking, self.settings.response_mode))
         return results

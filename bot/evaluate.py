@@ -51,6 +51,12 @@ def threshold_for_recall(oos_top, oos_ambiguous, target: float) -> float | None:
     return float(min(1.0, np.floor(kth * 1e4 + 1) / 1e4))
 
 
+def ambiguous(d) -> bool:
+    """Whether decision `d` falls back as ambiguous at any confidence threshold (top-2 gap below the ambiguity
+    threshold; `decide` names only one reason, so a low-confidence decision may be ambiguous too)."""
+    return len(d.ranking) > 1 and d.ranking[0][1] - d.ranking[1][1] < d.ambiguity_threshold
+
+
 def oos_measures(in_top, in_correct, in_fallback, oos_top, oos_fallback) -> dict:
     """Out-of-scope recall and AUROC (out-of-scope as the positive class, scored by 1 − confidence)."""
     if not len(oos_top):
@@ -97,11 +103,11 @@ def evaluate(model, enc, examples: list[Example], settings: Settings, target_oos
         "temperature": round(model.temperature, 4),
     }
     if oos:
-        t = threshold_for_recall([d.confidence for d in oos], [d.reason == "ambiguous" for d in oos], target_oos_recall)
-        at = [d.confidence < t or d.reason == "ambiguous" for d in oos]
+        t = threshold_for_recall([d.confidence for d in oos], [ambiguous(d) for d in oos], target_oos_recall)
+        at = [d.confidence < t or ambiguous(d) for d in oos]
         summary["suggested_threshold"] = {
             "target_oos_recall": target_oos_recall, "confidence_threshold": t, "oos_recall": float(np.mean(at)),
-            "accuracy_with_fallback": float(np.mean([c and d.confidence >= t and d.reason != "ambiguous"
+            "accuracy_with_fallback": float(np.mean([c and d.confidence >= t and not ambiguous(d)
                                                      for c, (_, d) in zip(correct, in_scope)])) if in_scope else 0.0,
             "applied": False,
             **({"note": f"only {len(oos)} out-of-scope test questions: a rough guide"} if len(oos) < FEW_OOS else {}),
@@ -188,7 +194,8 @@ def _oos_png(result: dict, path: Path) -> None:
                    label=f"suggested {sug['confidence_threshold']:g} (OOS recall {sug['target_oos_recall']:.0%})")
     ax.set_xlabel("confidence of the predicted intent (below the threshold: fallback)")
     ax.set_ylabel("density")
-    ax.set_title(f"In scope vs out of scope: OOS recall {s['oos_recall']:.2f}, AUROC {s['auroc']:.3f}")
+    ax.set_title(f"In scope vs out of scope: OOS recall {s['oos_recall']:.2f}"
+                 + (f", AUROC {s['auroc']:.3f}" if s["auroc"] is not None else ""))
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -112,14 +112,15 @@ def generate_reply(model: DialogueModel, enc: Encoder, text: str, intent: str, c
 def reply_scores(model: DialogueModel, enc: Encoder, prompt: tuple[str, str, list[Turn]], replies: list[str],
                  max_new_tokens: int = 96) -> list[float]:
     """The model's own score for each candidate reply to `prompt`: the mean log-probability of its tokens
-    (and the end token) after `... <|user|> text<|intent|> intent<|bot|>`, in nats per token."""
+    (and the end token, unless cut at `max_new_tokens`) after `... <|user|> text<|intent|> intent<|bot|>`, in
+    nats per token. Every candidate is scored after the same prompt (room left for the longest one)."""
     if not replies:
         return []
     text, intent, context = prompt
+    targets = [(enc.words(r) + [enc.eos])[:max_new_tokens] for r in replies]
+    head = enc.prompt(text, intent, context, budget=min(max(map(len, targets)), enc.max_length // 2))
     rows, labels = [], []
-    for r in replies:
-        target = (enc.words(r) + [enc.eos])[:max_new_tokens]
-        head = enc.prompt(text, intent, context, budget=len(target))
+    for target in targets:
         target = target[: enc.max_length - len(head)]
         rows.append(head + target)
         labels.append([-100] * len(head) + target)

@@ -104,7 +104,9 @@ def build(settings: ModelSettings, tokenizer: PreTrainedTokenizerBase, intents: 
         lm = AutoModelForCausalLM.from_pretrained(settings.base)
         lm.resize_token_embeddings(len(tokenizer))
         lm.config.pad_token_id = tokenizer.pad_token_id
-    return DialogueModel(lm, intents)
+    model = DialogueModel(lm, intents)
+    model.temperature = 1.0  # a base that was itself a Candor model brings its own: this model is not calibrated yet
+    return model
 
 
 def make_tokenizer(settings: ModelSettings, corpus: list[str]):

@@ -98,8 +98,9 @@ class TrainSettings:
     reply_batch_size: int = 8
     word_dropout: float = 0.1  # chance of dropping (and of inserting) a word in a training utterance's view
     # Outlier exposure: public text that belongs to no intent, trained toward a uniform intent distribution so
-    # that unfamiliar questions get a low confidence. "" = the bundled public sample (bot/demo/SOURCE-sgd.md),
-    # "none" = off, else a .txt/.csv/bot file. The bot file's own `out_of_scope:` examples are always used.
+    # that unfamiliar questions get a low confidence. "" = the bundled public sample (bot/demo/SOURCE.md),
+    # "none" = no public text, else a .txt/.csv/bot file. The bot file's own `out_of_scope:` examples are used
+    # too, whenever outlier exposure is on (outlier_weight > 0; not yet under DP).
     outlier_corpus: str = ""
     outlier_weight: float = 0.5  # weight of the outlier loss; 0 turns outlier exposure off
 
@@ -435,6 +436,10 @@ def validate(spec: BotSpec) -> list[Problem]:
                                              f"got '{spec.privacy.imported_responses}'"))
     if spec.training.outlier_weight < 0:
         out.append(Problem(f, None, "error", "training.outlier_weight must be 0 (off) or above"))
+    corpus = spec.training.outlier_corpus
+    if corpus and corpus.lower() != "none" and not Path(corpus).is_file():
+        out.append(Problem(f, None, "error", f"training.outlier_corpus: no such file '{corpus}' (a path from where "
+                                             "you run candor; or \"none\", or leave it out for the bundled corpus)"))
     if not 0 < spec.privacy.count_epsilon < spec.privacy.target_epsilon:
         out.append(Problem(f, None, "error", "privacy.count_epsilon must be above 0 and below privacy.target_epsilon"))
 

@@ -470,15 +470,31 @@ class Trainer:
             if (self.ckpt / "best.safetensors").is_file():
                 load_model(self.model, str(self.ckpt / "best.safetensors"), device=str(self.device))
             self.model.eval()
-            if self.calibrate() and self.val_records:
-                self.model.temperature = 1.0
-                y = torch.tensor([self.model.intents.index(r.intent) for r in self.val_records])
-                probs = predict_proba(self.model, self.enc, [r.text for r in self.val_records])
-                self.model.temperature = fit_temperature(probs.clamp_min(1e-12).log(), y)
-                self.log(f"calibration: temperature {self.model.temperature:.3f} (fitted on the validation split)")
+            self.calibration = self._calibrate()
             self._save_final()
         distributed.barrier()  # the other ranks end when the model is saved
         return self.out_dir
+
+    @torch.no_grad()
+    def _calibrate(self) -> dict:
+        """Fit the temperature on the validation split's logits (temperature scaling). Not when the validation
+        split classifies perfectly: its likelihood then only ever grows as the temperature falls, and the fit
+        would sharpen every probability toward 1 (undoing the fallback)."""
+        self.model.temperature = 1.0
+        if not (self.calibrate() and self.val_records):
+            return {"temperature": 1.0, "fitted_on": None}
+        y = torch.tensor([self.model.intents.index(r.intent) for r in self.val_records])
+        logits = []
+        for k in range(0, len(self.val_records), 64):
+            b = self._to(self.enc.pad_batch([self.enc.classify(r.text) for r in self.val_records[k:k + 64]]))
+            logits.append(self.model.intent_logits(b["input_ids"], b["attention_mask"]).float().cpu())
+        logits = torch.cat(logits)
+        if bool((logits.argmax(1) == y).all()):
+            self.log("calibration: not fitted (every validation example is classified right); temperature 1")
+            return {"temperature": 1.0, "fitted_on": None, "why": "every validation example was classified right"}
+        self.model.temperature = fit_temperature(logits, y)
+        self.log(f"calibration: temperature {self.model.temperature:.3f} (fitted on the validation split)")
+        return {"temperature": round(self.model.temperature, 4), "fitted_on": "validation split"}
 
     def _outlier_card(self, counts: bool) -> dict:
         if not self.outliers():
@@ -509,8 +525,7 @@ class Trainer:
                     "reply_examples": len(self.reply_records)} if counts else {}),
                 **({"views": [v.describe() for v in self.views]} if self.views else {}),
                 "outlier_exposure": self._outlier_card(counts),
-                "calibration": ({"temperature": round(self.model.temperature, 4), "fitted_on": "validation split"}
-                                if self.calibrate() and self.val_records else {"temperature": 1.0, "fitted_on": None}),
+                "calibration": getattr(self, "calibration", {"temperature": 1.0, "fitted_on": None}),
                 **{k: v for k, v in best.items() if k.startswith("val")},
             })
             if self.card_sections():

@@ -108,7 +108,9 @@ def test_training_records_outlier_exposure_and_calibration(trained_tiny):
     t = read_card(trained_tiny)["training"]
     assert t["outlier_exposure"]["enabled"] and t["outlier_exposure"]["texts"] > 10_000  # the bundled corpus
     temperature = t["calibration"]["temperature"]
-    assert t["calibration"]["fitted_on"] == "validation split" and temperature != 1.0
+    # fitted, or (a tiny validation split all right) left at 1 with the reason: never sharpened toward 0
+    assert (t["calibration"]["fitted_on"] == "validation split" and temperature != 1.0) or (
+        temperature == 1.0 and "classified right" in t["calibration"]["why"])
     bot = Bot(trained_tiny)
     assert bot.model.temperature == pytest.approx(temperature, abs=1e-4)  # saved in config.json, loaded back
     assert json.loads((trained_tiny / "config.json").read_text())["intent_temperature"] == pytest.approx(temperature, abs=1e-4)
@@ -182,7 +184,6 @@ def test_eval_suggests_a_threshold_and_applies_it_only_when_asked(trained_tiny, 
     summary = json.loads((reports / "intent_report.json").read_text())["summary"]
     sug = summary["suggested_threshold"]
     assert summary["oos_examples"] == 5 and 0 <= summary["auroc"] <= 1 and 0 <= summary["ece"] <= 1
-    assert summary["accuracy_with_fallback"] <= summary["accuracy"]
     assert sug["oos_recall"] == 1.0 and not sug["applied"] and "rough guide" in sug["note"]
     assert f"{sug['confidence_threshold']:g}" in out and "apply it with --apply-threshold" in out
     assert (reports / "attack_examples.csv").read_text() == "kept"
@@ -196,5 +197,6 @@ def test_eval_suggests_a_threshold_and_applies_it_only_when_asked(trained_tiny, 
     assert served.settings.confidence_threshold == sug["confidence_threshold"]
     probs = [served.classify(e["text"]) for e in bot["test"] if e["intent"] == "out_of_scope"]
     assert all(d.fallback for d in probs)  # recall 1.0 at the applied threshold, as the report said
-    assert np.isclose(read_card(model)["metrics"]["suggested_threshold"]["confidence_threshold"],
-                      sug["confidence_threshold"])
+    metrics = read_card(model)["metrics"]  # measured again at the applied threshold
+    assert metrics["confidence_threshold"] == sug["confidence_threshold"] and metrics["oos_recall"] == 1.0
+    assert np.isclose(metrics["suggested_threshold"]["confidence_threshold"], sug["confidence_threshold"])

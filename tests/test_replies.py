@@ -1,14 +1,12 @@
-"""Generate mode grounded in the authored responses, reply measures against held-out references, and
-follow-up messages read with the previous one."""
+"""Generate mode grounded in the authored responses, and reply measures against held-out references."""
 import json
 
 import pytest
 import yaml
 
-from bot.classify import Decision
-from bot.dialogue import Bot, Conversation
+from bot.dialogue import Bot
 from bot.generate import repetition, reply_scores
-from bot.spec import Settings, Turn
+from bot.spec import Settings
 from tests.conftest import tiny_bot_dict
 from ui.cli import main
 
@@ -57,45 +55,6 @@ def test_generate_mode_replies_say_where_they_came_from(bot, monkeypatch):
     assert len(out) == 2 and all(out) and set(sources) <= {"generated", "grounded"}
     for text, source, intent in zip(out, sources, ("cancel_order", "track_order")):
         assert source == "generated" or text in bot.responses[intent]
-
-
-def _decision(intent, confidence, fallback):
-    return Decision(intent, confidence, [(intent, confidence)], fallback, "low_confidence" if fallback else None,
-                    0.3, 0.1)
-
-
-def test_an_unclear_follow_up_is_read_with_the_previous_message(bot, monkeypatch):
-    seen = []
-
-    def classify(texts):
-        seen.extend(texts)
-        return [_decision("cancel_order", 0.9, False) if "cancel" in t else _decision("track_order", 0.2, True)
-                for t in texts]
-
-    monkeypatch.setattr(bot, "classify_batch", classify)
-    earlier = Conversation([Turn("I want to cancel my order", "Sure.", "cancel_order")])
-    d = bot.in_context(["it's order 4432, placed yesterday"], [earlier], classify(["it's order 4432, placed yesterday"]))
-    assert d[0].intent == "cancel_order" and not d[0].fallback and d[0].context
-    assert seen[-1] == "I want to cancel my order it's order 4432, placed yesterday"
-
-    other = Conversation([Turn("where is my parcel", "On its way.", "track_order")])  # joined text still unclear
-    assert bot.in_context(["hm"], [other], [_decision("track_order", 0.2, True)])[0].fallback
-    fell_back = Conversation([Turn("zzz", "Sorry?", None)])  # the previous turn had no intent to continue
-    assert bot.in_context(["hm"], [fell_back], [_decision("x", 0.2, True)])[0].fallback
-    confident = _decision("track_order", 0.95, False)  # a clear message is never re-read
-    assert bot.in_context(["where is it"], [earlier], [confident]) == [confident]
-    monkeypatch.setattr(bot.settings, "context_turns", 0)
-    assert bot.in_context(["hm"], [earlier], [_decision("x", 0.2, True)])[0].fallback
-
-
-def test_a_turn_read_as_a_follow_up_says_so(bot, monkeypatch):
-    monkeypatch.setattr(bot, "classify_batch", lambda texts: [
-        _decision("cancel_order", 0.9, False) if "cancel" in t else _decision("track_order", 0.2, True) for t in texts])
-    conversation = Conversation()
-    first = bot.turn("cancel my order", conversation)
-    second = bot.turn("number 4432", conversation)
-    assert not first.context and second.context and second.intent == "cancel_order" and not second.fallback
-    assert conversation.turns[-1].intent == "cancel_order"  # a third message may continue it again
 
 
 def test_eval_measures_replies_against_held_out_references(trained_tiny, tmp_path, capsys):

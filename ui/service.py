@@ -98,7 +98,6 @@ class Answer:
     explanation_delta: float
     model_version: str
     extra: dict = field(default_factory=dict)
-    context: bool = False  # the intent was read with the user's previous message (a follow-up: bot/dialogue.py)
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in ("turn_id", "text", "redacted", "reply", "intent", "confidence",
@@ -144,8 +143,7 @@ class ChatService:
                                  fallback_reason=result.fallback_reason, attributions=words,
                                  model_version=self.version)
         return Answer(turn_id, red.text, red.found, result.reply, result.intent, result.confidence, result.fallback,
-                      result.fallback_reason, result.ranking[:5], words, explanation.delta, self.version,
-                      context=result.context)
+                      result.fallback_reason, result.ranking[:5], words, explanation.delta, self.version)
 
     def _model_batch(self, items: list) -> list:
         """Model work for several turns: one classification pass, each reply, one Captum call.

@@ -53,9 +53,6 @@ def highlights(words: list) -> list[tuple[str, float | None]]:
 def decision_markdown(a: Answer) -> str:
     fallback = f"**yes** ({a.fallback_reason})" if a.fallback else "no"
     lines = [f"**Intent:** `{a.intent}` · **confidence** {a.confidence:.2f} · **fallback:** {fallback}"]
-    if a.context:
-        lines.append("Read as a follow-up: on its own the message was unclear, so the bot read it with your previous "
-                     "message, which confirmed that intent. The highlighted words are this message's share.")
     if a.redacted:
         lines.append(f"Redacted before logging: {', '.join(sorted(set(a.redacted)))}")
     unread = sum(s is None for _, s in a.attributions)

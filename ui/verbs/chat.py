@@ -37,6 +37,5 @@ def chat(args, stdin=None, stdout=None) -> int:
         r = bot.turn(text, conversation)
         print(f"bot> {r.reply}", file=stdout)
         flag = f"FALLBACK ({r.fallback_reason})" if r.fallback else "no fallback"
-        follow = ", read with your previous message" if r.context else ""
-        print(f"     [intent {r.intent}, confidence {r.confidence:.2f}, {flag}{follow}]", file=stdout, flush=True)
+        print(f"     [intent {r.intent}, confidence {r.confidence:.2f}, {flag}]", file=stdout, flush=True)
     return 0

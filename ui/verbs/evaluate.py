@@ -47,6 +47,10 @@ def evaluate(args) -> int:
             print("candor eval: --apply-threshold needs the test set read as served (without --no-redact)")
             return 2
         cards.update(args.model, settings={**bot.card.get("settings", {}), "confidence_threshold": sug["confidence_threshold"]})
+        bot.settings.confidence_threshold = sug["confidence_threshold"]  # measured again at the threshold now served
+        result = run_eval(bot.model, bot.enc, test, bot.settings, target_oos_recall=args.target_oos_recall)
+        s = result["summary"]
+        sug = s["suggested_threshold"]
         sug["applied"] = True
     replies = reply_measures(bot, test, limit=args.reply_limit) if args.replies else None
     if replies:
