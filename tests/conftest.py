@@ -33,6 +33,10 @@ _PREFIX = ["", "hi, ", "hello ", "please ", "hey there ", "excuse me, ", "quick 
 _SUFFIX = ["", " now", " today", " thanks", " asap", "?", " please", " right away"]
 
 
+TINY_OUT_OF_SCOPE = ("reserve a hotel room in paris", "what's the score of the game", "recommend a good novel",
+                     "set an alarm for seven", "translate hello into french", "how tall is mount everest")
+
+
 def tiny_bot_dict(n_per_intent: int = 24, **training) -> dict:
     intents, test = {}, []
     for name, phrases in _PHRASES.items():
@@ -48,8 +52,10 @@ def tiny_bot_dict(n_per_intent: int = 24, **training) -> dict:
         "model": dict(TINY_MODEL),
         "training": {"seed": 0, "epochs": 6, "pretrain_epochs": 1, "batch_size": 16, "learning_rate": 3e-3,
                      "val_fraction": 0.15, "patience": 10, "checkpoint_every": 0, "reply_batch_size": 4,
-                     **training},
-        "intents": intents, "test": test,
+                     # outlier exposure on the bot file's own examples only: the bundled 12,000-text corpus (used by
+                     # the demo test) would cost every tiny training a TF-IDF pass
+                     "outlier_corpus": "none", **training},
+        "intents": intents, "out_of_scope": list(TINY_OUT_OF_SCOPE), "test": test,
     }
 
 

@@ -24,8 +24,7 @@ def _candor(cwd, *args, stdin=None, timeout=300):
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("demo")
-    # the bundled demo bot (no bot argument); 3 of its 6 epochs keep CI short (validation accuracy 0.977 by then)
-    res = _candor(cwd, "train", "-q", "--epochs", "3", timeout=1500)
+    res = _candor(cwd, "train", "-q", timeout=1500)  # no arguments: the bundled demo bot, as the README's command
     assert res.returncode == 0, res.stderr[-2000:]
     return cwd
 

@@ -15,7 +15,7 @@ from bot.evaluate import expected_calibration_error, oos_measures, threshold_for
 from bot.importers import from_csv, from_rasa
 from bot.model import read_card
 from bot.spec import OUT_OF_SCOPE, BotFileError, dump_bot, load_bot, parse_bot
-from tests.conftest import tiny_bot_dict
+from tests.conftest import TINY_OUT_OF_SCOPE, tiny_bot_dict
 from ui.cli import main
 
 
@@ -106,7 +106,9 @@ def test_outlier_texts_drop_what_looks_like_the_bots_own_examples(tmp_path):
 
 def test_training_records_outlier_exposure_and_calibration(trained_tiny):
     t = read_card(trained_tiny)["training"]
-    assert t["outlier_exposure"]["enabled"] and t["outlier_exposure"]["texts"] > 10_000  # the bundled corpus
+    oe = t["outlier_exposure"]  # the tiny bot's own out_of_scope examples (tests/conftest.py)
+    assert oe["enabled"] and oe["corpus"] == "none" and oe["texts"] == len(TINY_OUT_OF_SCOPE)
+    assert oe["bot_file_out_of_scope_examples"] == len(TINY_OUT_OF_SCOPE)
     temperature = t["calibration"]["temperature"]
     # fitted, or (a tiny validation split all right) left at 1 with the reason: never sharpened toward 0
     assert (t["calibration"]["fitted_on"] == "validation split" and temperature != 1.0) or (
