@@ -78,7 +78,7 @@ def render(card: dict, robustness: bool = True) -> str:
                         if "texts" in oe else "") if oe.get("enabled") else "- Outlier exposure: off")
     if cal is not None:
         lines.append(f"- Confidence calibration: temperature {cal['temperature']} fitted on the {cal['fitted_on']}"
-                     if cal.get("fitted_on") else f"- Confidence calibration: none (temperature 1"
+                     if cal.get("fitted_on") else "- Confidence calibration: none (temperature 1"
                      + (f": {cal['why']})" if cal.get("why") else ")"))
     if t.get("resumed_from_steps"):
         lines.append(f"- Resumed from checkpoints at steps {t['resumed_from_steps']}")

@@ -11,16 +11,22 @@ from bot.spec import Settings
 
 
 @torch.no_grad()
-def predict_proba(model: DialogueModel, enc: Encoder, texts: list[str], batch_size: int = 64) -> torch.Tensor:
-    """Calibrated softmax over intents for each text, shape (len(texts), n_intents), on the CPU."""
+def predict_logits(model: DialogueModel, enc: Encoder, texts: list[str], batch_size: int = 64) -> torch.Tensor:
+    """Raw (uncalibrated) intent logits for each text, shape (len(texts), n_intents), float32 on the CPU."""
     was_training = model.training
     model.eval()
     out = []
     for k in range(0, len(texts), batch_size):
         batch = enc.pad_batch([enc.classify(t) for t in texts[k:k + batch_size]])
-        out.append(model.intent_probs(batch["input_ids"].to(model.device), batch["attention_mask"].to(model.device)).cpu())
+        out.append(model.intent_logits(batch["input_ids"].to(model.device),
+                                       batch["attention_mask"].to(model.device)).float().cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, len(model.intents))
+
+
+def predict_proba(model: DialogueModel, enc: Encoder, texts: list[str], batch_size: int = 64) -> torch.Tensor:
+    """Calibrated softmax over intents for each text, shape (len(texts), n_intents), on the CPU."""
+    return model.calibrated(predict_logits(model, enc, texts, batch_size))
 
 
 @dataclass

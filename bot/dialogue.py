@@ -11,13 +11,13 @@ from bot import model as models
 from bot.classify import decide, predict_proba
 from bot.data import Encoder
 from bot.generate import fill, generate_replies, repetition, reply_scores, template_reply
+from bot.spec import Settings, Turn
 
 MAX_REPETITION = 0.2  # a generated reply that repeats more of its word 3-grams than this is replaced
 # A generated reply must out-score the best authored response by this much (mean log-probability per token, nats)
 # to be sent: greedy decoding maximises the model's own score, so "as high as" kept 73% of the demo model's
 # generations and lost 6 ROUGE-L points to the authored responses (BENCHMARKS.md, "Replies").
 GENERATE_MARGIN = 1.0
-from bot.spec import Settings, Turn
 
 
 @dataclass
@@ -79,15 +79,15 @@ class Bot:
         own = scores[len(extra):]
         return scores, (responses[max(range(len(own)), key=own.__getitem__)] if own else None)
 
-    def choose(self, prompt: tuple[str, str, list[Turn]], generated: str) -> tuple[str | None, str]:
-        """Generate mode's rule for one generated reply: (reply, "generated") if the model scores it at least
-        `GENERATE_MARGIN` above the intent's best authored response and it does not loop; else (that response,
-        "grounded"), else (None, "template")."""
+    def choose(self, prompt: tuple[str, str, list[Turn]], generated: str) -> tuple[str | None, str, str | None]:
+        """Generate mode's rule for one generated reply: (reply, "generated", best) if the model scores it at
+        least `GENERATE_MARGIN` above the intent's best authored response and it does not loop; else (that
+        response, "grounded", best), else (None, "template", None). `best`: the best-scored authored response."""
         scores, best = self.grounded(prompt, [generated] if generated else [])
         if generated and repetition(generated) <= MAX_REPETITION and (
                 best is None or scores[0] >= max(scores[1:]) + GENERATE_MARGIN):
-            return generated, "generated"
-        return (best, "grounded") if best is not None else (None, "template")
+            return generated, "generated", best
+        return (best, "grounded", best) if best is not None else (None, "template", None)
 
     def replies(self, prompts: list[tuple[str, str, list[Turn]]], on_texts: list | None = None,
                 sources: list | None = None) -> list:
@@ -107,7 +107,7 @@ class Bot:
                 if isinstance(g, BaseException):
                     out[i] = g
                     continue
-                text, source[i] = self.choose(prompts[i], g)
+                text, source[i], _ = self.choose(prompts[i], g)
                 out[i] = fill(text, self.placeholders) if text else None
         if sources is not None:
             sources[:] = source

@@ -28,14 +28,23 @@ FEW_OOS = 50  # below this many out-of-scope test questions a suggested threshol
 REPLY_BATCH = 32
 
 
+def reliability_bins(confidence, correct, bins: int = ECE_BINS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(count, accuracy, mean confidence) per equal-width confidence bin; NaN for an empty bin."""
+    conf, ok = np.asarray(confidence, float), np.asarray(correct, float)
+    which = np.minimum((conf * bins).astype(int), bins - 1)
+    count = np.array([(which == b).sum() for b in range(bins)])
+    acc = np.array([ok[which == b].mean() if n else np.nan for b, n in enumerate(count)])
+    mean = np.array([conf[which == b].mean() if n else np.nan for b, n in enumerate(count)])
+    return count, acc, mean
+
+
 def expected_calibration_error(confidence, correct, bins: int = ECE_BINS) -> float:
     """ECE (Guo et al., 2017): over equal-width confidence bins, the share-weighted |accuracy − confidence|."""
-    conf, ok = np.asarray(confidence, float), np.asarray(correct, float)
-    if not len(conf):
+    count, acc, mean = reliability_bins(confidence, correct, bins)
+    if not count.sum():
         return 0.0
-    which = np.minimum((conf * bins).astype(int), bins - 1)
-    return float(sum(abs(ok[which == b].mean() - conf[which == b].mean()) * (which == b).mean()
-                     for b in range(bins) if (which == b).any()))
+    full = count > 0
+    return float((count[full] / count.sum() * np.abs(acc[full] - mean[full])).sum())
 
 
 def threshold_for_recall(oos_top, oos_ambiguous, target: float) -> float | None:
@@ -57,7 +66,7 @@ def ambiguous(d) -> bool:
     return len(d.ranking) > 1 and d.ranking[0][1] - d.ranking[1][1] < d.ambiguity_threshold
 
 
-def oos_measures(in_top, in_correct, in_fallback, oos_top, oos_fallback) -> dict:
+def oos_measures(in_top, oos_top, oos_fallback) -> dict:
     """Out-of-scope recall and AUROC (out-of-scope as the positive class, scored by 1 − confidence)."""
     if not len(oos_top):
         return {"oos_examples": 0, "oos_recall": None, "auroc": None}
@@ -96,8 +105,7 @@ def evaluate(model, enc, examples: list[Example], settings: Settings, target_oos
         "macro_f1": report["macro avg"]["f1-score"],
         "fallback_rate": float(np.mean([d.fallback for _, d in in_scope])) if in_scope else 0.0,
         "ece": expected_calibration_error([d.confidence for _, d in in_scope], correct),
-        **oos_measures([d.confidence for _, d in in_scope], correct, [d.fallback for _, d in in_scope],
-                       [d.confidence for d in oos], [d.fallback for d in oos]),
+        **oos_measures([d.confidence for _, d in in_scope], [d.confidence for d in oos], [d.fallback for d in oos]),
         "confidence_threshold": settings.confidence_threshold,
         "ambiguity_threshold": settings.ambiguity_threshold,
         "temperature": round(model.temperature, 4),
@@ -156,14 +164,11 @@ def _histogram_png(result: dict, path: Path) -> None:
 
 
 def _reliability_png(result: dict, path: Path) -> None:
-    conf = np.array([d.confidence for _, d in result["in_scope"]])
-    ok = np.array([d.intent == e.intent for e, d in result["in_scope"]], float)
+    count, acc, _ = reliability_bins([d.confidence for _, d in result["in_scope"]],
+                                     [d.intent == e.intent for e, d in result["in_scope"]])
     edges = np.linspace(0, 1, ECE_BINS + 1)
-    which = np.minimum((conf * ECE_BINS).astype(int), ECE_BINS - 1)
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(6, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     mids = (edges[:-1] + edges[1:]) / 2
-    acc = [ok[which == b].mean() if (which == b).any() else np.nan for b in range(ECE_BINS)]
-    count = [(which == b).sum() for b in range(ECE_BINS)]
     ax.bar(mids, acc, width=1 / ECE_BINS, edgecolor="k", color="#2a9d8f", label="accuracy in the bin")
     ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
     ax.set_ylabel("accuracy")
@@ -252,8 +257,8 @@ def reply_measures(bot, examples: list[Example], limit: int = 200, seed: int = 0
         part = prompts[k:k + REPLY_BATCH]
         for p, g in zip(part, generate_replies(bot.model, bot.enc, part, bot.settings.max_reply_tokens)):
             generated.append(fill(g, bot.placeholders))
-            grounded.append(fill(bot.grounded(p)[1] or bot.fallback_text, bot.placeholders))
-            text, source = bot.choose(p, g)
+            text, source, best = bot.choose(p, g)  # one scoring pass gives both the served and the grounded reply
+            grounded.append(fill(best or bot.fallback_text, bot.placeholders))
             served.append(fill(text, bot.placeholders) if text else ways["template"][len(served)])
             sources.append(source)
             bar.update(1)

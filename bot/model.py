@@ -61,12 +61,15 @@ class DialogueModel(nn.Module):
     def temperature(self, value: float) -> None:
         self.lm.config.intent_temperature = float(value)
 
+    def calibrated(self, logits: torch.Tensor) -> torch.Tensor:
+        """Intent logits to calibrated probabilities: softmax(logits / temperature)."""
+        return (logits.float() / self.temperature).softmax(-1)
+
     def intent_probs(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor,
                      inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
         """Calibrated probabilities over intents: what the bot decides with and what explanations explain."""
-        logits = (self.intent_logits(input_ids, attention_mask) if inputs_embeds is None
-                  else self.intent_logits(None, attention_mask, inputs_embeds))
-        return (logits.float() / self.temperature).softmax(-1)
+        return self.calibrated(self.intent_logits(input_ids, attention_mask) if inputs_embeds is None
+                               else self.intent_logits(None, attention_mask, inputs_embeds))
 
     def forward(self, input_ids, attention_mask, position_ids, intent_pos):
         """Both heads from one pass over `<|user|> text<|intent|> name<|bot|> reply`: intent logits at

@@ -42,7 +42,7 @@ from transformers import AutoTokenizer
 from bot import card as cards
 from bot import distributed
 from bot import model as models
-from bot.classify import fit_temperature, predict_proba
+from bot.classify import fit_temperature, predict_logits, predict_proba
 from bot.data import Encoder, Record, corpus, outlier_texts, records, split
 from bot.io import atomic_dir, atomic_write_json
 from bot.spec import BotSpec
@@ -292,6 +292,11 @@ class Trainer:
         """Whether to fit the calibration temperature on the validation split (the DP trainer says no)."""
         return True
 
+    @property
+    def outlier_batch(self) -> int:
+        """Outlier texts per fine-tuning step (0 when outlier exposure is off)."""
+        return max(1, self.t.batch_size // 2) if self.outliers() else 0
+
     def card_sections(self) -> dict:
         return {}
 
@@ -369,8 +374,7 @@ class Trainer:
         bar = tqdm(total=len(batches), initial=self.state.batch, disable=not self.progress,
                    desc=f"fine-tune {self.state.epoch + 1}/{self.t.epochs}")
         rbs = self.t.reply_batch_size
-        outliers = self.outliers()
-        ob = max(1, self.t.batch_size // 2) if outliers else 0
+        outliers, ob = self.outliers(), self.outlier_batch
         out_order = _order(len(outliers), self.t.seed, "outliers", self.state.epoch) if outliers else []
         for k in range(self.state.batch, len(batches)):
             part, weight = distributed.share(batches[k])
@@ -470,12 +474,10 @@ class Trainer:
             if (self.ckpt / "best.safetensors").is_file():
                 load_model(self.model, str(self.ckpt / "best.safetensors"), device=str(self.device))
             self.model.eval()
-            self.calibration = self._calibrate()
             self._save_final()
         distributed.barrier()  # the other ranks end when the model is saved
         return self.out_dir
 
-    @torch.no_grad()
     def _calibrate(self) -> dict:
         """Fit the temperature on the validation split's logits (temperature scaling). Not when the validation
         split classifies perfectly: its likelihood then only ever grows as the temperature falls, and the fit
@@ -484,11 +486,7 @@ class Trainer:
         if not (self.calibrate() and self.val_records):
             return {"temperature": 1.0, "fitted_on": None}
         y = torch.tensor([self.model.intents.index(r.intent) for r in self.val_records])
-        logits = []
-        for k in range(0, len(self.val_records), 64):
-            b = self._to(self.enc.pad_batch([self.enc.classify(r.text) for r in self.val_records[k:k + 64]]))
-            logits.append(self.model.intent_logits(b["input_ids"], b["attention_mask"]).float().cpu())
-        logits = torch.cat(logits)
+        logits = predict_logits(self.model, self.enc, [r.text for r in self.val_records])
         if bool((logits.argmax(1) == y).all()):
             self.log("calibration: not fitted (every validation example is classified right); temperature 1")
             return {"temperature": 1.0, "fitted_on": None, "why": "every validation example was classified right"}
@@ -500,12 +498,13 @@ class Trainer:
         if not self.outliers():
             return {"enabled": False}
         t = self.t
-        return {"enabled": True, "weight": t.outlier_weight, "per_batch": max(1, t.batch_size // 2),
+        return {"enabled": True, "weight": t.outlier_weight, "per_batch": self.outlier_batch,
                 "corpus": t.outlier_corpus or "bundled: bot/demo/public_sgd_turns.txt (Schema-Guided Dialogue, CC BY-SA 4.0)",
                 **({"texts": len(self.outliers()), "dropped_as_near_examples": self._outliers[1],
                     "bot_file_out_of_scope_examples": len(self.spec.out_of_scope)} if counts else {})}
 
     def _save_final(self) -> None:
+        calibration = self._calibrate()  # sets the temperature the saved config carries
         with atomic_dir(self.out_dir) as tmp:
             self.model.save(tmp, self.tok)
             counts = self.card_counts()
@@ -525,7 +524,7 @@ class Trainer:
                     "reply_examples": len(self.reply_records)} if counts else {}),
                 **({"views": [v.describe() for v in self.views]} if self.views else {}),
                 "outlier_exposure": self._outlier_card(counts),
-                "calibration": getattr(self, "calibration", {"temperature": 1.0, "fitted_on": None}),
+                "calibration": calibration,
                 **{k: v for k, v in best.items() if k.startswith("val")},
             })
             if self.card_sections():

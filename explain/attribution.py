@@ -28,6 +28,10 @@ BASELINES = {  # what a text token's embedding is replaced by at the baseline
 DEFAULT_BASELINE = "mean"
 
 
+def describe_baseline(name: str) -> str:
+    return "every text token's embedding replaced by " + BASELINES[name]
+
+
 @dataclass
 class WordScore:
     word: str
@@ -49,7 +53,7 @@ class Explanation:
     attribution_sum: float
     delta: float  # |sum of attributions − (F(text) − F(baseline))|
     method: str = "IntegratedGradients(input embeddings)"
-    baseline: str = "every text token's embedding replaced by " + BASELINES[DEFAULT_BASELINE]
+    baseline: str = describe_baseline(DEFAULT_BASELINE)
     n_steps: int = N_STEPS
     internal_batch_size: int = INTERNAL_BATCH_SIZE
     reply: dict | None = field(default=None)
@@ -121,5 +125,5 @@ class IntentExplainer:
                                    self.model.intents[predicted[i]], words, float(probs[len(texts) + i, target]),
                                    float(per_token.sum()), abs(float(delta[i])), n_steps=self.n_steps,
                                    internal_batch_size=self.internal_batch_size,
-                                   baseline="every text token's embedding replaced by " + BASELINES[self.baseline]))
+                                   baseline=describe_baseline(self.baseline)))
         return out

@@ -47,7 +47,7 @@ def test_calibration_lowers_the_expected_calibration_error():
 
 def test_oos_measures_on_a_small_fixed_example():
     in_top, oos_top = [0.9, 0.8, 0.6, 0.2], [0.1, 0.25, 0.5, 0.95]
-    m = oos_measures(in_top, [1, 1, 1, 0], [t < 0.3 for t in in_top], oos_top, [t < 0.3 for t in oos_top])
+    m = oos_measures(in_top, oos_top, [t < 0.3 for t in oos_top])
     # AUROC = P(an OOS question is less confident than an in-scope one) = (4 + 3 + 3 + 0) / 16
     assert m == {"oos_examples": 4, "oos_recall": 0.5, "auroc": pytest.approx(10 / 16)}
     assert threshold_for_recall(oos_top, [False] * 4, 0.75) == 0.5001  # 0.1, 0.25 and 0.5 fall below it
@@ -55,7 +55,7 @@ def test_oos_measures_on_a_small_fixed_example():
     assert threshold_for_recall(oos_top, [False, False, False, True], 1.0) == 0.5001  # 0.95 falls back as ambiguous
     assert threshold_for_recall(oos_top, [True] * 4, 1.0) == 0.0
     assert threshold_for_recall([], [], 0.8) is None
-    assert oos_measures(in_top, [1] * 4, [0] * 4, [], [])["oos_recall"] is None
+    assert oos_measures(in_top, [], [])["oos_recall"] is None
     # ECE: two bins, |0.5 - 0.9| and |1.0 - 0.6|, each half of the examples
     assert expected_calibration_error([0.9, 0.9, 0.6, 0.6], [1, 0, 1, 1]) == pytest.approx(0.4)
     assert expected_calibration_error([1.0, 1.0], [1, 1]) == 0.0

@@ -36,15 +36,15 @@ def test_generate_mode_keeps_a_good_generation_and_grounds_a_poor_one(bot, monke
     prompt = ("cancel my order please", "cancel_order", [])
     best = bot.grounded(prompt)[1]
     assert best in bot.responses["cancel_order"]
-    assert bot.choose(prompt, best) == (best, "grounded")  # only as good as the best authored one: not enough
+    assert bot.choose(prompt, best) == (best, "grounded", best)  # only as good as the best authored one: not enough
     monkeypatch.setattr("bot.dialogue.GENERATE_MARGIN", 0.0)
-    assert bot.choose(prompt, best) == (best, "generated")
+    assert bot.choose(prompt, best) == (best, "generated", best)
     monkeypatch.setattr("bot.dialogue.GENERATE_MARGIN", 1.0)
-    assert bot.choose(prompt, "order order order order order order order") == (best, "grounded")  # loops
-    assert bot.choose(prompt, "zebra quantum lattice") == (best, "grounded")  # scored below the authored ones
-    assert bot.choose(prompt, "") == (best, "grounded")
+    assert bot.choose(prompt, "order order order order order order order") == (best, "grounded", best)  # loops
+    assert bot.choose(prompt, "zebra quantum lattice") == (best, "grounded", best)  # scored below the authored ones
+    assert bot.choose(prompt, "") == (best, "grounded", best)
     monkeypatch.setitem(bot.responses, "cancel_order", [])
-    assert bot.choose(prompt, "zebra quantum lattice") == ("zebra quantum lattice", "generated")  # nothing to ground in
+    assert bot.choose(prompt, "zebra quantum lattice") == ("zebra quantum lattice", "generated", None)  # nothing to ground in
 
 
 def test_generate_mode_replies_say_where_they_came_from(bot, monkeypatch):
