@@ -25,6 +25,7 @@ from bot.classify import predict_proba
 from bot.importers import from_banking77
 from bot.spec import OUT_OF_SCOPE, demo_bot_path, load_bot
 from bot.train import Trainer
+from safety.guard import served_text
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 BITEXT = SHARED / "bitext_customer_support" / "Bitext_Sample_Customer_Support_Training_Dataset.csv"
@@ -48,7 +49,8 @@ def load(name: str, args):
 
 
 def accuracy(trainer, texts, intents) -> float:
-    probs = predict_proba(trainer.model, trainer.enc, texts)
+    """On the test texts as the served bot reads them (normalised, PII redacted), as training saw them."""
+    probs = predict_proba(trainer.model, trainer.enc, [served_text(t) for t in texts])
     pred = [trainer.model.intents[i] for i in probs.argmax(1).tolist()]
     return sum(p == t for p, t in zip(pred, intents)) / len(intents)
 

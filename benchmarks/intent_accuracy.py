@@ -2,6 +2,8 @@
 side by side in one run, on the official test split (all 3,080 rows).
 
     python benchmarks/intent_accuracy.py [--epochs 12] [--n-layer 4 --n-embd 256] [--device auto]
+    python benchmarks/intent_accuracy.py --base benchmarks/out/public_sgd   # fine-tune a public base
+                                                                          # (`candor pretrain-public`)
 """
 from __future__ import annotations
 
@@ -49,16 +51,22 @@ def main() -> None:
     p.add_argument("--n-embd", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--base", default="scratch", help="'scratch' (the offline default) or a public base directory "
+                                                      "made by `candor pretrain-public` (its size is used)")
+    p.add_argument("--outlier-weight", type=float, default=None,
+                   help="outlier exposure weight (default: the bot default; 0 turns it off)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, default=Path("benchmarks/out/banking77"))
     args = p.parse_args()
 
     spec = from_banking77(args.data)
     spec.model.n_layer, spec.model.n_head, spec.model.n_embd = args.n_layer, args.n_head, args.n_embd
-    spec.model.max_length = 128
+    spec.model.max_length, spec.model.base = 128, args.base
     spec.training.epochs, spec.training.pretrain_epochs = args.epochs, args.pretrain_epochs
     spec.training.batch_size, spec.training.learning_rate = args.batch_size, args.lr
     spec.training.checkpoint_every, spec.training.patience = 0, 4
+    if args.outlier_weight is not None:
+        spec.training.outlier_weight = args.outlier_weight
     test_x, test_y = official_test(args.data)
     train_x = [e.text for e in spec.examples]
     train_y = [e.intent for e in spec.examples]
@@ -75,15 +83,23 @@ def main() -> None:
     probs = predict_proba(trainer.model, trainer.enc, test_x)
     pred = [trainer.model.intents[i] for i in probs.argmax(1).tolist()]
     params = sum(p.numel() for p in trainer.model.parameters()) / 1e6
-    rows.append((f"Candor GPT-2 scratch {args.n_layer}L/{args.n_embd}d ({params:.1f}M params)",
+    cfg = trainer.model.lm.config
+    what = "scratch" if args.base == "scratch" else f"from public base {args.base}"
+    rows.append((f"Candor GPT-2 {what} {cfg.n_layer}L/{cfg.n_embd}d ({params:.1f}M params)",
                  accuracy_score(test_y, pred), f1_score(test_y, pred, average="macro"), time.time() - t0))
 
     device = torch.cuda.get_device_name() if trainer.device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"\nBANKING77 official test split ({len(test_x)} rows); {platform.node()} {device}; "
-          f"epochs {args.epochs} (+{args.pretrain_epochs} LM pre-training), early stopping patience 4")
+          f"epochs {args.epochs}" + (f" (+{args.pretrain_epochs} LM pre-training)" if args.base == "scratch" else "")
+          + f", early stopping patience 4, outlier exposure weight {spec.training.outlier_weight}")
     print("| model | accuracy | macro-F1 | wall time (s) |\n|---|---|---|---|")
     for name, acc, f1, secs in rows:
         print(f"| {name} | {acc:.4f} | {f1:.4f} | {secs:.0f} |")
+    if args.base != "scratch":
+        from bot.model import read_card
+        base = read_card(args.base)
+        print(f"\nthe public base took {base['training']['seconds']:.0f} s to build, once "
+              f"({base.get('public_base', {}).get('sources')}); the wall time above is fine-tuning only")
     print(f"\nGPT-2 minus baseline: {100 * (rows[1][1] - rows[0][1]):+.2f} accuracy points")
 
 

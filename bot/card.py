@@ -51,6 +51,9 @@ def render(card: dict, robustness: bool = True) -> str:
         bot.get("description") or "", "",
         "## Model",
         f"- Base: {base}",
+        *([f"- A public base (`candor pretrain-public`) from {'; '.join(card['public_base']['sources'])}: "
+           f"{card['public_base']['texts']} texts, {card['public_base']['labels']} labels; "
+           "fine-tune a bot from it with `candor train BOT.yaml --base DIR`"] if "public_base" in card else []),
         f"- Size: {m['n_layer']} layers, {m['n_embd']} hidden, {m['n_head']} heads, context {m['max_length']}"
         if m["base"] == "scratch" else "- Size: as the base model",
         f"- Intents: {len(card['intents'])} ({', '.join(card['intents'])})",

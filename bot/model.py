@@ -104,12 +104,22 @@ def build(settings: ModelSettings, tokenizer: PreTrainedTokenizerBase, intents: 
         )
         lm = GPT2LMHeadModel(config)
     else:
-        lm = AutoModelForCausalLM.from_pretrained(settings.base)
+        lm = _causal_lm(settings.base)
         lm.resize_token_embeddings(len(tokenizer))
         lm.config.pad_token_id = tokenizer.pad_token_id
     model = DialogueModel(lm, intents)
     model.temperature = 1.0  # a base that was itself a Candor model brings its own: this model is not calibrated yet
     return model
+
+
+def _causal_lm(name_or_dir: str | Path):
+    """The LM of a hub id or a directory, from safetensors only (never a pickled checkpoint)."""
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # a Candor model's `score.weight` is not the LM's: no "unused weights" warning
+    try:
+        return AutoModelForCausalLM.from_pretrained(name_or_dir, use_safetensors=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
 
 
 def make_tokenizer(settings: ModelSettings, corpus: list[str]):
@@ -148,12 +158,7 @@ def load(directory: str | Path, device: str | torch.device = "cpu"):
         raise FileNotFoundError(f"{directory}: no model.safetensors here; train one with `candor train`")
     check_safetensors(directory / "model.safetensors")
     tok = AutoTokenizer.from_pretrained(directory)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # `score.weight` is ours, not the LM's: no "unused weights" warning
-    try:
-        lm = AutoModelForCausalLM.from_pretrained(directory, use_safetensors=True)
-    finally:
-        hf_logging.set_verbosity(verbosity)
+    lm = _causal_lm(directory)
     intents = [lm.config.id2label[i] for i in range(len(lm.config.id2label))]
     model = DialogueModel(lm, intents)
     with safe_open(str(directory / "model.safetensors"), framework="pt") as f:

@@ -4,7 +4,7 @@ One record = one distinct training utterance (bot/data.py: its validation split 
 decided by a keyed hash of its own text, so adding or removing it moves no other record). Each step,
 Poisson sampling picks records; each record gives ONE sequence `<|user|> view-of-text<|intent|> name<|bot|>
 reply` (the classifier's prefix never truncated), whose intent loss and reply loss make one per-record
-gradient, clipped (ghost clipping) before Gaussian noise is added.
+gradient, clipped (ghost clipping, in one backward pass: safety/bookkeeping.py) before Gaussian noise is added.
 
 The noise and the Poisson sampling come from generators seeded from the operating system's CSPRNG at
 every start and never saved (Opacus' secure mode when torchcsprng is installed), so neither can be
@@ -46,7 +46,9 @@ from tqdm.auto import tqdm
 
 from bot import distributed
 from bot.data import read_corpus
+from bot.pretrain import base_provenance
 from bot.train import Trainer, _lr
+from safety.bookkeeping import BookKeeping
 from safety.gpt2_dp import (
     add_lora,
     conv1d_to_linear,
@@ -225,6 +227,12 @@ class DPTrainer(Trainer):
             self.dp_model, self.opt, _, self.loader = self.engine.make_private_with_epsilon(
                 target_epsilon=self.p.target_epsilon - self.p.count_epsilon, target_delta=self.delta,
                 epochs=self.t.epochs, **common)
+        # One backward pass per step (safety/bookkeeping.py) on one process; Opacus' two-pass ghost clipping
+        # under DPDDP, whose gradient hooks expect it. Same clipped sum either way (tests/test_privacy.py).
+        self.bk = None
+        if world == 1:
+            self.dp_model.remove_hooks()  # Opacus computes no norms: BookKeeping does
+            self.bk = BookKeeping(self.model, self.p.max_grad_norm)
         # The mean's divisor, from public numbers too; per rank (the ranks' means are averaged).
         self.opt.expected_batch_size = max(1, round(self.n_noisy / steps)) / world
         self.sample_rate = 1 / steps
@@ -289,8 +297,13 @@ class DPTrainer(Trainer):
                     g["lr"] = _lr(self.state.step - self.state.stage_start, total, self.t.learning_rate)
                 if len(idx):
                     b, pos, y = self._batch(idx.tolist())
-                    per_record = self.per_record_loss(b, pos, y)
-                    DPTensorFastGradientClipping(self.dp_model, self.opt, per_record, "mean").backward()
+                    if self.bk:
+                        with self.bk.recording():
+                            per_record = self.per_record_loss(b, pos, y)
+                        self.bk.backward(per_record)
+                    else:
+                        per_record = self.per_record_loss(b, pos, y)
+                        DPTensorFastGradientClipping(self.dp_model, self.opt, per_record, "mean").backward()
                     last = per_record.mean().item()
                 else:  # an empty Poisson batch: the step adds noise only, as DP-SGD prescribes
                     for p in self.opt.params:
@@ -312,6 +325,8 @@ class DPTrainer(Trainer):
 
     # ---------------------------------------------------------------- saving
     def _save_final(self) -> None:
+        if getattr(self, "bk", None):
+            self.bk.close()
         merge_lora(self.model.lm)
         linear_to_conv1d(self.model.lm)
         super()._save_final()
@@ -339,7 +354,8 @@ class DPTrainer(Trainer):
                      "on a keyed hash of its own text, so adding or removing it changes no other record"),
             "noise": self.noise,
             "published_counts": COUNT_NOTE,
-            "clipping": "per record, flat, ghost clipping", "lm_head": "untied from the input embeddings" + (
+            "clipping": "per record, flat, ghost clipping" + (" (book-keeping: one backward pass)"
+                                                              if getattr(self, "bk", None) else ""), "lm_head": "untied from the input embeddings" + (
                 "; frozen (no reply loss)" if self.t.reply_weight <= 0 else ""),
             "trained": (f"LoRA adapters of rank {self.p.lora_rank} on every attention and MLP projection "
                         "(merged into the saved weights), final norm and intent head; the rest is frozen at its "
@@ -352,7 +368,7 @@ class DPTrainer(Trainer):
             "covers": f"the training utterances of bot '{self.spec.name}' (intent head and reply model)",
             "public_data": (f"tokenizer and LM pre-training: {self.public_path.name} (public) plus the bot's own "
                             "authored responses and intent names" if self.spec.model.base == "scratch"
-                            else f"pretrained base {self.spec.model.base}"),
+                            else base_provenance(self.spec.model.base)),
             "not_covered": "validation utterances (held out by the keyed hash; only their accuracy is reported) and "
                            "test utterances; dialogue turns that are not also examples, and multi-turn context (not used under DP)"
                            + (f"; {self.responses_note}" if self.responses_note else ""),

@@ -162,6 +162,49 @@ def test_lora_under_ghost_clipping_matches_the_oracle_and_merges_for_saving():
         torch.testing.assert_close(z, x, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("lora", [False, True])
+def test_bookkeeping_clipping_gives_the_sum_of_clipped_oracle_gradients(lora):
+    """One backward pass (safety/bookkeeping.py) == per-record gradients taken one record at a time, each
+    clipped, summed; some records clipped and some not."""
+    from safety.bookkeeping import BookKeeping
+
+    model, enc = _tiny()
+    if lora:
+        add_lora(model, rank=4)
+        train_top(model, 0, lm_head=False, freeze_rest=False)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(std=0.05)
+    model.train()
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    oracle = _oracle_grads(model, enc, RECORDS)
+    norms = sorted(float(torch.sqrt(sum((o[n] ** 2).sum() for n in trainable))) for o in oracle)
+    clip = (norms[1] + norms[2]) / 2  # two records clipped, two not
+    expected = {n: sum(min(1.0, clip / float(torch.sqrt(sum((o[k] ** 2).sum() for k in trainable)))) * o[n]
+                       for o in oracle) for n in trainable}
+    model.zero_grad(set_to_none=True)
+    bk = BookKeeping(model, clip)
+    b, pos, y = _batch(enc, RECORDS)
+    with bk.recording():
+        loss = _per_record_loss(model, b, pos, y)
+    bk.backward(loss)
+    torch.testing.assert_close(sorted(bk.norms.tolist()), norms, atol=1e-4, rtol=1e-4)
+    for n, p in model.named_parameters():
+        if n in trainable:
+            torch.testing.assert_close(p.grad, expected[n], atol=2e-5, rtol=1e-3, msg=n)
+        else:
+            assert p.grad is None, n
+    bk.close()
+
+
+def test_bookkeeping_refuses_a_layer_it_cannot_clip():
+    from safety.bookkeeping import BookKeeping
+
+    with pytest.raises(NotImplementedError, match="no handler for trainable Conv1d"):
+        BookKeeping(torch.nn.Sequential(torch.nn.Conv1d(2, 2, 1), torch.nn.Linear(2, 2)), 1.0)
+
+
 @pytest.mark.parametrize("sigma", [0.0, 1.0])
 def test_noise_is_really_added(sigma):
     model, enc = _tiny()

@@ -141,6 +141,19 @@ def parser() -> argparse.ArgumentParser:
     me.add_argument("-n", type=int, default=1000, help="members and non-members scored, each (default 1000)")
     me.add_argument("--seed", type=int, default=0)
 
+    pp = sub.add_parser("pretrain-public", help="build a public base model once (public labelled text only) for "
+                                                 "`--base`; multi-task: LM + each source's own intents")
+    pp.add_argument("out", help="directory to write the base model to")
+    pp.add_argument("--source", action="append", default=[], metavar="KIND:PATH",
+                    help="public labelled data, repeatable: sgd:FILE (Schema-Guided Dialogue user turns CSV; train "
+                         "and dev splits), banking77:DIR (its train.csv), csv:FILE (text,intent columns)")
+    pp.add_argument("--epochs", type=int, default=3, help="multi-task intent epochs (default 3)")
+    pp.add_argument("--pretrain-epochs", type=int, default=1, help="LM pre-training epochs before them (default 1)")
+    pp.add_argument("--max-per-label", type=int, default=1500, help="at most this many texts per label (0: all)")
+    pp.add_argument("--seed", type=int, default=0)
+    pp.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
+    pp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
     d = sub.add_parser("data", help="validate or import bot data")
     dsub = d.add_subparsers(dest="data_verb", required=True, metavar="ACTION")
     v = dsub.add_parser("validate", help="check a bot file; problems are reported as FILE:LINE")
@@ -186,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.verb == "chat":
             from ui.verbs.chat import chat
             return chat(args)
+        if args.verb == "pretrain-public":
+            from ui.verbs.pretrain import pretrain
+            return pretrain(args)
         if args.verb == "data":
             from ui.verbs import data
             return data.validate(args) if args.data_verb == "validate" else data.import_(args)
