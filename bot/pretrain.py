@@ -12,7 +12,7 @@ Sources (`KIND:PATH`):
                     gzipped); only the train and dev splits are read (the test split is kept for out-of-scope
                     tests), labels are the turn's active intent (`NONE`: small talk, thanks, goodbyes)
     banking77:DIR   BANKING77's train.csv (text, category); never test.csv
-    csv:FILE        any CSV with `text` and `intent` columns
+    csv:FILE        any CSV with `text` and `intent` columns (rows with `split: test` are left out)
 """
 from __future__ import annotations
 
@@ -61,20 +61,25 @@ def _rows(path: Path) -> list[dict]:
     return list(csv.DictReader(io.StringIO(raw.decode("utf-8-sig"), newline="")))
 
 
+NEEDS = {"sgd": ("split", "intent", "text"), "banking77": ("text", "category"), "csv": ("text", "intent")}
+
+
 def labelled(src: Source) -> list[tuple[str, str]]:
-    """(text, label) pairs of one source, labels prefixed by the source's name."""
-    if src.kind == "sgd":
-        rows = [r for r in _rows(src.path) if r.get("split") in ("train", "dev")]
-        pairs = [(r["text"], r["intent"]) for r in rows]
-    elif src.kind == "banking77":
-        pairs = [(r["text"], r["category"]) for r in _rows(src.path / "train.csv")]
-    else:
-        rows = _rows(src.path)
-        if rows and not {"text", "intent"} <= set(rows[0]):
-            raise ValueError(f"{src.path}: line 1: a labelled public CSV needs 'text' and 'intent' columns; "
-                             f"found {sorted(rows[0])}")
-        pairs = [(r["text"], r["intent"]) for r in rows]
-    return [(t.strip(), f"{src.name}:{y.strip()}") for t, y in pairs if t and t.strip() and y and y.strip()]
+    """(text, label) pairs of one source, labels prefixed by the source's name. Rows of a test split are
+    dropped (SGD's, and a CSV's `split: test` rows): they stay unseen for out-of-scope tests."""
+    path = src.path / "train.csv" if src.kind == "banking77" else src.path
+    rows = _rows(path)
+    missing = [c for c in NEEDS[src.kind] if rows and c not in rows[0]]
+    if missing or not rows:
+        raise ValueError(f"{path}: line 1: a {src.kind} source needs columns {', '.join(NEEDS[src.kind])}"
+                         + (f"; missing {', '.join(missing)}" if missing else "; the file has no rows"))
+    rows = [r for r in rows if (r.get("split") or "train").strip().lower() != "test"]
+    label = "category" if src.kind == "banking77" else "intent"
+    pairs = [(t.strip(), f"{src.name}:{y.strip()}") for t, y in ((r["text"] or "", r[label] or "") for r in rows)
+             if t.strip() and y.strip()]
+    if not pairs:
+        raise ValueError(f"{path}: no labelled rows outside a test split")
+    return pairs
 
 
 def public_spec(sources: list[Source], max_per_label: int = 1500, seed: int = 0) -> BotSpec:
@@ -110,6 +115,8 @@ def pretrain_public(sources: list[Source], out: str | Path, max_per_label: int =
     from bot.train import train
 
     training = {"epochs": 3, "pretrain_epochs": 1, "val_fraction": 0.03, "seed": 0, **(training or {})}
+    if max_per_label < 0:
+        raise ValueError("public base: max_per_label must be 0 (all) or more")
     spec = public_spec(sources, max_per_label, training["seed"])
     for section, values in (("model", model or {}), ("training", training)):
         for key, value in values.items():

@@ -13,7 +13,8 @@ Opacus').
 
 One handler per layer type, Opacus-style: `nn.Linear` (ghost norm, or per-record gradients when
 T^2 > in*out), `nn.Embedding` (ghost norm with a same-token mask), `nn.LayerNorm` (per-record
-gradients: they are small). A model with any other trainable layer is refused.
+gradients: they are small). A model with any other trainable layer, a weight shared between layers,
+or a layer run twice in one forward pass is refused (its per-record norm would be wrong).
 `tests/test_privacy.py` checks the result against per-record gradients taken one record at a time.
 """
 from __future__ import annotations
@@ -69,12 +70,16 @@ def _embedding(m: nn.Embedding, ids: torch.Tensor, g: torch.Tensor) -> dict:
 
 
 def _layer_norm(m: nn.LayerNorm, x: torch.Tensor, g: torch.Tensor) -> dict:
-    dims = tuple(range(1, x.dim() - len(m.normalized_shape)))
+    dims = tuple(range(1, x.dim() - len(m.normalized_shape)))  # token axes (none for a (B, d) input)
+
+    def over_tokens(t: torch.Tensor) -> torch.Tensor:
+        return t.sum(dims) if dims else t
+
     out = {}
     if m.weight is not None and m.weight.requires_grad:
-        out[m.weight] = _per_record((g * F.layer_norm(x, m.normalized_shape, eps=m.eps)).sum(dims))
+        out[m.weight] = _per_record(over_tokens(g * F.layer_norm(x, m.normalized_shape, eps=m.eps)))
     if m.bias is not None and m.bias.requires_grad:
-        out[m.bias] = _per_record(g.sum(dims))
+        out[m.bias] = _per_record(over_tokens(g))
     return out
 
 
@@ -94,6 +99,15 @@ class BookKeeping:
         self.max_grad_norm = max_grad_norm
         self.modules = [m for m in model.modules() if any(p.requires_grad for p in m.parameters(recurse=False))]
         self.params = [p for p in model.parameters() if p.requires_grad]
+        owners = [id(p) for m in self.modules for p in m.parameters(recurse=False) if p.requires_grad]
+        if len(owners) != len(set(owners)):  # a shared weight: its per-record norm would need both uses at once
+            raise NotImplementedError("book-keeping clipping: a trainable parameter is shared between modules "
+                                      "(untie it first, as safety/gpt2_dp.untie does for GPT-2's LM head)")
+        odd = [type(m).__name__ for m in self.modules if isinstance(m, nn.Embedding)
+               and (m.max_norm is not None or m.scale_grad_by_freq or m.sparse)]
+        if odd:
+            raise NotImplementedError("book-keeping clipping: embeddings with max_norm, scale_grad_by_freq or "
+                                      "sparse gradients are not supported")
         unknown = sorted({type(m).__name__ for m in self.modules if type(m) not in HANDLERS})
         if unknown:
             raise NotImplementedError(f"book-keeping clipping has no handler for trainable {', '.join(unknown)}")
@@ -104,6 +118,11 @@ class BookKeeping:
 
     def _capture(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
         if self._recording and torch.is_grad_enabled():
+            if any(m is module for m, _, _ in self._seen):
+                # Two calls of one layer add up in its gradient; their norms would be added as if separate
+                # records' were, and a record's gradient could exceed the clipping bound. Refuse.
+                raise NotImplementedError(f"book-keeping clipping: {type(module).__name__} ran twice in one "
+                                          "forward pass")
             self._seen.append((module, inputs[0].detach(), output))
 
     @contextlib.contextmanager
@@ -129,12 +148,17 @@ class BookKeeping:
                 pieces.append((p, summed))
         self.norms = total.clamp_min(0).sqrt()
         coef = (self.max_grad_norm / (self.norms + 1e-6)).clamp(max=1.0)  # Opacus' clipping factor
+        ran = {id(m) for m, _, _ in seen}
+        missing = [type(m).__name__ for m in self.modules if id(m) not in ran]
+        if missing:  # a trainable layer that never ran: its weight may have been used some other way
+            raise RuntimeError(f"book-keeping clipping: trainable {', '.join(sorted(set(missing)))} did not run "
+                               "under recording()")
+        grads: dict[int, torch.Tensor] = {}
         for p, summed in pieces:
-            grad = summed(coef).to(p.dtype)
-            p.grad = grad if p.grad is None else p.grad + grad
-        for p in self.params:  # not reached by this batch's loss: a zero gradient (the noise is still added)
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
+            grads[id(p)] = summed(coef).to(p.dtype)
+        for p in self.params:  # assigned, never added: p.grad is exactly this batch's clipped sum
+            # (a layer that ran but does not reach the loss gets a zero gradient; the noise is still added)
+            p.grad = grads.get(id(p), torch.zeros_like(p))
 
     def close(self) -> None:
         for h in self._hooks:

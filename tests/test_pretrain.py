@@ -47,8 +47,11 @@ def test_bad_sources_say_what_is_wrong(tmp_path):
     with pytest.raises(FileNotFoundError, match="is not a file"):
         parse_source(f"banking77:{tmp_path}")
     (tmp_path / "bad.csv").write_text("utterance,label\nhi,greet\n")
-    with pytest.raises(ValueError, match="bad.csv: line 1: .*'text' and 'intent'"):
+    with pytest.raises(ValueError, match="bad.csv: line 1: a csv source needs columns text, intent; missing text, intent"):
         labelled(parse_source(f"csv:{tmp_path / 'bad.csv'}"))
+    (tmp_path / "held.csv").write_text("text,intent,split\nwhat are your hours,hours,test\n")
+    with pytest.raises(ValueError, match="held.csv: no labelled rows outside a test split"):
+        labelled(parse_source(f"csv:{tmp_path / 'held.csv'}"))
 
 
 def test_a_bot_fine_tunes_from_a_public_base(tmp_path):

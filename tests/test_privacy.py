@@ -183,7 +183,8 @@ def test_bookkeeping_clipping_gives_the_sum_of_clipped_oracle_gradients(lora):
     clip = (norms[1] + norms[2]) / 2  # two records clipped, two not
     expected = {n: sum(min(1.0, clip / float(torch.sqrt(sum((o[k] ** 2).sum() for k in trainable)))) * o[n]
                        for o in oracle) for n in trainable}
-    model.zero_grad(set_to_none=True)
+    for n, p in model.named_parameters():  # stale gradients (e.g. the last public pre-training step's) are replaced
+        p.grad = torch.ones_like(p) if n in trainable else None
     bk = BookKeeping(model, clip)
     b, pos, y = _batch(enc, RECORDS)
     with bk.recording():
@@ -198,11 +199,20 @@ def test_bookkeeping_clipping_gives_the_sum_of_clipped_oracle_gradients(lora):
     bk.close()
 
 
-def test_bookkeeping_refuses_a_layer_it_cannot_clip():
+def test_bookkeeping_refuses_what_it_cannot_clip_exactly():
+    """Unknown layers, shared weights and a layer run twice would each give a wrong per-record norm."""
     from safety.bookkeeping import BookKeeping
 
     with pytest.raises(NotImplementedError, match="no handler for trainable Conv1d"):
         BookKeeping(torch.nn.Sequential(torch.nn.Conv1d(2, 2, 1), torch.nn.Linear(2, 2)), 1.0)
+    a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    b.weight = a.weight
+    with pytest.raises(NotImplementedError, match="shared between modules"):
+        BookKeeping(torch.nn.Sequential(a, b), 1.0)
+    twice = torch.nn.Linear(2, 2)
+    bk = BookKeeping(twice, 1.0)
+    with pytest.raises(NotImplementedError, match="ran twice"), bk.recording():
+        twice(twice(torch.ones(3, 2)))
 
 
 @pytest.mark.parametrize("sigma", [0.0, 1.0])

@@ -10,11 +10,11 @@ def pretrain(args) -> int:
                          "--source sgd:../shared/data/sgd_user_turns/sgd_user_turns.csv.gz")
     try:
         sources = [parse_source(s) for s in args.source]
+        out = pretrain_public(sources, args.out, max_per_label=args.max_per_label, device=args.device,
+                              training={"epochs": args.epochs, "pretrain_epochs": args.pretrain_epochs,
+                                        "seed": args.seed}, progress=not args.quiet)
     except ValueError as e:
         raise SystemExit(f"candor pretrain-public: {e}") from None
-    out = pretrain_public(sources, args.out, max_per_label=args.max_per_label, device=args.device,
-                          training={"epochs": args.epochs, "pretrain_epochs": args.pretrain_epochs, "seed": args.seed},
-                          progress=not args.quiet)
     print(f"wrote {out}: a public base; fine-tune a bot from it with `candor train BOT.yaml --base {out}` "
           f"(or `model: {{base: {out}}}` in the bot file)")
     return 0
