@@ -40,6 +40,11 @@ class Source:
     def name(self) -> str:
         return self.kind if self.kind != "csv" else self.path.stem
 
+    @property
+    def file(self) -> Path:
+        """The file read: BANKING77's train.csv inside its folder, else the path itself."""
+        return self.path / "train.csv" if self.kind == "banking77" else self.path
+
     def describe(self) -> str:
         return f"{self.kind}:{self.path}" + (" (train and dev splits)" if self.kind == "sgd" else
                                              " (train.csv)" if self.kind == "banking77" else "")
@@ -50,9 +55,8 @@ def parse_source(text: str) -> Source:
     if not sep or kind not in KINDS or not path:
         raise ValueError(f"public source {text!r}: expected KIND:PATH with KIND one of {', '.join(KINDS)}")
     src = Source(kind, Path(path))
-    where = src.path / "train.csv" if kind == "banking77" else src.path
-    if not where.is_file():
-        raise FileNotFoundError(f"public source {text!r}: {where} is not a file")
+    if not src.file.is_file():
+        raise FileNotFoundError(f"public source {text!r}: {src.file} is not a file")
     return src
 
 
@@ -67,7 +71,7 @@ NEEDS = {"sgd": ("split", "intent", "text"), "banking77": ("text", "category"), 
 def labelled(src: Source) -> list[tuple[str, str]]:
     """(text, label) pairs of one source, labels prefixed by the source's name. Rows of a test split are
     dropped (SGD's, and a CSV's `split: test` rows): they stay unseen for out-of-scope tests."""
-    path = src.path / "train.csv" if src.kind == "banking77" else src.path
+    path = src.file
     rows = _rows(path)
     missing = [c for c in NEEDS[src.kind] if rows and c not in rows[0]]
     if missing or not rows:

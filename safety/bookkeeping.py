@@ -103,9 +103,8 @@ class BookKeeping:
         if len(owners) != len(set(owners)):  # a shared weight: its per-record norm would need both uses at once
             raise NotImplementedError("book-keeping clipping: a trainable parameter is shared between modules "
                                       "(untie it first, as safety/gpt2_dp.untie does for GPT-2's LM head)")
-        odd = [type(m).__name__ for m in self.modules if isinstance(m, nn.Embedding)
-               and (m.max_norm is not None or m.scale_grad_by_freq or m.sparse)]
-        if odd:
+        if any(isinstance(m, nn.Embedding) and (m.max_norm is not None or m.scale_grad_by_freq or m.sparse)
+               for m in self.modules):
             raise NotImplementedError("book-keeping clipping: embeddings with max_norm, scale_grad_by_freq or "
                                       "sparse gradients are not supported")
         unknown = sorted({type(m).__name__ for m in self.modules if type(m) not in HANDLERS})
@@ -137,6 +136,11 @@ class BookKeeping:
         seen, self._seen = self._seen, []
         if not seen:
             raise RuntimeError("book-keeping clipping: no layer ran under recording()")
+        ran = {id(m) for m, _, _ in seen}
+        missing = [type(m).__name__ for m in self.modules if id(m) not in ran]
+        if missing:  # a trainable layer that never ran: its weight may have been used some other way
+            raise RuntimeError(f"book-keeping clipping: trainable {', '.join(sorted(set(missing)))} did not run "
+                               "under recording()")
         grads = torch.autograd.grad(per_record_loss.sum(), [out for _, _, out in seen], allow_unused=True)
         total = torch.zeros(per_record_loss.shape[0], device=per_record_loss.device)
         pieces: list[tuple[nn.Parameter, Summed]] = []
@@ -148,17 +152,10 @@ class BookKeeping:
                 pieces.append((p, summed))
         self.norms = total.clamp_min(0).sqrt()
         coef = (self.max_grad_norm / (self.norms + 1e-6)).clamp(max=1.0)  # Opacus' clipping factor
-        ran = {id(m) for m, _, _ in seen}
-        missing = [type(m).__name__ for m in self.modules if id(m) not in ran]
-        if missing:  # a trainable layer that never ran: its weight may have been used some other way
-            raise RuntimeError(f"book-keeping clipping: trainable {', '.join(sorted(set(missing)))} did not run "
-                               "under recording()")
-        grads: dict[int, torch.Tensor] = {}
-        for p, summed in pieces:
-            grads[id(p)] = summed(coef).to(p.dtype)
+        clipped = {id(p): summed(coef).to(p.dtype) for p, summed in pieces}
         for p in self.params:  # assigned, never added: p.grad is exactly this batch's clipped sum
             # (a layer that ran but does not reach the loss gets a zero gradient; the noise is still added)
-            p.grad = grads.get(id(p), torch.zeros_like(p))
+            p.grad = clipped.get(id(p), torch.zeros_like(p))
 
     def close(self) -> None:
         for h in self._hooks:
