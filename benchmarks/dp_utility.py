@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import platform
 import time
@@ -48,9 +49,16 @@ def load(name: str, args):
     return spec, [r["text"].strip() for r in rows], [r["category"] for r in rows], str(BITEXT)
 
 
+@functools.lru_cache(maxsize=None)
+def served(text: str) -> str:
+    """A text as the served bot reads it (normalised, PII redacted), as `candor train` trains on it; cached, as
+    every run of one invocation reads the same records."""
+    return served_text(text)
+
+
 def accuracy(trainer, texts, intents) -> float:
-    """On the test texts as the served bot reads them (normalised, PII redacted), as training saw them."""
-    probs = predict_proba(trainer.model, trainer.enc, [served_text(t) for t in texts])
+    """On the test texts as the served bot reads them, as training saw them."""
+    probs = predict_proba(trainer.model, trainer.enc, [served(t) for t in texts])
     pred = [trainer.model.intents[i] for i in probs.argmax(1).tolist()]
     return sum(p == t for p, t in zip(pred, intents)) / len(intents)
 
@@ -67,6 +75,9 @@ def main() -> None:
                    help="start DP fine-tuning from this model trained on public data only (e.g. the BANKING77 "
                         "model benchmarks/intent_accuracy.py writes), instead of the offline default")
     p.add_argument("--dp-blocks", type=int, default=None, help="privacy.train_blocks under DP (0: heads only)")
+    p.add_argument("--dp-head-init", choices=["random", "prototype"], default="random",
+                   help="privacy.head_init: prototype starts the intent head from noisy per-intent prototypes")
+    p.add_argument("--dp-prototype-share", type=float, default=0.5, help="privacy.prototype_share (default 0.5)")
     p.add_argument("--dp-lr", type=float, default=None, help="DP fine-tuning learning rate (default: the bot's)")
     p.add_argument("--banking-epochs", type=int, default=6, help="non-private BANKING77 epochs (default 6)")
     p.add_argument("--plain-model", nargs="*", default=[], metavar="BOT=DIR",
@@ -96,7 +107,7 @@ def main() -> None:
             card = read_card(reuse)["training"]
             epochs, seconds = card["epochs_run"], card["seconds"]
         else:
-            trainer = Trainer(spec, args.out / f"{name}-plain", device=args.device, progress=True)
+            trainer = Trainer(spec, args.out / f"{name}-plain", device=args.device, progress=True, read=served)
             trainer.run()
             epochs, seconds = len(trainer.state.history), time.time() - t0
         base = accuracy(trainer, texts, intents)
@@ -109,8 +120,9 @@ def main() -> None:
             dp_spec = copy.deepcopy(spec)
             dp_spec.privacy.enabled, dp_spec.privacy.target_epsilon = True, eps
             dp_spec.privacy.public_corpus = public
-            if args.dp_epochs:
+            if args.dp_epochs is not None:
                 dp_spec.training.epochs = args.dp_epochs
+            dp_spec.privacy.head_init, dp_spec.privacy.prototype_share = args.dp_head_init, args.dp_prototype_share
             if args.dp_reply_weight is not None:
                 dp_spec.training.reply_weight = args.dp_reply_weight
             if args.dp_lr:
@@ -121,7 +133,8 @@ def main() -> None:
             if args.dp_base:
                 dp_spec.model.base = args.dp_base
             t0 = time.time()
-            trainer = DPTrainer(dp_spec, args.out / f"{name}-eps{eps:g}", device=args.device, progress=True)
+            trainer = DPTrainer(dp_spec, args.out / f"{name}-eps{eps:g}", device=args.device, progress=True,
+                                read=served)
             trainer.run()
             acc = accuracy(trainer, texts, intents)
             ledger = trainer.card_sections()["privacy"]
@@ -130,8 +143,10 @@ def main() -> None:
                                 epochs=dp_spec.training.epochs, noise_multiplier=ledger["noise_multiplier"],
                                 reply_weight=dp_spec.training.reply_weight, lora_rank=args.dp_lora_rank,
                                 base=dp_spec.model.base, train_blocks=dp_spec.privacy.train_blocks,
-                                learning_rate=dp_spec.training.learning_rate,
-                                steps=ledger["steps"]))
+                                learning_rate=dp_spec.training.learning_rate, head_init=args.dp_head_init,
+                                prototype_share=args.dp_prototype_share if dp_spec.training.epochs else 1.0,
+                                steps=ledger["steps"],
+                                prototype_sigma=ledger["history"][0][0] if "head_init" in ledger else None))
             print(f"{name} ε={eps:g}: accuracy {acc:.4f} (ε from the accountant {ledger['epsilon']:.2f})", flush=True)
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu" \
@@ -146,7 +161,8 @@ def main() -> None:
                   f"base {r['base']}, "
                   f"{trained(r)}, lr {r['learning_rate']:g}, "
                   f"reply weight {r['reply_weight']:g}, "
-                  f"σ {r['noise_multiplier']:.2f} | {r['epsilon']:.2f} | {r['delta']:.1e} | {r['accuracy']:.4f} | "
+                  + (f"prototype σ {r['prototype_sigma']:.2f}, " if r.get("prototype_sigma") else "")
+                  + (f"σ {r['noise_multiplier']:.2f}" if r["epochs"] else "no DP-SGD") + f" | {r['epsilon']:.2f} | {r['delta']:.1e} | {r['accuracy']:.4f} | "
                   f"{100 * (r['accuracy'] - base):+.1f} | {r['seconds'] / 60:.1f} |")
         else:
             print(f"| {r['bot']} | no DP, {r['epochs']} epochs | ∞ | – | {r['accuracy']:.4f} | 0 | {r['seconds'] / 60:.1f} |")
@@ -156,6 +172,11 @@ def main() -> None:
 
 
 def trained(r: dict) -> str:
+    proto = r.get("head_init") == "prototype"
+    if proto and not r["epochs"]:
+        return "prototype head only"
+    if proto:
+        return f"prototype head ({r['prototype_share']:g} of ε), then " + trained({**r, "head_init": "random"})
     if r.get("lora_rank"):
         return f"LoRA r{r['lora_rank']}"
     blocks = r.get("train_blocks", -1)
@@ -172,13 +193,13 @@ def plot(results: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(11, 4.5))
     for i, bot in enumerate(dict.fromkeys(r["bot"] for r in results)):
         colour = f"C{i}"
         for j, how in enumerate(dict.fromkeys(recipe(r) for r in results if r["bot"] == bot and r["dp"])):
             dp = sorted((r for r in results if r["bot"] == bot and r["dp"] and recipe(r) == how), key=lambda r: r["epsilon"])
             ax.plot([r["epsilon"] for r in dp], [100 * r["accuracy"] for r in dp], "os^vD"[j % 5] + "-",
-                    color=colour, alpha=1 - 0.25 * (j % 3), label=f"{bot}, DP-SGD: {how}")
+                    color=colour, alpha=1 - 0.25 * (j % 3), label=f"{bot}, DP: {how}")
         base = next(r["accuracy"] for r in results if r["bot"] == bot and not r["dp"])
         ax.axhline(100 * base, color=colour, ls="--", label=f"{bot}, no DP")
         ax.axhspan(100 * base - 3, 100 * base, color=colour, alpha=0.08)
@@ -189,7 +210,7 @@ def plot(results: list[dict], path: Path) -> None:
     ax.set_xlabel("ε (δ below 1/N)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("Privacy–utility (shaded: within 3 points of no DP)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

@@ -93,8 +93,10 @@ def render(card: dict, robustness: bool = True) -> str:
                   f"- Covers: {p['covers']}",
                   f"- Public data: {p['public_data']}",
                   *([f"- Trained privately: {p['trained']}"] if p.get("trained") else []),
+                  *([f"- Intent head started from {p['head_init']}"] if p.get("head_init") else []),
                   f"- Not covered: {p['not_covered']}",
-                  *([f"- ε = {p['epsilon_sgd']:.2f} (DP-SGD) + {p['epsilon_count']:g} (noisy record count: about "
+                  *([f"- ε = {p['epsilon_sgd']:.2f} ({'prototypes and ' if p.get('head_init') else ''}DP-SGD, "
+                     f"composed by the accountant) + {p['epsilon_count']:g} (noisy record count: about "
                      f"{p['records_noisy']})", f"- Randomness: {p['noise']}",
                      f"- Published about the data: {p['published_counts']}"] if "records_noisy" in p else
                     ["- Trained before Candor's noise and counts were hardened: the noise may be reproducible from "

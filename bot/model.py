@@ -42,14 +42,18 @@ class DialogueModel(nn.Module):
     def device(self) -> torch.device:
         return self.score.weight.device
 
-    def intent_logits(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor,
-                      inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits over intents, pooled at each row's last real token (right padding); from token ids or, for
-        explanations, from their input embeddings."""
+    def intent_features(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor,
+                        inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """What the intent head reads: the hidden state at each row's last real token (right padding)."""
         hidden = self.lm.base_model(input_ids=input_ids, attention_mask=attention_mask,
                                     inputs_embeds=inputs_embeds).last_hidden_state
         last = attention_mask.sum(1) - 1
-        return self.score(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+    def intent_logits(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor,
+                      inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits over intents; from token ids or, for explanations, from their input embeddings."""
+        return self.score(self.intent_features(input_ids, attention_mask, inputs_embeds))
 
     @property
     def temperature(self) -> float:

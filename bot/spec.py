@@ -120,6 +120,8 @@ class PrivacySettings:
     lora_rank: int = 0  # > 0: train peft LoRA adapters of this rank (+ intent head, final norm) instead of blocks
     count_epsilon: float = 0.05  # part of target_epsilon spent on the one noisy count of training records
     imported_responses: str = "private"  # responses imported from data: "private" (not used, not shipped) or "public"
+    head_init: str = "random"  # "prototype": start the intent head from noisy per-intent prototypes (safety/prototypes.py)
+    prototype_share: float = 0.5  # of the ε left after the count, the share the prototypes alone would spend
 
 
 @dataclass
@@ -442,6 +444,12 @@ def validate(spec: BotSpec) -> list[Problem]:
                                              "you run candor; or \"none\", or leave it out for the bundled corpus)"))
     if not 0 < spec.privacy.count_epsilon < spec.privacy.target_epsilon:
         out.append(Problem(f, None, "error", "privacy.count_epsilon must be above 0 and below privacy.target_epsilon"))
+    if spec.privacy.head_init not in ("random", "prototype"):
+        out.append(Problem(f, None, "error", "privacy.head_init must be 'random' or 'prototype', "
+                                             f"got '{spec.privacy.head_init}'"))
+    if not 0 < spec.privacy.prototype_share < 1:
+        out.append(Problem(f, None, "error", "privacy.prototype_share must be above 0 and below 1 (with no DP-SGD "
+                                             "epochs the prototypes get the whole budget whatever it says)"))
 
     seen: dict[str, Example] = {}
     for intent in spec.intents.values():

@@ -5,6 +5,9 @@ decided by a keyed hash of its own text, so adding or removing it moves no other
 Poisson sampling picks records; each record gives ONE sequence `<|user|> view-of-text<|intent|> name<|bot|>
 reply` (the classifier's prefix never truncated), whose intent loss and reply loss make one per-record
 gradient, clipped (ghost clipping, in one backward pass: safety/bookkeeping.py) before Gaussian noise is added.
+With `privacy.head_init: prototype` the intent head first comes from one Gaussian release of per-intent sums of
+the records' unit feature vectors (safety/prototypes.py); the accountant's history holds it first, and DP-SGD's
+noise is solved for the composition of both.
 
 The noise and the Poisson sampling come from generators seeded from the operating system's CSPRNG at
 every start and never saved (Opacus' secure mode when torchcsprng is installed), so neither can be
@@ -33,6 +36,7 @@ import random
 import secrets
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from opacus import PrivacyEngine
@@ -49,6 +53,7 @@ from bot.data import read_corpus
 from bot.pretrain import base_provenance
 from bot.train import Trainer, _lr
 from safety.bookkeeping import BookKeeping
+from safety.guard import served_text
 from safety.gpt2_dp import (
     add_lora,
     conv1d_to_linear,
@@ -61,6 +66,7 @@ from safety.gpt2_dp import (
 
 ACCOUNTANT = "prv"
 BUNDLED_PUBLIC = Path(__file__).resolve().parents[1] / "bot" / "demo" / "public_banking77.txt"
+PROTOTYPE_PUBLIC = 5000  # public texts the prototypes' whitening is fitted on (the first of the public corpus)
 
 
 COUNT_NOTE = ("no exact count of the private data is published: the number of training records is released once "
@@ -125,7 +131,25 @@ def epsilon_for(history: list, delta: float) -> float:
     """ε from Opacus' PRV accountant for a history of (noise_multiplier, sample_rate, steps)."""
     acc = PRVAccountant()
     acc.history = [tuple(h) for h in history]
-    return float(acc.get_epsilon(delta))
+    with np.errstate(divide="ignore"):  # a release at sample rate 1 takes log(1 - q) = -inf, which it handles
+        return float(acc.get_epsilon(delta))
+
+
+def noise_for(epsilon: float, delta: float, sample_rate: float, steps: int, before: list = ()) -> float:
+    """The smallest noise multiplier (to 0.1%) whose `steps` steps at `sample_rate`, after the mechanisms already
+    in `before`, keep the accountant's ε at or below `epsilon` (bisection; the accountant is monotone in σ)."""
+    def eps(sigma):
+        return epsilon_for([*before, (sigma, sample_rate, steps)], delta)
+
+    low, high = 0.05, 1.0
+    while eps(high) > epsilon:
+        low, high = high, 2 * high
+        if high > 1e4:
+            raise ValueError(f"no noise reaches ε {epsilon}: the earlier mechanisms already spend it")
+    while high - low > 1e-3 * high:
+        mid = (low + high) / 2
+        low, high = (mid, high) if eps(mid) > epsilon else (low, mid)
+    return high
 
 
 class DPTrainer(Trainer):
@@ -140,6 +164,9 @@ class DPTrainer(Trainer):
         self.n = len(self.train_records)
         if not self.n:
             raise ValueError("no training records left for DP-SGD")
+        if self.t.epochs < 1 and self.p.head_init != "prototype":
+            raise ValueError("training.epochs must be 1 or more under DP (0 only with privacy.head_init: prototype, "
+                             "where the prototypes are the only private step)")
         self.public_path = Path(self.p.public_corpus) if self.p.public_corpus else BUNDLED_PUBLIC
 
     def _setup(self, resume: bool) -> None:
@@ -196,10 +223,16 @@ class DPTrainer(Trainer):
 
     # ---------------------------------------------------------------- Opacus
     def start_finetune(self) -> None:
-        secure = secure_mode()
-        self.engine = PrivacyEngine(accountant=ACCOUNTANT, secure_mode=secure)
         # Poisson sampling at rate 1/S, S steps an epoch, S from the noisy count only.
         steps = max(1, round(self.n_noisy / self.p.logical_batch))
+        ledger = self.state.extra["privacy"]
+        budget = self.p.target_epsilon - self.p.count_epsilon
+        total_steps = steps * self.t.epochs
+        if self.p.head_init == "prototype" and "prototype" not in ledger:  # once per run (kept for resuming)
+            self._prototype_head(budget if not total_steps else self.p.prototype_share * budget)
+        before = [tuple(ledger["prototype"]["history"])] if "prototype" in ledger else []
+        secure = secure_mode()
+        self.engine = PrivacyEngine(accountant=ACCOUNTANT, secure_mode=secure)
         sampler_rng = self.engine.secure_rng if secure else os_seeded_generator("cpu")
         world = distributed.world()
         loader = DPDataLoader(TensorDataset(torch.arange(self.n)), sample_rate=1 / steps, generator=sampler_rng,
@@ -215,7 +248,6 @@ class DPTrainer(Trainer):
                 DifferentiallyPrivateDistributedDataParallel as DPDDP,
             )
             module = DPDDP(self.model)
-        ledger = self.state.extra["privacy"]
         common = dict(module=module, optimizer=self.opt, data_loader=loader, criterion=torch.nn.CrossEntropyLoss(),
                       max_grad_norm=self.p.max_grad_norm, poisson_sampling=False, grad_sample_mode="ghost",
                       noise_generator=None if secure else os_seeded_generator(self.device))
@@ -223,6 +255,10 @@ class DPTrainer(Trainer):
             self.dp_model, self.opt, _, self.loader = self.engine.make_private(
                 noise_multiplier=ledger["noise_multiplier"], **common)
             self.engine.accountant.history = [tuple(h) for h in ledger["history"]]
+        elif before:  # DP-SGD gets what the prototypes left: σ for the composition of both
+            sigma = noise_for(budget, self.delta, 1 / steps, total_steps, before) if total_steps else 0.0
+            self.dp_model, self.opt, _, self.loader = self.engine.make_private(noise_multiplier=sigma, **common)
+            self.engine.accountant.history = list(before)
         else:
             self.dp_model, self.opt, _, self.loader = self.engine.make_private_with_epsilon(
                 target_epsilon=self.p.target_epsilon - self.p.count_epsilon, target_delta=self.delta,
@@ -241,6 +277,22 @@ class DPTrainer(Trainer):
                  f"clip {self.p.max_grad_norm}, target ε {self.p.target_epsilon} (of which {self.p.count_epsilon} for "
                  f"the noisy record count) at δ {self.delta:.1e} over {self.t.epochs} epochs of about "
                  f"{self.n_noisy} records")
+
+    def _prototype_head(self, epsilon: float) -> None:
+        """The intent head from noisy per-intent prototypes (safety/prototypes.py): σ for `epsilon` alone."""
+        from safety.prototypes import prototype_head
+
+        sigma = noise_for(epsilon, self.delta, 1.0, 1)
+        intent_id = {n: i for i, n in enumerate(self.model.intents)}
+        weight = distributed.from_main(prototype_head(
+            self.model, self.enc, [r.text for r in self.train_records], [intent_id[r.intent] for r in self.train_records],
+            [served_text(t, redact=False) for t in self._public[:PROTOTYPE_PUBLIC]], sigma, os_seeded_generator("cpu")) if self.main else None)
+        with torch.no_grad():
+            self.model.score.weight.copy_(weight.to(self.model.score.weight))
+        self.state.extra["privacy"]["prototype"] = {"noise_multiplier": sigma, "history": [sigma, 1.0, 1]}
+        self.log(f"DP prototypes: intent head from per-intent sums of unit feature vectors plus Gaussian noise "
+                 f"(σ {sigma:.3f}, ε {epsilon:.2f} alone at δ {self.delta:.1e})")
+        self._checkpoint()
 
     def _update_ledger(self) -> None:
         history = [list(h) for h in self.engine.accountant.history]
@@ -357,7 +409,9 @@ class DPTrainer(Trainer):
             "clipping": "per record, flat, ghost clipping" + (" (book-keeping: one backward pass)"
                                                               if getattr(self, "bk", None) else ""), "lm_head": "untied from the input embeddings" + (
                 "; frozen (no reply loss)" if self.t.reply_weight <= 0 else ""),
-            "trained": (f"LoRA adapters of rank {self.p.lora_rank} on every attention and MLP projection "
+            "trained": ("the intent head only (the prototypes); every other weight is the public base's, unchanged"
+                        if not self.t.epochs else
+                        f"LoRA adapters of rank {self.p.lora_rank} on every attention and MLP projection "
                         "(merged into the saved weights), final norm and intent head; the rest is frozen at its "
                         "public pre-training" if self.p.lora_rank > 0 else
                         "all parameters" + (" but the LM head" if self.t.reply_weight <= 0 else "")
@@ -372,6 +426,10 @@ class DPTrainer(Trainer):
             "not_covered": "validation utterances (held out by the keyed hash; only their accuracy is reported) and "
                            "test utterances; dialogue turns that are not also examples, and multi-turn context (not used under DP)"
                            + (f"; {self.responses_note}" if self.responses_note else ""),
+            **({"head_init": (f"noisy per-intent prototypes: the sums of each record's whitened, unit-length features "
+                              f"plus Gaussian noise (σ {ledger['prototype']['noise_multiplier']:.3f}), released once "
+                              "before DP-SGD and composed with it by the accountant; whitening fitted on public text")}
+               if "prototype" in ledger else {}),
             "history": ledger["history"],
         }}
 
@@ -409,7 +467,8 @@ def report(model_dir: str | Path) -> str:
         f"In plain words: adding or removing any one training utterance changes the probability of getting this "
         f"model by at most a factor of e^{p['epsilon']:.2f} ≈ {math.exp(p['epsilon']):.1f}, except with probability "
         f"{p['delta']:.2g}.",
-        *([f"ε = {p['epsilon_sgd']:.2f} for DP-SGD + {p['epsilon_count']:g} for the noisy record count (about "
+        *([f"ε = {p['epsilon_sgd']:.2f} for {'the prototypes and ' if p.get('head_init') else ''}DP-SGD + "
+           f"{p['epsilon_count']:g} for the noisy record count (about "
            f"{p['records_noisy']} training utterances)."] if "records_noisy" in p else
           ["This model was trained before Candor hardened its DP noise and counts (the noise may be reproducible "
            "from the published seed; exact counts are published): retrain it for the full guarantee."]),
@@ -419,9 +478,11 @@ def report(model_dir: str | Path) -> str:
         *([f"Randomness: {p['noise']}.", f"Published about the data: {p['published_counts']}."]
           if "noise" in p else []),
         *([f"Trained privately: {p['trained']}."] if p.get("trained") else []),
-        f"How: {p['accountant']} accountant; noise multiplier {p['noise_multiplier']:.3f}, sample rate "
-        f"{p['sample_rate']:.4f}, clipping norm {p['max_grad_norm']}, {p['steps']} steps over {p['epochs']} epochs "
-        f"({p['clipping']}; LM head {p['lm_head']}).",
+        *([f"Intent head started from {p['head_init']}."] if p.get("head_init") else []),
+        (f"How: {p['accountant']} accountant; noise multiplier {p['noise_multiplier']:.3f}, sample rate "
+         f"{p['sample_rate']:.4f}, clipping norm {p['max_grad_norm']}, {p['steps']} steps over {p['epochs']} epochs "
+         f"({p['clipping']}; LM head {p['lm_head']})." if p["epochs"] else
+         f"How: {p['accountant']} accountant; no DP-SGD step: the prototype release is the only private step."),
         "A record that repeats (the same person writing several utterances) is protected only "
         "group-wise: k such records get at most k·ε.",
         *audit_lines(card),

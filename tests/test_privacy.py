@@ -506,3 +506,70 @@ def test_importers_mark_responses_taken_from_data(tmp_path):
     dump_bot(spec, tmp_path / "bot.yaml")  # the mark survives the bot file
     again, _ = load_bot(tmp_path / "bot.yaml", strict=False)
     assert again.intents["cancel"].responses_source == "response column of rows.csv"
+
+
+def test_prototype_sums_have_sensitivity_one_and_give_the_nearest_mean_rule():
+    """One record moves one intent's sum by exactly a unit vector (the Gaussian mechanism's sensitivity), and
+    the head made from the sums scores like the slow rule: cosine to each intent's mean whitened direction."""
+    from safety.prototypes import head_weights, noisy_sums, unit_vectors, whitening
+
+    torch.manual_seed(0)
+    public = torch.randn(400, 16) * torch.linspace(0.1, 5, 16)  # anisotropic: whitening matters
+    assert torch.allclose(torch.cov((public @ whitening(public, shrink=0.0)).T), torch.eye(16), atol=1e-3)
+    transform = whitening(public)  # with the default ridge
+    feats, labels = torch.randn(60, 16) * 3, torch.randint(0, 4, (60,))
+    units = unit_vectors(feats, transform)
+    assert torch.allclose(units.norm(dim=1), torch.ones(60), atol=1e-5)
+    full = noisy_sums(units, labels, 4, 0.0, None)
+    for i in (0, 17, 59):  # remove record i: only its intent's row moves, by a vector of length 1
+        keep = torch.arange(60) != i
+        diff = full - noisy_sums(units[keep], labels[keep], 4, 0.0, None)
+        assert diff.norm(dim=1)[labels[i]] == pytest.approx(1.0, abs=1e-5)
+        assert diff.norm() == pytest.approx(1.0, abs=1e-5)
+    test = torch.randn(30, 16) * 3
+    logits = test @ head_weights(full, transform, 1.0).T
+    means = torch.stack([units[labels == c].mean(0) for c in range(4)])
+    slow = torch.tensor([[float(torch.nn.functional.cosine_similarity(t @ transform, m, dim=0)) for m in means]
+                         for t in test])
+    assert torch.equal(logits.argmax(1), slow.argmax(1))
+    # noise: σ in every coordinate of the sums
+    noisy = noisy_sums(units, labels, 4, 2.0, torch.Generator().manual_seed(1)) - full
+    assert noisy.std().item() == pytest.approx(2.0, rel=0.15)
+
+
+def test_prototype_only_dp_model_is_accounted_and_says_so(tmp_path):
+    """head_init: prototype with no DP-SGD epochs: the prototype release is the whole private step, at σ for the
+    full budget; the card's history is that one Gaussian release (sample rate 1, one step)."""
+    spec, _ = load_bot(dp_bot_file(tmp_path, {"epochs": 0}, head_init="prototype"))
+    trainer = DPTrainer(spec, tmp_path / "m", progress=False, log=lambda *a: None)
+    out = trainer.run()
+    p = read_card(out)["privacy"]
+    sigma = p["history"][0][0]
+    assert p["history"] == [[sigma, 1.0, 1]] and p["steps"] == 1
+    acc = PRVAccountant()
+    acc.history = [(sigma, 1.0, 1)]
+    assert p["epsilon_sgd"] == pytest.approx(acc.get_epsilon(p["delta"]), rel=1e-9)
+    assert 7.9 <= p["epsilon"] <= 8.0 + 1e-9  # σ is the smallest that keeps the stated ε within the target
+    assert "prototypes" in p["head_init"] and "intent head only" in p["trained"]
+    from safety.privacy import report
+    text = report(out)
+    assert "prototype release is the only private step" in text and "Intent head started from noisy" in text
+    assert "Intent head started from noisy" in (out / "model_card.md").read_text()
+    # without prototypes, zero epochs cannot be private training
+    spec.privacy.head_init = "random"
+    with pytest.raises(ValueError, match="head_init: prototype"):
+        DPTrainer(spec, tmp_path / "m2", progress=False, log=lambda *a: None)
+
+
+def test_prototypes_then_dp_sgd_compose_within_the_target(tmp_path):
+    """Prototypes, then DP-SGD with the σ that the composition of both allows: the accountant's ε over the whole
+    history (the Gaussian release first) is the stated ε, within the target."""
+    spec, _ = load_bot(dp_bot_file(tmp_path, {"epochs": 2}, head_init="prototype", prototype_share=0.5))
+    trainer = DPTrainer(spec, tmp_path / "m", progress=False, log=lambda *a: None)
+    p = read_card(trainer.run())["privacy"]
+    assert p["history"][0][1:] == [1.0, 1] and len(p["history"]) >= 2
+    acc = PRVAccountant()
+    acc.history = [tuple(h) for h in p["history"]]
+    assert p["epsilon_sgd"] == pytest.approx(acc.get_epsilon(p["delta"]), rel=1e-9)
+    assert 7.5 < p["epsilon"] <= 8.0 + 1e-9
+    assert p["noise_multiplier"] > 0 and p["steps"] == 1 + 2 * round(1 / p["sample_rate"])

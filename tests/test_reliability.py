@@ -1,8 +1,10 @@
-"""Reliability: hostile input through the service (10,000 generated cases) and the HTTP API (300), and a
+"""Reliability: hostile input through the service (10,000 generated cases; 2,400 in CI, its short form) and the
+HTTP API (300), and a
 server killed mid-traffic (no partial row, nothing answered is lost)."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
 import threading
@@ -54,8 +56,14 @@ def _check_answer(a, intents: set[str]) -> None:
     assert None not in scores or set(scores[scores.index(None):]) == {None}
 
 
-def test_ten_thousand_hostile_messages_through_the_service(trained_tiny, tmp_path, monkeypatch):
-    # Rules-only redaction here to keep 10,000 turns within CI's time (about 2 minutes, not 6); the spaCy NER
+# The long form (10,000 turns, about 3 minutes on 2 cores) runs outside CI; CI (CI=true) runs its short form
+# (2,400 turns) to keep the whole suite within its time budget.
+HOSTILE_TURNS = 2_400 if os.environ.get("CI") else 10_000
+
+
+@pytest.mark.slow
+def test_thousands_of_hostile_messages_through_the_service(trained_tiny, tmp_path, monkeypatch):
+    # Rules-only redaction here to keep the turns within CI's time (NER would triple it); the spaCy NER
     # path meets hostile text in the HTTP test below and in tests/test_pii.py.
     monkeypatch.setenv("CANDOR_NER", "none")
     service = ChatService(trained_tiny, str(tmp_path / "audit.sqlite"), explain_steps=2)
@@ -76,7 +84,7 @@ def test_ten_thousand_hostile_messages_through_the_service(trained_tiny, tmp_pat
         assert row["text"] in (a.text, redact_text(a.text), f"<{UNCHECKED}>") and row["intent"] == a.intent
         seen["answered"] += 1
 
-    @settings(max_examples=1_250, deadline=None, database=None,
+    @settings(max_examples=HOSTILE_TURNS // 8, deadline=None, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example])
     @given(messages=st.lists(HOSTILE, min_size=8, max_size=8))
     def eight_users(messages):
@@ -85,8 +93,8 @@ def test_ten_thousand_hostile_messages_through_the_service(trained_tiny, tmp_pat
 
     eight_users()
     pool.shutdown()
-    assert seen["answered"] + seen["refused"] >= 10_000
-    assert seen["answered"] > 5_000 and seen["refused"] > 100, seen  # both paths were exercised
+    assert seen["answered"] + seen["refused"] >= HOSTILE_TURNS
+    assert seen["answered"] > HOSTILE_TURNS // 2 and seen["refused"] > HOSTILE_TURNS // 100, seen  # both paths
 
 
 @pytest.fixture(scope="module")

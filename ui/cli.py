@@ -37,6 +37,12 @@ def parser() -> argparse.ArgumentParser:
     dp.add_argument("--physical-batch", type=int, help="records per forward pass, for memory (default 32)")
     dp.add_argument("--lora-rank", type=int, help="train peft LoRA adapters of this rank (+ intent head) instead "
                                              "of all weights; merged into the saved model (default 0: off)")
+    dp.add_argument("--head-init", choices=["random", "prototype"],
+                    help="prototype: start the intent head from noisy per-intent prototypes of the public base's "
+                         "features (one Gaussian release, accounted with DP-SGD; with --epochs 0 the only private "
+                         "step); default random")
+    dp.add_argument("--prototype-share", type=float, help="share of the ε (after the count) the prototypes alone "
+                                                         "would spend (default 0.5)")
     dp.add_argument("--public-corpus", help="public text/CSV/bot file for the tokenizer and LM pre-training "
                                             "(default: the bundled BANKING77 text)")
     rb = t.add_argument_group("robustness (TextAttack; or `robustness:` in the bot file)")

@@ -46,7 +46,8 @@ def train(args) -> int:
             setattr(getattr(spec, section), key, getattr(args, flag))
     for flag, key in (("target_epsilon", "target_epsilon"), ("delta", "delta"), ("max_grad_norm", "max_grad_norm"),
                       ("logical_batch", "logical_batch"), ("physical_batch", "physical_batch"),
-                      ("public_corpus", "public_corpus"), ("lora_rank", "lora_rank")):
+                      ("public_corpus", "public_corpus"), ("lora_rank", "lora_rank"),
+                      ("head_init", "head_init"), ("prototype_share", "prototype_share")):
         if getattr(args, flag, None) is not None:
             setattr(spec.privacy, key, getattr(args, flag))
     if args.dp:
