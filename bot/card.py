@@ -41,6 +41,11 @@ def update(directory: str | Path, **sections) -> dict:
     return card
 
 
+def private_steps(p: dict) -> str:
+    """What a DP model's ε was spent on, in words: the card, `candor privacy report`."""
+    return ("the prototypes and DP-SGD" if p.get("epochs", 1) else "the prototypes") if p.get("head_init") else "DP-SGD"
+
+
 def render(card: dict, robustness: bool = True) -> str:
     """The Markdown card; `robustness=False` leaves out the Robustness section (the web app shows it on its own)."""
     bot, m, t, s = card["bot"], card["model"], card["training"], card["settings"]
@@ -95,14 +100,16 @@ def render(card: dict, robustness: bool = True) -> str:
                   *([f"- Trained privately: {p['trained']}"] if p.get("trained") else []),
                   *([f"- Intent head started from {p['head_init']}"] if p.get("head_init") else []),
                   f"- Not covered: {p['not_covered']}",
-                  *([f"- ε = {p['epsilon_sgd']:.2f} ({'prototypes and ' if p.get('head_init') else ''}DP-SGD, "
-                     f"composed by the accountant) + {p['epsilon_count']:g} (noisy record count: about "
+                  *([f"- ε = {p['epsilon_sgd']:.2f} ({private_steps(p)}, composed by the accountant) + "
+                     f"{p['epsilon_count']:g} (noisy record count: about "
                      f"{p['records_noisy']})", f"- Randomness: {p['noise']}",
                      f"- Published about the data: {p['published_counts']}"] if "records_noisy" in p else
                     ["- Trained before Candor's noise and counts were hardened: the noise may be reproducible from "
                      "the published seed and exact counts are published; retrain for the full guarantee"]),
-                  f"- Noise multiplier {p['noise_multiplier']:.3f}, sample rate {p['sample_rate']:.4f}, clipping norm "
-                  f"{p['max_grad_norm']}, {p['steps']} steps"]
+                  *([f"- Prototype release: noise multiplier {p['prototype_noise_multiplier']:.3f}, sample rate 1, "
+                     "one step"] if "prototype_noise_multiplier" in p else []),
+                  *([f"- DP-SGD: noise multiplier {p['noise_multiplier']:.3f}, sample rate {p['sample_rate']:.4f}, "
+                     f"clipping norm {p['max_grad_norm']}, {p['steps']} steps"] if p.get("epochs", 1) else [])]
     else:
         lines.append("- Trained without differential privacy: no privacy guarantee for the training utterances.")
     if card.get("audits"):

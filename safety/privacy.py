@@ -138,6 +138,9 @@ def epsilon_for(history: list, delta: float) -> float:
 def noise_for(epsilon: float, delta: float, sample_rate: float, steps: int, before: list = ()) -> float:
     """The smallest noise multiplier (to 0.1%) whose `steps` steps at `sample_rate`, after the mechanisms already
     in `before`, keep the accountant's ε at or below `epsilon` (bisection; the accountant is monotone in σ)."""
+    if not (epsilon > 0 and steps >= 1 and 0 < sample_rate <= 1):
+        raise ValueError(f"no noise plan for ε {epsilon} over {steps} step(s) at sample rate {sample_rate}")
+
     def eps(sigma):
         return epsilon_for([*before, (sigma, sample_rate, steps)], delta)
 
@@ -164,6 +167,10 @@ class DPTrainer(Trainer):
         self.n = len(self.train_records)
         if not self.n:
             raise ValueError("no training records left for DP-SGD")
+        if not 0 < self.p.prototype_share < 1:
+            raise ValueError(f"privacy.prototype_share {self.p.prototype_share} must be above 0 and below 1")
+        if self.t.epochs < 0:
+            raise ValueError(f"training.epochs {self.t.epochs} must be 0 or more")
         if self.t.epochs < 1 and self.p.head_init != "prototype":
             raise ValueError("training.epochs must be 1 or more under DP (0 only with privacy.head_init: prototype, "
                              "where the prototypes are the only private step)")
@@ -184,6 +191,9 @@ class DPTrainer(Trainer):
                       "Gaussian noise and Poisson sampling from generators seeded from the operating system's "
                       "CSPRNG at every start, never saved or published (the training seed sets only the model's "
                       "initialisation, the data order of pre-training and the views); " + FLOAT_CAVEAT)
+        if secure_mode() and self.p.head_init == "prototype":
+            self.noise += ("; the prototypes' noise is drawn from a generator seeded from the operating system's CSPRNG "
+                           "(not torchcsprng), in floating point: " + FLOAT_CAVEAT)
 
     # ---------------------------------------------------------------- what may see private data
     @functools.cached_property
@@ -229,7 +239,11 @@ class DPTrainer(Trainer):
         budget = self.p.target_epsilon - self.p.count_epsilon
         total_steps = steps * self.t.epochs
         if self.p.head_init == "prototype" and "prototype" not in ledger:  # once per run (kept for resuming)
-            self._prototype_head(budget if not total_steps else self.p.prototype_share * budget)
+            # both noise levels are planned before anything private is touched: a plan that cannot be met fails here
+            sigma_p = noise_for(self.p.prototype_share * budget if total_steps else budget, self.delta, 1.0, 1)
+            if total_steps:
+                noise_for(budget, self.delta, 1 / steps, total_steps, [(sigma_p, 1.0, 1)])
+            self._prototype_head(sigma_p)
         before = [tuple(ledger["prototype"]["history"])] if "prototype" in ledger else []
         secure = secure_mode()
         self.engine = PrivacyEngine(accountant=ACCOUNTANT, secure_mode=secure)
@@ -278,11 +292,10 @@ class DPTrainer(Trainer):
                  f"the noisy record count) at δ {self.delta:.1e} over {self.t.epochs} epochs of about "
                  f"{self.n_noisy} records")
 
-    def _prototype_head(self, epsilon: float) -> None:
-        """The intent head from noisy per-intent prototypes (safety/prototypes.py): σ for `epsilon` alone."""
+    def _prototype_head(self, sigma: float) -> None:
+        """The intent head from noisy per-intent prototypes (safety/prototypes.py), noise multiplier σ."""
         from safety.prototypes import prototype_head
 
-        sigma = noise_for(epsilon, self.delta, 1.0, 1)
         intent_id = {n: i for i, n in enumerate(self.model.intents)}
         weight = distributed.from_main(prototype_head(
             self.model, self.enc, [r.text for r in self.train_records], [intent_id[r.intent] for r in self.train_records],
@@ -291,7 +304,7 @@ class DPTrainer(Trainer):
             self.model.score.weight.copy_(weight.to(self.model.score.weight))
         self.state.extra["privacy"]["prototype"] = {"noise_multiplier": sigma, "history": [sigma, 1.0, 1]}
         self.log(f"DP prototypes: intent head from per-intent sums of unit feature vectors plus Gaussian noise "
-                 f"(σ {sigma:.3f}, ε {epsilon:.2f} alone at δ {self.delta:.1e})")
+                 f"(σ {sigma:.3f}, ε {epsilon_for([(sigma, 1.0, 1)], self.delta):.2f} alone at δ {self.delta:.1e})")
         self._checkpoint()
 
     def _update_ledger(self) -> None:
@@ -391,7 +404,8 @@ class DPTrainer(Trainer):
         if "history" not in ledger:
             return {}
         epsilon_sgd = epsilon_for(ledger["history"], self.delta)
-        steps = sum(h[2] for h in ledger["history"])
+        proto = ledger.get("prototype")
+        steps = sum(h[2] for h in ledger["history"]) - (1 if proto else 0)  # DP-SGD's steps; the release is apart
         return {"privacy": {
             "dp": True, "epsilon": epsilon_sgd + self.p.count_epsilon, "delta": self.delta,
             "target_epsilon": self.p.target_epsilon, "epsilon_sgd": epsilon_sgd, "epsilon_count": self.p.count_epsilon,
@@ -427,9 +441,11 @@ class DPTrainer(Trainer):
                            "test utterances; dialogue turns that are not also examples, and multi-turn context (not used under DP)"
                            + (f"; {self.responses_note}" if self.responses_note else ""),
             **({"head_init": (f"noisy per-intent prototypes: the sums of each record's whitened, unit-length features "
-                              f"plus Gaussian noise (σ {ledger['prototype']['noise_multiplier']:.3f}), released once "
-                              "before DP-SGD and composed with it by the accountant; whitening fitted on public text")}
-               if "prototype" in ledger else {}),
+                              f"plus Gaussian noise (σ {proto['noise_multiplier']:.3f}, sample rate 1, one release; "
+                              "whitening fitted on public text)" + (", before DP-SGD and composed with it by the "
+                                                                    "accountant" if self.t.epochs else
+                                                                    ", the only private step")),
+                "prototype_noise_multiplier": proto["noise_multiplier"]} if proto else {}),
             "history": ledger["history"],
         }}
 
@@ -448,7 +464,7 @@ class _EveryStepSampler(DistributedUniformWithReplacementSampler):
 
 def report(model_dir: str | Path) -> str:
     """The model's privacy guarantee in plain words, from its card."""
-    from bot.card import audit_lines
+    from bot.card import audit_lines, private_steps
     from bot.model import read_card
 
     card = read_card(model_dir)
@@ -461,13 +477,14 @@ def report(model_dir: str | Path) -> str:
                           "memorised its training utterances. Retrain with `candor train --dp` for one.",
                           *audit_lines(card)])
     return "\n".join([
-        f"{name}: trained with differential privacy (DP-SGD, Opacus).",
+        f"{name}: trained with differential privacy ("
+        + ("DP-SGD, Opacus" if p.get("epochs", 1) else "one Gaussian release of noisy per-intent prototypes") + ").",
         f"Guarantee: (ε = {p['epsilon']:.2f}, δ = {p['delta']:.2g})-differential privacy for each training record "
         f"({p['unit']}).",
         f"In plain words: adding or removing any one training utterance changes the probability of getting this "
         f"model by at most a factor of e^{p['epsilon']:.2f} ≈ {math.exp(p['epsilon']):.1f}, except with probability "
         f"{p['delta']:.2g}.",
-        *([f"ε = {p['epsilon_sgd']:.2f} for {'the prototypes and ' if p.get('head_init') else ''}DP-SGD + "
+        *([f"ε = {p['epsilon_sgd']:.2f} for {private_steps(p)} + "
            f"{p['epsilon_count']:g} for the noisy record count (about "
            f"{p['records_noisy']} training utterances)."] if "records_noisy" in p else
           ["This model was trained before Candor hardened its DP noise and counts (the noise may be reproducible "

@@ -40,8 +40,10 @@ def whitening(public: torch.Tensor, shrink: float = SHRINK) -> torch.Tensor:
 
 
 def unit_vectors(feats: torch.Tensor, transform: torch.Tensor) -> torch.Tensor:
-    """Each record's contribution: its whitened features scaled to length 1 (a function of that record alone)."""
-    return F.normalize(feats @ transform, dim=1)
+    """Each record's contribution: its whitened features scaled to length 1 (a function of that record alone); a
+    record whose features are not finite contributes 0, so no vector is ever longer than 1."""
+    units = F.normalize(feats @ transform, dim=1)
+    return torch.where(units.isfinite().all(1, keepdim=True), units, torch.zeros_like(units))
 
 
 def noisy_sums(units: torch.Tensor, labels: torch.Tensor, n_classes: int, sigma: float,

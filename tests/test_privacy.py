@@ -537,15 +537,30 @@ def test_prototype_sums_have_sensitivity_one_and_give_the_nearest_mean_rule():
     assert noisy.std().item() == pytest.approx(2.0, rel=0.15)
 
 
-def test_prototype_only_dp_model_is_accounted_and_says_so(tmp_path):
+def test_prototype_only_dp_model_is_accounted_and_says_so(tmp_path, monkeypatch):
     """head_init: prototype with no DP-SGD epochs: the prototype release is the whole private step, at σ for the
-    full budget; the card's history is that one Gaussian release (sample rate 1, one step)."""
+    full budget; the card's history is that one Gaussian release (sample rate 1, one step); the saved head is the
+    release, and its whitening saw public text only."""
+    import safety.prototypes
+    seen = {}
+    real = safety.prototypes.prototype_head
+
+    def spy(model, enc, texts, labels, public_texts, sigma, generator):
+        seen["public"], seen["private"] = public_texts, texts
+        seen["weight"] = real(model, enc, texts, labels, public_texts, sigma, generator)
+        return seen["weight"]
+
+    monkeypatch.setattr(safety.prototypes, "prototype_head", spy)
     spec, _ = load_bot(dp_bot_file(tmp_path, {"epochs": 0}, head_init="prototype"))
     trainer = DPTrainer(spec, tmp_path / "m", progress=False, log=lambda *a: None)
     out = trainer.run()
+    from safetensors.torch import load_file
+    assert torch.allclose(load_file(str(out / "model.safetensors"))["score.weight"], seen["weight"])
+    public = set((tmp_path / "public.txt").read_text().splitlines())
+    assert seen["public"] and set(seen["public"]) <= public and not set(seen["private"]) & set(seen["public"])
     p = read_card(out)["privacy"]
     sigma = p["history"][0][0]
-    assert p["history"] == [[sigma, 1.0, 1]] and p["steps"] == 1
+    assert p["history"] == [[sigma, 1.0, 1]] and p["steps"] == 0 and p["prototype_noise_multiplier"] == sigma
     acc = PRVAccountant()
     acc.history = [(sigma, 1.0, 1)]
     assert p["epsilon_sgd"] == pytest.approx(acc.get_epsilon(p["delta"]), rel=1e-9)
@@ -554,7 +569,9 @@ def test_prototype_only_dp_model_is_accounted_and_says_so(tmp_path):
     from safety.privacy import report
     text = report(out)
     assert "prototype release is the only private step" in text and "Intent head started from noisy" in text
-    assert "Intent head started from noisy" in (out / "model_card.md").read_text()
+    md = (out / "model_card.md").read_text()
+    assert "Intent head started from noisy" in md and "Prototype release: noise multiplier" in md
+    assert "DP-SGD: noise multiplier" not in md and "(the prototypes, composed" in md
     # without prototypes, zero epochs cannot be private training
     spec.privacy.head_init = "random"
     with pytest.raises(ValueError, match="head_init: prototype"):
@@ -572,4 +589,9 @@ def test_prototypes_then_dp_sgd_compose_within_the_target(tmp_path):
     acc.history = [tuple(h) for h in p["history"]]
     assert p["epsilon_sgd"] == pytest.approx(acc.get_epsilon(p["delta"]), rel=1e-9)
     assert 7.5 < p["epsilon"] <= 8.0 + 1e-9
-    assert p["noise_multiplier"] > 0 and p["steps"] == 1 + 2 * round(1 / p["sample_rate"])
+    assert p["noise_multiplier"] > 0 and p["steps"] == 2 * round(1 / p["sample_rate"])  # DP-SGD's steps alone
+    # an impossible plan fails before anything private is touched
+    for share in (0.0, 1.5):
+        spec.privacy.prototype_share = share
+        with pytest.raises(ValueError, match="prototype_share"):
+            DPTrainer(spec, tmp_path / "bad", progress=False, log=lambda *a: None)

@@ -4,7 +4,6 @@ server killed mid-traffic (no partial row, nothing answered is lost)."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import threading
@@ -19,7 +18,7 @@ from hypothesis import strategies as st
 
 from safety.guard import MAX_CHARS, Rejected
 from safety.pii import UNCHECKED, redact_text
-from tests.conftest import free_port, start_server
+from tests.conftest import free_port, in_ci, start_server
 from ui.service import ChatService
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,7 +57,7 @@ def _check_answer(a, intents: set[str]) -> None:
 
 # The long form (10,000 turns, about 3 minutes on 2 cores) runs outside CI; CI (CI=true) runs its short form
 # (2,400 turns) to keep the whole suite within its time budget.
-HOSTILE_TURNS = 2_400 if os.environ.get("CI") else 10_000
+HOSTILE_TURNS = 2_400 if in_ci() else 10_000
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port, start_server
+from tests.conftest import free_port, in_ci, start_server
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -24,7 +24,7 @@ PAYLOAD = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script><b
 
 pytestmark = pytest.mark.browser
 if not Path(CHROMIUM).exists():
-    if os.environ.get("CI"):
+    if in_ci():
         raise RuntimeError("CI must install Debian's chromium for the browser test (.ci/run does)")
     pytestmark = [pytest.mark.browser, pytest.mark.skip(reason="no chromium here: apt-get install chromium")]
 
