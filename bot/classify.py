@@ -11,24 +11,26 @@ from bot.spec import Settings
 
 
 @torch.no_grad()
-def predict_features(model: DialogueModel, enc: Encoder, texts: list[str], batch_size: int = 64) -> torch.Tensor:
-    """What the intent head reads for each text (eval mode), shape (len(texts), hidden size), on the CPU."""
+def _batched(model: DialogueModel, enc: Encoder, texts: list[str], batch_size: int, fn, width: int) -> torch.Tensor:
+    """`fn(input_ids, attention_mask)` over the texts' classifier prefixes in batches, eval mode, on the CPU."""
     was_training = model.training
     model.eval()
     out = []
     for k in range(0, len(texts), batch_size):
         batch = enc.pad_batch([enc.classify(t) for t in texts[k:k + batch_size]])
-        out.append(model.intent_features(batch["input_ids"].to(model.device),
-                                         batch["attention_mask"].to(model.device)).cpu())
+        out.append(fn(batch["input_ids"].to(model.device), batch["attention_mask"].to(model.device)).float().cpu())
     model.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0, model.score.in_features)
+    return torch.cat(out) if out else torch.zeros(0, width)
 
 
-@torch.no_grad()
+def predict_features(model: DialogueModel, enc: Encoder, texts: list[str], batch_size: int = 64) -> torch.Tensor:
+    """What the intent head reads for each text, shape (len(texts), hidden size), float32 on the CPU."""
+    return _batched(model, enc, texts, batch_size, model.intent_features, model.score.in_features)
+
+
 def predict_logits(model: DialogueModel, enc: Encoder, texts: list[str], batch_size: int = 64) -> torch.Tensor:
     """Raw (uncalibrated) intent logits for each text, shape (len(texts), n_intents), float32 on the CPU."""
-    feats = predict_features(model, enc, texts, batch_size)
-    return model.score(feats.to(model.device)).float().cpu()
+    return _batched(model, enc, texts, batch_size, model.intent_logits, len(model.intents))
 
 
 def predict_proba(model: DialogueModel, enc: Encoder, texts: list[str], batch_size: int = 64) -> torch.Tensor:

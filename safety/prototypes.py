@@ -26,7 +26,7 @@ LOGIT_SCALE = 10.0  # head logits = LOGIT_SCALE × cosine for a message of typic
 
 def features(model: DialogueModel, enc: Encoder, texts: list[str]) -> torch.Tensor:
     """The intent head's input for each text (eval mode: no dropout), float32 on the CPU."""
-    return predict_features(model, enc, texts).float()
+    return predict_features(model, enc, texts)
 
 
 def whitening(public: torch.Tensor, shrink: float = SHRINK) -> torch.Tensor:
