@@ -90,21 +90,18 @@ def prototype_rows(tok, lm, x_train, x_test, y_train, y_test, n_classes, args) -
     from bot.data import read_corpus
     from safety.guard import served_text
     from safety.privacy import BUNDLED_PUBLIC, epsilon_for, noise_for
-    from safety.prototypes import head_weights, noisy_sums, unit_vectors, whitening
+    from prototype_public import prototype_accuracy  # benchmarks/, this script's folder
+    from safety.prototypes import fit_whitening, unit_vectors
 
     public = features(tok, lm, [served_text(t, redact=False) for t in read_corpus(BUNDLED_PUBLIC)[:args.prototypes]])
-    transform = whitening(public)
-    typical = float((public @ transform).norm(dim=1).median())
+    transform, typical = fit_whitening(public)
     units = unit_vectors(x_train, transform)
     delta = default_delta(len(x_train))
     rows = []
     for eps in [None, *args.epsilons]:
         sigma = noise_for(eps, delta, 1.0, 1) if eps else 0.0
-        accs = []
-        for seed in range(5 if eps else 1):
-            sums = noisy_sums(units, y_train, n_classes, sigma, torch.Generator().manual_seed(seed))
-            accs.append(float(((x_test @ head_weights(sums, transform, typical).T).argmax(1) == y_test).float().mean()))
-        rows.append({"head": "prototype head", "epsilon_target": eps, "accuracy": sum(accs) / len(accs),
+        acc = prototype_accuracy(units, y_train, n_classes, x_test, y_test, transform, typical, sigma)
+        rows.append({"head": "prototype head", "epsilon_target": eps, "accuracy": acc,
                      **({"epsilon": epsilon_for([(sigma, 1.0, 1)], delta), "delta": delta, "noise_multiplier": sigma}
                         if eps else {})})
         print(f"prototypes ε {eps if eps else '∞'}: accuracy {rows[-1]['accuracy']:.4f}", flush=True)

@@ -22,9 +22,21 @@ from bot.data import Encoder, read_corpus
 from bot.model import load as load_model
 from safety.guard import served_text
 from safety.privacy import BUNDLED_PUBLIC, PROTOTYPE_PUBLIC, noise_for
-from safety.prototypes import features, head_weights, noisy_sums, unit_vectors, whitening
+from bot.classify import predict_features
+from safety.prototypes import fit_whitening, head_weights, noisy_sums, unit_vectors
 
 SGD = Path(__file__).resolve().parents[2] / "shared" / "data" / "sgd_user_turns" / "sgd_user_turns.csv.gz"
+
+
+def prototype_accuracy(units, y_train, n_classes: int, x_test, y_test, transform, typical: float, sigma: float,
+                       draws: int = 5) -> float:
+    """Test accuracy of the head from the per-intent sums of `units` plus N(0, σ²) noise, the mean over `draws`
+    fixed noise draws (one when σ = 0)."""
+    accs = []
+    for seed in range(draws if sigma else 1):
+        sums = noisy_sums(units, y_train, n_classes, sigma, torch.Generator().manual_seed(seed))
+        accs.append(float(((x_test @ head_weights(sums, transform, typical).T).argmax(1) == y_test).float().mean()))
+    return sum(accs) / len(accs)
 
 
 def main() -> None:
@@ -46,9 +58,9 @@ def main() -> None:
     model, tok = load_model(args.base)
     enc = Encoder(tok, 64)
     norm = lambda texts: [served_text(t, redact=False) for t in texts]  # noqa: E731 (normalised as served)
-    x_train = features(model, enc, norm([r["text"] for r in train]))
-    x_test = features(model, enc, norm([r["text"] for r in test]))
-    public = features(model, enc, norm(read_corpus(BUNDLED_PUBLIC)[:PROTOTYPE_PUBLIC]))
+    x_train = predict_features(model, enc, norm([r["text"] for r in train]))
+    x_test = predict_features(model, enc, norm([r["text"] for r in test]))
+    public = predict_features(model, enc, norm(read_corpus(BUNDLED_PUBLIC)[:PROTOTYPE_PUBLIC]))
     y_train = torch.tensor([labels.index(r["intent"]) for r in train])
     y_test = torch.tensor([labels.index(r["intent"]) for r in test])
     sigmas = {eps: noise_for(eps, args.delta, 1.0, 1) for eps in args.epsilons}
@@ -57,16 +69,10 @@ def main() -> None:
           + " |")
     print("|---" * (2 + len(sigmas)) + "|")
     for shrink in args.shrinks:
-        transform = whitening(public, shrink)
-        typical = float((public @ transform).norm(dim=1).median())
+        transform, typical = fit_whitening(public, shrink)
         units = unit_vectors(x_train, transform)
-        cells = []
-        for sigma in [0.0, *sigmas.values()]:
-            accs = []
-            for seed in range(5 if sigma else 1):
-                sums = noisy_sums(units, y_train, len(labels), sigma, torch.Generator().manual_seed(seed))
-                accs.append(float(((x_test @ head_weights(sums, transform, typical).T).argmax(1) == y_test).float().mean()))
-            cells.append(f"{sum(accs) / len(accs):.4f}")
+        cells = [f"{prototype_accuracy(units, y_train, len(labels), x_test, y_test, transform, typical, sigma):.4f}"
+                 for sigma in [0.0, *sigmas.values()]]
         print(f"| {shrink:g} | " + " | ".join(cells) + " |")
 
 

@@ -238,13 +238,17 @@ class DPTrainer(Trainer):
         ledger = self.state.extra["privacy"]
         budget = self.p.target_epsilon - self.p.count_epsilon
         total_steps = steps * self.t.epochs
-        if self.p.head_init == "prototype" and "prototype" not in ledger:  # once per run (kept for resuming)
-            # both noise levels are planned before anything private is touched: a plan that cannot be met fails here
-            sigma_p = noise_for(self.p.prototype_share * budget if total_steps else budget, self.delta, 1.0, 1)
-            if total_steps:
-                noise_for(budget, self.delta, 1 / steps, total_steps, [(sigma_p, 1.0, 1)])
-            self._prototype_head(sigma_p)
-        before = [tuple(ledger["prototype"]["history"])] if "prototype" in ledger else []
+        before = []  # the prototype release, first in the accountant's history (made once per run, kept for resuming)
+        if "prototype" in ledger:
+            before = [(ledger["prototype"]["noise_multiplier"], 1.0, 1)]
+        elif self.p.head_init == "prototype":
+            before = [(noise_for(self.p.prototype_share * budget if total_steps else budget, self.delta, 1.0, 1), 1.0, 1)]
+        # DP-SGD's σ after the prototypes, planned before anything private is touched (an impossible plan fails here)
+        sigma_after = 0.0
+        if before and total_steps and "history" not in ledger:
+            sigma_after = noise_for(budget, self.delta, 1 / steps, total_steps, before)
+        if before and "prototype" not in ledger:
+            self._prototype_head(before[0][0])
         secure = secure_mode()
         self.engine = PrivacyEngine(accountant=ACCOUNTANT, secure_mode=secure)
         sampler_rng = self.engine.secure_rng if secure else os_seeded_generator("cpu")
@@ -270,12 +274,11 @@ class DPTrainer(Trainer):
                 noise_multiplier=ledger["noise_multiplier"], **common)
             self.engine.accountant.history = [tuple(h) for h in ledger["history"]]
         elif before:  # DP-SGD gets what the prototypes left: σ for the composition of both
-            sigma = noise_for(budget, self.delta, 1 / steps, total_steps, before) if total_steps else 0.0
-            self.dp_model, self.opt, _, self.loader = self.engine.make_private(noise_multiplier=sigma, **common)
+            self.dp_model, self.opt, _, self.loader = self.engine.make_private(noise_multiplier=sigma_after, **common)
             self.engine.accountant.history = list(before)
         else:
             self.dp_model, self.opt, _, self.loader = self.engine.make_private_with_epsilon(
-                target_epsilon=self.p.target_epsilon - self.p.count_epsilon, target_delta=self.delta,
+                target_epsilon=budget, target_delta=self.delta,
                 epochs=self.t.epochs, **common)
         # One backward pass per step (safety/bookkeeping.py) on one process; Opacus' two-pass ghost clipping
         # under DPDDP, whose gradient hooks expect it. Same clipped sum either way (tests/test_privacy.py).
@@ -302,7 +305,7 @@ class DPTrainer(Trainer):
             [served_text(t, redact=False) for t in self._public[:PROTOTYPE_PUBLIC]], sigma, os_seeded_generator("cpu")) if self.main else None)
         with torch.no_grad():
             self.model.score.weight.copy_(weight.to(self.model.score.weight))
-        self.state.extra["privacy"]["prototype"] = {"noise_multiplier": sigma, "history": [sigma, 1.0, 1]}
+        self.state.extra["privacy"]["prototype"] = {"noise_multiplier": sigma}  # in the history as (σ, 1.0, 1)
         self.log(f"DP prototypes: intent head from per-intent sums of unit feature vectors plus Gaussian noise "
                  f"(σ {sigma:.3f}, ε {epsilon_for([(sigma, 1.0, 1)], self.delta):.2f} alone at δ {self.delta:.1e})")
         self._checkpoint()

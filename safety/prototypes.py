@@ -3,7 +3,7 @@ makes before DP-SGD (its accountant composes the two; with no DP-SGD epochs it i
 
 Each training record becomes one vector: the hidden state the intent head reads (of the public base, before
 any private step), multiplied by a whitening matrix fitted on public text only, and scaled to length 1. So
-adding or removing one record moves one intent's sum by exactly one unit vector: the per-intent sums have
+adding or removing one record moves one intent's sum by at most one unit vector: the per-intent sums have
 L2 sensitivity 1, and releasing them plus N(0, σ²) noise in every coordinate is the Gaussian mechanism (in
 the accountant's history: sample rate 1, one step). The head's row for an intent is its noisy sum's
 direction, mapped back through the whitening: the head scores a message by the cosine between its whitened
@@ -24,11 +24,6 @@ SHRINK = 0.01  # the whitening's ridge, as a share of the mean eigenvalue (publi
 LOGIT_SCALE = 10.0  # head logits = LOGIT_SCALE × cosine for a message of typical (public) feature length
 
 
-def features(model: DialogueModel, enc: Encoder, texts: list[str]) -> torch.Tensor:
-    """The intent head's input for each text (eval mode: no dropout), float32 on the CPU."""
-    return predict_features(model, enc, texts)
-
-
 def whitening(public: torch.Tensor, shrink: float = SHRINK) -> torch.Tensor:
     """A = C^(-1/2), C the covariance of public features plus a ridge of `shrink` × its mean eigenvalue."""
     if len(public) < 2:
@@ -37,6 +32,12 @@ def whitening(public: torch.Tensor, shrink: float = SHRINK) -> torch.Tensor:
     values, vectors = torch.linalg.eigh(cov)
     values = values.clamp_min(0) + shrink * values.clamp_min(0).mean() + 1e-12
     return (vectors @ torch.diag(values.rsqrt()) @ vectors.T).float()
+
+
+def fit_whitening(public: torch.Tensor, shrink: float = SHRINK) -> tuple[torch.Tensor, float]:
+    """The whitening of `public` features and their typical (median) whitened length, for `head_weights`."""
+    transform = whitening(public, shrink)
+    return transform, float((public @ transform).norm(dim=1).median()) if len(public) else 1.0
 
 
 def unit_vectors(feats: torch.Tensor, transform: torch.Tensor) -> torch.Tensor:
@@ -65,9 +66,7 @@ def prototype_head(model: DialogueModel, enc: Encoder, texts: list[str], labels:
                    sigma: float, generator: torch.Generator | None) -> torch.Tensor:
     """The intent head's new weight from the private `texts` (one per record) and their intent indices, with
     the whitening fitted on `public_texts`; σ is the Gaussian mechanism's noise multiplier."""
-    public = features(model, enc, public_texts)
-    transform = whitening(public)
-    typical = float((public @ transform).norm(dim=1).median()) if len(public) else 1.0
-    units = unit_vectors(features(model, enc, texts), transform)
+    transform, typical = fit_whitening(predict_features(model, enc, public_texts))
+    units = unit_vectors(predict_features(model, enc, texts), transform)
     sums = noisy_sums(units, torch.tensor(labels, dtype=torch.long), len(model.intents), sigma, generator)
     return head_weights(sums, transform, typical)
