@@ -3,6 +3,7 @@
     candor train                                  # once: the demo bot into models/support_demo
     python benchmarks/explain_latency.py [--model models/support_demo] [--n 200] [--steps 32]
     python benchmarks/explain_latency.py --baselines mean pad zero --steps 32   # faithfulness by baseline
+    python benchmarks/explain_latency.py --after-previous      # each text read after the one before (latency only)
 """
 from __future__ import annotations
 
@@ -28,6 +29,10 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--baselines", nargs="+", default=[DEFAULT_BASELINE], choices=list(BASELINES),
                    help="integrated-gradients baselines: the first is timed; with more, a faithfulness row for each")
+    p.add_argument("--after-previous", action="store_true",
+                   help="explain each text as read after the previous test text (a follow-up turn: the classifier "
+                        "reads one earlier user turn); latency only, as the faithfulness measures remove words of the "
+                        "message alone")
     args = p.parse_args()
 
     bot = Bot(args.model, device=args.device)
@@ -39,18 +44,21 @@ def main() -> None:
     print("| steps | p50 ms | p95 ms | mean convergence delta | max delta |\n|---|---|---|---|---|")
     for steps in args.steps:
         ex = IntentExplainer(bot.model, bot.enc, n_steps=steps, internal_batch_size=steps, baseline=args.baselines[0])
+        earlier = [[texts[k - 1]] if args.after_previous and k else [] for k in range(len(texts))]
         for t in texts[:5]:
             ex.explain(t)  # warm-up
         times, explanations = [], []
-        for t in texts:
+        for t, c in zip(texts, earlier):
             start = time.perf_counter()
-            explanations.append(ex.explain(t))
+            explanations.append(ex.explain(t, context=c))
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
             times.append(1000 * (time.perf_counter() - start))
         q = statistics.quantiles(times, n=20)
         deltas = [e.delta for e in explanations]
         print(f"| {steps} | {statistics.median(times):.1f} | {q[18]:.1f} | {statistics.mean(deltas):.1e} | {max(deltas):.1e} |")
+    if args.after_previous:
+        return
     print(f"\nFaithfulness ({steps} steps, baseline: {BASELINES[args.baselines[0]]}):\n")
     print(faithfulness.table(faithfulness.evaluate(bot.model, bot.enc, explanations)))
     if len(args.baselines) > 1:

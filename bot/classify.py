@@ -11,13 +11,16 @@ from bot.spec import Settings
 
 
 @torch.no_grad()
-def _batched(model: DialogueModel, enc: Encoder, texts: list[str], batch_size: int, fn, width: int) -> torch.Tensor:
-    """`fn(input_ids, attention_mask)` over the texts' classifier prefixes in batches, eval mode, on the CPU."""
+def _batched(model: DialogueModel, enc: Encoder, texts: list[str], batch_size: int, fn, width: int,
+             contexts: list[list[str]] | None = None) -> torch.Tensor:
+    """`fn(input_ids, attention_mask)` over the texts' classifier prefixes in batches, eval mode, on the CPU;
+    `contexts[i]`: the earlier user texts text i is read after (`Encoder.classify`)."""
     was_training = model.training
     model.eval()
     out = []
+    contexts = contexts or [()] * len(texts)
     for k in range(0, len(texts), batch_size):
-        batch = enc.pad_batch([enc.classify(t) for t in texts[k:k + batch_size]])
+        batch = enc.pad_batch([enc.classify(t, c) for t, c in zip(texts[k:k + batch_size], contexts[k:k + batch_size])])
         out.append(fn(batch["input_ids"].to(model.device), batch["attention_mask"].to(model.device)).float().cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, width)
@@ -28,14 +31,17 @@ def predict_features(model: DialogueModel, enc: Encoder, texts: list[str], batch
     return _batched(model, enc, texts, batch_size, model.intent_features, model.score.in_features)
 
 
-def predict_logits(model: DialogueModel, enc: Encoder, texts: list[str], batch_size: int = 64) -> torch.Tensor:
+def predict_logits(model: DialogueModel, enc: Encoder, texts: list[str], batch_size: int = 64,
+                   contexts: list[list[str]] | None = None) -> torch.Tensor:
     """Raw (uncalibrated) intent logits for each text, shape (len(texts), n_intents), float32 on the CPU."""
-    return _batched(model, enc, texts, batch_size, model.intent_logits, len(model.intents))
+    return _batched(model, enc, texts, batch_size, model.intent_logits, len(model.intents), contexts)
 
 
-def predict_proba(model: DialogueModel, enc: Encoder, texts: list[str], batch_size: int = 64) -> torch.Tensor:
-    """Calibrated softmax over intents for each text, shape (len(texts), n_intents), on the CPU."""
-    return model.calibrated(predict_logits(model, enc, texts, batch_size))
+def predict_proba(model: DialogueModel, enc: Encoder, texts: list[str], batch_size: int = 64,
+                  contexts: list[list[str]] | None = None) -> torch.Tensor:
+    """Calibrated softmax over intents for each text (after `contexts`, see `_batched`), shape
+    (len(texts), n_intents), on the CPU."""
+    return model.calibrated(predict_logits(model, enc, texts, batch_size, contexts))
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,8 +50,8 @@ def records(spec: BotSpec, dialogues: bool = True, seed: int = 0) -> list[Record
             reply = (intent.responses[int(record_key(ex.text, seed, "reply") * len(intent.responses))]
                      if intent.responses else None)
             out[key] = Record(ex.text, intent.name, reply)
-    if dialogues:
-        n = spec.settings.context_turns
+    if dialogues:  # as many earlier turns as the reply prompt or the classifier reads (each cuts its own)
+        n = max(spec.settings.context_turns, spec.settings.classify_context)
         merged = set()
         for dialogue in spec.dialogues:
             for k, turn in enumerate(dialogue):
@@ -146,8 +147,21 @@ class Encoder:
     def words(self, text: str) -> list[int]:
         return self.tok.encode(" " + text, add_special_tokens=False, split_special_tokens=True)
 
-    def classify(self, text: str) -> list[int]:
-        return [self.user] + self.words(text)[: self.max_length - 2] + [self.intent]
+    def classify(self, text: str, context: Sequence[str] = ()) -> list[int]:
+        """The classifier's input: `<|user|> earlier <|user|> text <|intent|>`, where `context` holds earlier user
+        texts, oldest first; the oldest are dropped whole to leave room for the message, which is never cut for them."""
+        own = [self.user] + self.words(text)[: self.max_length - 2] + [self.intent]
+        return self.context_ids(context, self.max_length - len(own)) + own
+
+    def context_ids(self, context: Sequence[str], room: int) -> list[int]:
+        """`<|user|> turn` for each earlier user text that fits in `room` tokens, newest kept first."""
+        out: list[int] = []
+        for t in reversed(context):
+            ids = [self.user] + self.words(t)
+            if len(out) + len(ids) > room:
+                break
+            out = ids + out
+        return out
 
     def prompt(self, text: str, intent: str, context: list[Turn] = (), budget: int = 0) -> list[int]:
         """Reply prompt; the oldest context turns are dropped to leave `budget` tokens for the reply."""

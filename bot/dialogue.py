@@ -48,7 +48,8 @@ class Bot:
     def __init__(self, model_dir: str | Path, device: str = "cpu", response_mode: str | None = None, seed: int = 0):
         self.model, self.tokenizer = models.load(model_dir, device)
         self.card = models.read_card(model_dir)
-        self.settings = Settings(**self.card.get("settings", {}))
+        # A card without `classify_context` is from a model trained before the classifier read earlier turns.
+        self.settings = Settings(**{"classify_context": 0, **self.card.get("settings", {})})
         if response_mode:
             self.settings.response_mode = response_mode
         self.enc = Encoder(self.tokenizer, self.card.get("model", {}).get("max_length", 256))
@@ -60,9 +61,17 @@ class Bot:
     def classify(self, text: str):
         return self.classify_batch([text])[0]
 
-    def classify_batch(self, texts: list[str]):
-        """One forward pass for several texts; each decision as `classify` would make it."""
-        return [decide(p, self.model.intents, self.settings) for p in predict_proba(self.model, self.enc, texts)]
+    def classify_batch(self, texts: list[str], conversations: list[Conversation] | None = None):
+        """One forward pass for several texts, each read after its conversation's last user turns
+        (`settings.classify_context` of them); each decision as `classify` would make it."""
+        contexts = [self.context(c) for c in conversations] if conversations else None
+        return [decide(p, self.model.intents, self.settings)
+                for p in predict_proba(self.model, self.enc, texts, contexts=contexts)]
+
+    def context(self, conversation: Conversation) -> list[str]:
+        """The earlier user texts the classifier reads before the next message, oldest first."""
+        k = self.settings.classify_context
+        return [t.user for t in conversation.turns[-k:]] if k else []
 
     def reply(self, text: str, intent: str, context: list[Turn], on_text=None) -> str:
         """The reply for a confident intent (see `replies`)."""
@@ -127,7 +136,7 @@ class Bot:
         """Several turns at once: one classification pass (unless `decisions` are given) and one batch of
         generated replies, the same results as one at a time. Each turn is appended to its conversation; an
         item whose stream raised gets that exception instead (and no turn)."""
-        decisions = decisions or self.classify_batch(texts)
+        decisions = decisions or self.classify_batch(texts, conversations)
         on_texts = on_texts or [None] * len(texts)
         k = self.settings.context_turns
         contexts = [c.turns[-k:] if k else [] for c in conversations]

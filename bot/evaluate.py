@@ -243,7 +243,9 @@ def reply_measures(bot, examples: list[Example], limit: int = 200, seed: int = 0
 
     from bot.generate import fill, generate_replies, repetition, template_reply
 
-    items = [e for e in examples if e.reply and e.intent != OUT_OF_SCOPE][:limit]
+    if limit < 0:
+        raise ValueError(f"reply limit must be 0 (all) or above, got {limit}")
+    items = [e for e in examples if e.reply and e.intent != OUT_OF_SCOPE][:limit or None]  # 0: all
     if not items:
         return {}
     prompts = [(e.text, e.intent, []) for e in items]

@@ -119,9 +119,9 @@ def from_bitext(path: str | Path, name: str = "bitext_support", responses_per_in
     response as a held-out reference reply.
 
     Keeps every instruction as an example (a stratified `test_fraction` goes to the test set) and
-    `responses_per_intent` generic replies per intent: ones tied to no entity first, then shortest,
-    with `{{Slot Name}}` rewritten to `{slot_name}` and, in replies to a request that named an
-    entity, long numbers rewritten to `{order_number}`.
+    `responses_per_intent` generic replies per intent, taken from the training rows only (a test row's reply is
+    its held-out reference): ones tied to no entity first, then shortest, with `{{Slot Name}}` rewritten to
+    `{slot_name}` and, in replies to a request that named an entity, long numbers rewritten to `{order_number}`.
     """
     path = Path(path)
     rows = _read_csv(path, ("instruction",), ("intent",))
@@ -129,7 +129,7 @@ def from_bitext(path: str | Path, name: str = "bitext_support", responses_per_in
     for _, row in rows:
         by_intent[row["intent"].strip()].append(row["instruction"].strip())
         has_entity = bool((row.get("entity_type") or "").strip())
-        candidates[row["intent"].strip()].append((has_entity, row["response"].strip()))
+        candidates[row["intent"].strip()].append((normalize(row["instruction"]), has_entity, row["response"].strip()))
         reply_of.setdefault(normalize(row["instruction"]), (has_entity, row["response"].strip()))
 
     def template(has_entity: bool, r: str) -> str:
@@ -143,8 +143,10 @@ def from_bitext(path: str | Path, name: str = "bitext_support", responses_per_in
         rng.shuffle(texts)
         n_test = int(round(len(texts) * test_fraction))
         test += [Example(t, intent, reply=template(*reply_of[normalize(t)])) for t in texts[:n_test]]
+        held_out = {normalize(t) for t in texts[:n_test]}
         by_intent[intent] = texts[n_test:]
-        pool = sorted(set(candidates[intent]), key=lambda c: (c[0], len(c[1]) > 700, len(_BITEXT_SLOT.findall(c[1])), len(c[1]), c[1]))
+        pool = sorted({(e, r) for key, e, r in candidates[intent] if key not in held_out},
+                      key=lambda c: (c[0], len(c[1]) > 700, len(_BITEXT_SLOT.findall(c[1])), len(c[1]), c[1]))
         responses[intent] = [template(has_entity, r) for has_entity, r in pool[:responses_per_intent]]
     spec = _spec(name, by_intent, responses, source=f"response column of {path.name}")
     spec.test = test

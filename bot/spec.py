@@ -64,6 +64,11 @@ class Intent:
     responses_source: str = ""  # "" = authored in the bot file; else where an importer took them from (data rows)
 
 
+# In a turn's attributions, the earlier user turns the classifier read (`Settings.classify_context`), scored as one
+# item before the message's words.
+EARLIER = "[earlier turns]"
+
+
 @dataclass
 class Settings:
     confidence_threshold: float = 0.3  # Rasa's FallbackClassifier default
@@ -71,6 +76,9 @@ class Settings:
     response_mode: str = "template"  # "template" or "generate"
     context_turns: int = 3
     max_reply_tokens: int = 96
+    # Earlier user turns the intent classifier reads before the message (0: each message alone). A model whose
+    # card has no such setting was trained before it existed and reads none (bot.dialogue.Bot).
+    classify_context: int = 1
 
 
 @dataclass
@@ -429,6 +437,8 @@ def validate(spec: BotSpec) -> list[Problem]:
         out.append(Problem(f, None, "error", "settings.ambiguity_threshold must be between 0 and 1"))
     if s.response_mode not in ("template", "generate"):
         out.append(Problem(f, None, "error", f"settings.response_mode must be 'template' or 'generate', got '{s.response_mode}'"))
+    if s.classify_context < 0:
+        out.append(Problem(f, None, "error", "settings.classify_context must be 0 (each message alone) or above"))
     if spec.model.n_embd % max(spec.model.n_head, 1):
         out.append(Problem(f, None, "error", "model.n_embd must be divisible by model.n_head"))
     if len(spec.intents) == 1:

@@ -46,6 +46,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from bot.spec import EARLIER
+
 COLUMNS = ("id", "time", "session", "text", "intent", "confidence", "fallback", "fallback_reason", "reply",
            "model_version", "attributions")
 
@@ -167,7 +169,7 @@ class AuditStore:
         """Write one turn's audit row, which is also the newest turn of the session's conversation."""
         r = self.redact
         stored = r(text)
-        words = "".join(w for w, _ in attributions)
+        words = "".join(w for w, _ in attributions if w != EARLIER)
         if not (stored == text and words == "".join(text.split())):  # not simply the words of the stored text:
             joined = " ".join(w for w, _ in attributions)
             if r(joined) != joined:  # words of unredacted text (a card number split into "4111", "1111"...): drop

@@ -8,7 +8,9 @@ for the first time in production, and raw PII never reaches the weights.
 Each fine-tuning step the classifier sees one *view* of each record it trains on: the first of
 `views` (pluggable, e.g. TextAttack augmentation or adversarial examples from safety/) that offers
 one, else the noisy view (word dropout/insertion). A view replaces its record for that step, never
-adds one, so the DP trainer gets one sequence per sampled record whatever the views are.
+adds one, so the DP trainer gets one sequence per sampled record whatever the views are. The view is then
+placed in a conversation (`Trainer.in_context`): read after earlier user turns, as the served classifier reads
+a message (`settings.classify_context`), or alone.
 
 Checkpoints (safetensors + JSON, never pickles) go to `<out>.checkpoints/` every `checkpoint_every`
 steps and at each epoch's end; `resume=True` continues from the last one. The final model
@@ -44,8 +46,16 @@ from bot import distributed
 from bot import model as models
 from bot.classify import fit_temperature, predict_logits, predict_proba
 from bot.data import Encoder, Record, corpus, outlier_texts, records, split
+from bot.followups import follow_up
 from bot.io import atomic_dir, atomic_write_json
 from bot.spec import BotSpec
+
+# How often a single-turn record is read in a conversation (`Trainer.in_context`), when the bot's classifier reads
+# earlier turns (`settings.classify_context`).
+FOLLOW_UP_SHARE = 0.15  # as the earlier turn of a generic follow-up that keeps its intent
+SWITCH_SHARE = 0.25  # after another intent's example: the new request decides
+OUTLIERS_IN_CONTEXT = 0.5  # outlier-exposure items read in a conversation, per outlier text read alone
+FOLLOW_UP_ALONE = 0.4  # of those: a generic follow-up read alone; the others: an outlier text after an example
 
 
 @dataclass
@@ -182,6 +192,10 @@ class Trainer:
         self.extra_records = [served(r, self.read) for r in extra_records]
         self.train_records += self.extra_records
         self.reply_records = [r for r in self.train_records if r.reply]
+        self.classify_context = 0 if self.per_record else spec.settings.classify_context
+        if self.per_record and spec.settings.classify_context:
+            self.log("settings.classify_context: the model is trained, and will be served, reading each message "
+                     "alone (another record's text as an earlier turn would break the per-record guarantee)")
 
     # ------------------------------------------------------------ setup / resume
     def _latest(self) -> Path | None:
@@ -254,6 +268,45 @@ class Trainer:
                 return self.read(text)
         return _noisy_view(record.text, self.t.word_dropout, rng, self.vocab)
 
+    def in_context(self, index: int, record: Record, text: str, rng: random.Random) -> tuple[list[str], str]:
+        """(earlier user texts, message): how the classifier reads training record `index` this step, seen as
+        `text`. A record from a dialogue is read after its own earlier turns. Another is, with chance
+        `FOLLOW_UP_SHARE`, the earlier turn of a generic follow-up (bot/followups.py) that keeps its intent, or,
+        with chance `SWITCH_SHARE`, read after another intent's example (a new request outweighs the old one);
+        else alone. The DP trainer reads every record alone (`per_record`)."""
+        n = self.classify_context
+        if not n:
+            return [], text
+        if record.context:
+            return [t.user for t in record.context[-n:]], text
+        roll = rng.random()
+        if roll < FOLLOW_UP_SHARE:
+            return [text], self.read(follow_up(rng))
+        if roll < FOLLOW_UP_SHARE + SWITCH_SHARE and len(self.train_records) > 1:
+            other = self.train_records[rng.randrange(len(self.train_records))]
+            if other.intent != record.intent:
+                return [other.text], text
+        return [], text
+
+    def outlier_in_context(self, rng: random.Random) -> tuple[list[str], str]:
+        """(earlier user texts, message): one of the outlier-exposure items added when the classifier reads earlier
+        turns. With chance `FOLLOW_UP_ALONE` a generic follow-up read alone (alone, it names no intent), else an
+        outlier text read after a training example (an unknown question after a known request is still unknown)."""
+        if rng.random() < FOLLOW_UP_ALONE:
+            return [], self.read(follow_up(rng))
+        outliers = self.outliers()
+        return [self.train_records[rng.randrange(len(self.train_records))].text], outliers[rng.randrange(len(outliers))]
+
+    def reply_view(self, r: Record) -> Record:
+        """The record as the reply prompt reads it: its last `settings.context_turns` turns, as `Bot.turns` gives."""
+        k = self.spec.settings.context_turns
+        return dataclasses.replace(r, context=r.context[-k:] if k else [])
+
+    def contexts(self, recs: list[Record]) -> list[list[str]]:
+        """The earlier user texts each record is read after when it is validated (its dialogue's, if any)."""
+        n = self.classify_context
+        return [[t.user for t in r.context[-n:]] if n else [] for r in recs]
+
     @functools.cached_property
     def _outliers(self) -> tuple[list[str], int]:
         texts, dropped = outlier_texts(self.spec)
@@ -296,6 +349,12 @@ class Trainer:
     def outlier_batch(self) -> int:
         """Outlier texts per fine-tuning step (0 when outlier exposure is off)."""
         return max(1, self.t.batch_size // 2) if self.outliers() else 0
+
+    @property
+    def outliers_in_context(self) -> int:
+        """Outlier-exposure items per step, on top of `outlier_batch`, read in a conversation (`outlier_in_context`):
+        when the classifier reads earlier turns."""
+        return int(self.outlier_batch * OUTLIERS_IN_CONTEXT) if self.classify_context else 0
 
     def card_sections(self) -> dict:
         return {}
@@ -379,19 +438,23 @@ class Trainer:
         for k in range(self.state.batch, len(batches)):
             part, weight = distributed.share(batches[k])
             recs = [self.train_records[i] for i in part]
-            views = [self.view(i, r, random.Random(f"{self.t.seed}-{self.state.epoch}-{k}-{i}")) for i, r in zip(part, recs)]
-            b = self._to(self.enc.pad_batch([self.enc.classify(v) for v in views]))
+            rngs = [random.Random(f"{self.t.seed}-{self.state.epoch}-{k}-{i}") for i in part]
+            seen = [self.in_context(i, r, self.view(i, r, g), g) for i, r, g in zip(part, recs, rngs)]
+            b = self._to(self.enc.pad_batch([self.enc.classify(text, context) for context, text in seen]))
             y = torch.tensor([intent_id[r.intent] for r in recs], device=self.device)
             ce = F.cross_entropy(self.model.intent_logits(b["input_ids"], b["attention_mask"]), y)
             loss, lm, oe = ce * weight, None, None
             if ob:  # cross-entropy to the uniform distribution over intents (Hendrycks et al., 2019)
-                picks, oe_weight = distributed.share(range(ob))
-                ob_texts = [outliers[out_order[(k * ob + j) % len(out_order)]] for j in picks]
-                o = self._to(self.enc.pad_batch([self.enc.classify(t) for t in ob_texts]))
+                picks, oe_weight = distributed.share(range(ob + self.outliers_in_context))
+                seen_o = [([], outliers[out_order[(k * ob + j) % len(out_order)]]) if j < ob else
+                          self.outlier_in_context(random.Random(f"{self.t.seed}-{self.state.epoch}-{k}-{j}-outlier"))
+                          for j in picks]
+                o = self._to(self.enc.pad_batch([self.enc.classify(t, c) for c, t in seen_o]))
                 oe = -self.model.intent_logits(o["input_ids"], o["attention_mask"]).log_softmax(-1).mean(-1).mean()
-                loss = loss + self.t.outlier_weight * oe * oe_weight
+                # a sum over the items / `ob`: the items read in a conversation come on top, never dilute the others
+                loss = loss + self.t.outlier_weight * oe * oe_weight * (ob + self.outliers_in_context) / ob
             if replies and self.t.reply_weight > 0:
-                every = [self.enc.reply(self.reply_records[replies[(k * rbs + j) % len(replies)]],
+                every = [self.enc.reply(self.reply_view(self.reply_records[replies[(k * rbs + j) % len(replies)]]),
                                         self.spec.settings.max_reply_tokens) for j in range(rbs)]
                 picks, reply_weight = distributed.share(range(rbs), [sum(t != -100 for t in labels[1:])
                                                                      for _, labels in every])
@@ -410,7 +473,7 @@ class Trainer:
         if not self.val_records:
             return {}
         texts = [r.text for r in self.val_records]
-        probs = predict_proba(self.model, self.enc, texts)
+        probs = predict_proba(self.model, self.enc, texts, contexts=self.contexts(self.val_records))
         y = torch.tensor([self.model.intents.index(r.intent) for r in self.val_records])
         return {"val_loss": float(F.nll_loss(probs.clamp_min(1e-12).log(), y)),
                 "val_accuracy": float((probs.argmax(1) == y).float().mean())}
@@ -486,13 +549,22 @@ class Trainer:
         if not (self.calibrate() and self.val_records):
             return {"temperature": 1.0, "fitted_on": None}
         y = torch.tensor([self.model.intents.index(r.intent) for r in self.val_records])
-        logits = predict_logits(self.model, self.enc, [r.text for r in self.val_records])
+        logits = predict_logits(self.model, self.enc, [r.text for r in self.val_records],
+                                contexts=self.contexts(self.val_records))
         if bool((logits.argmax(1) == y).all()):
             self.log("calibration: not fitted (every validation example is classified right); temperature 1")
             return {"temperature": 1.0, "fitted_on": None, "why": "every validation example was classified right"}
         self.model.temperature = fit_temperature(logits, y)
         self.log(f"calibration: temperature {self.model.temperature:.3f} (fitted on the validation split)")
         return {"temperature": round(self.model.temperature, 4), "fitted_on": "validation split"}
+
+    def _context_card(self) -> dict:
+        if not self.classify_context:
+            return {"earlier_turns_read": 0}
+        return {"earlier_turns_read": self.classify_context, "follow_up_share": FOLLOW_UP_SHARE,
+                "switch_share": SWITCH_SHARE, "follow_ups": "templates in bot/followups.py",
+                **({"outliers_in_context_per_batch": self.outliers_in_context,
+                    "follow_ups_alone_share": FOLLOW_UP_ALONE} if self.outliers_in_context else {})}
 
     def _outlier_card(self, counts: bool) -> dict:
         if not self.outliers():
@@ -512,7 +584,10 @@ class Trainer:
                 {k: (round(v, 2) if k == "val_accuracy" else v) for k, v in h.items() if k != "val_loss"}
                 for h in self.state.history]
             best = history[self.state.best_epoch] if history and self.state.best_epoch >= 0 else {}
-            cards.write(tmp, self.spec, counts=counts, training={
+            # What the served model reads: the DP trainer's models read each message alone.
+            spec = dataclasses.replace(self.spec, settings=dataclasses.replace(
+                self.spec.settings, classify_context=self.classify_context))
+            cards.write(tmp, spec, counts=counts, training={
                 "base": self.spec.model.base, "device": str(self.device), "seed": self.t.seed,
                 "processes": distributed.world(),
                 "steps": self.state.step, "finetune_start_step": self.state.stage_start,
@@ -524,6 +599,7 @@ class Trainer:
                     "reply_examples": len(self.reply_records)} if counts else {}),
                 **({"views": [v.describe() for v in self.views]} if self.views else {}),
                 "outlier_exposure": self._outlier_card(counts),
+                "conversation": self._context_card(),
                 "calibration": calibration,
                 **{k: v for k, v in best.items() if k.startswith("val")},
             })

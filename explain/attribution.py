@@ -1,8 +1,10 @@
 """Which words made the bot choose an intent: Captum IntegratedGradients on GPT-2's input embeddings.
 
-F is the calibrated probability (`DialogueModel.intent_probs`) of the explained intent for `<|user|> text<|intent|>`.
+F is the calibrated probability (`DialogueModel.intent_probs`) of the explained intent for the classifier's input,
+`<|user|> earlier <|user|> text<|intent|>` (the earlier user turns it reads, if any: `Encoder.classify`).
 Baseline: the embedding of every text token replaced by one baseline vector (`BASELINES`), role tokens and
-positions kept, so the role tokens get exactly zero and the words share out F(text) − F(baseline).
+positions kept, so the role tokens get exactly zero and the words, with the earlier turns as one more item
+(`EARLIER`), share out F(input) − F(baseline).
 The default, the mean of the trained token embeddings, was chosen by faithfulness (BENCHMARKS.md): the
 `<|pad|>` row is never trained as an input (pads are masked); its only updates come from the tied LM head.
 Integration: `n_steps` Gauss-Legendre points, all in one batch by default (`internal_batch_size`).
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from captum.attr import IntegratedGradients
 
+from bot.spec import EARLIER
 from explain.words import normalise, segment, word_scores
 
 N_STEPS = 32
@@ -57,6 +60,7 @@ class Explanation:
     n_steps: int = N_STEPS
     internal_batch_size: int = INTERNAL_BATCH_SIZE
     reply: dict | None = field(default=None)
+    context: WordScore | None = None  # the earlier turns' share (word `EARLIER`), scaled with the words; None: none read
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -86,29 +90,34 @@ class IntentExplainer:
         return {"mean": lambda: w.mean(0), "pad": lambda: w[self.enc.pad], "zero": lambda: torch.zeros_like(w[0])}[
             self.baseline]()
 
-    def explain(self, text: str, intent: str | None = None) -> Explanation:
-        return self.explain_batch([text], [intent])[0]
+    def explain(self, text: str, intent: str | None = None, context: list[str] = ()) -> Explanation:
+        return self.explain_batch([text], [intent], [list(context)])[0]
 
-    def explain_batch(self, texts: list[str], intents: list[str | None] | None = None) -> list[Explanation]:
+    def explain_batch(self, texts: list[str], intents: list[str | None] | None = None,
+                      contexts: list[list[str]] | None = None) -> list[Explanation]:
         """Several texts in one Captum call (right-padded; GPT-2 is causal, so padding after a text
-        changes nothing before it): the same attributions as one at a time, within float tolerance."""
+        changes nothing before it): the same attributions as one at a time, within float tolerance.
+        `contexts[i]`: the earlier user texts text i was classified after (`Bot.context`)."""
         self.model.eval()
         intents = intents or [None] * len(texts)
         segs = [segment(self.enc.tok, t, self.enc.max_length - 2) for t in texts]
-        width = max(len(s.token_ids) for s in segs) + 2
+        heads = [self.enc.context_ids(c, self.enc.max_length - len(s.token_ids) - 2)
+                 for c, s in zip(contexts or [()] * len(texts), segs)]
+        width = max(len(h) + len(s.token_ids) for h, s in zip(heads, segs)) + 2
         ids = torch.full((len(texts), width), self.enc.pad, dtype=torch.long)
         mask = torch.zeros_like(ids)
-        for i, s in enumerate(segs):
-            n = len(s.token_ids) + 2
-            ids[i, :n] = torch.tensor([self.enc.user, *s.token_ids, self.enc.intent])
+        for i, (h, s) in enumerate(zip(heads, segs)):
+            n = len(h) + len(s.token_ids) + 2
+            ids[i, :n] = torch.tensor([*h, self.enc.user, *s.token_ids, self.enc.intent])
             mask[i, :n] = 1
         ids, mask = ids.to(self.model.device), mask.to(self.model.device)
+        roles = torch.tensor([self.enc.user, self.enc.intent], device=ids.device)
         with torch.no_grad():
             x = self.embed(ids)
             base = x.clone()
             vec = self.baseline_vector().to(x.dtype)
-            for i, s in enumerate(segs):
-                base[i, 1:len(s.token_ids) + 1] = vec  # role tokens and padding stay as they are
+            text_tokens = (mask.bool() & ~torch.isin(ids, roles))  # every text token, earlier turns' included
+            base[text_tokens] = vec  # role tokens and padding stay as they are
             probs = self._probability(torch.cat([x, base]), torch.cat([mask, mask]))
         predicted = probs[: len(texts)].argmax(-1).tolist()
         targets = [self.model.intents.index(it) if it else p for it, p in zip(intents, predicted)]
@@ -116,14 +125,18 @@ class IntentExplainer:
                                         n_steps=self.n_steps, internal_batch_size=self.internal_batch_size * len(texts),
                                         return_convergence_delta=True)
         out = []
-        for i, (text, seg, target) in enumerate(zip(texts, segs, targets)):
-            per_token = attr[i].sum(-1)[1:len(seg.token_ids) + 1].detach().cpu()
-            raw = word_scores(seg, per_token.tolist())
+        for i, (text, seg, head, target) in enumerate(zip(texts, segs, heads, targets)):
+            per_token = attr[i].sum(-1).detach().cpu()
+            own = per_token[len(head) + 1:len(head) + len(seg.token_ids) + 1]
+            raw = word_scores(seg, own.tolist())
+            earlier = float(per_token[:len(head)].sum())  # its role tokens score exactly 0
+            scaled = normalise(raw + [earlier] if head else raw)
             words = [WordScore(w, sc, r, a, b, read) for w, sc, r, (a, b), read
-                     in zip(seg.words, normalise(raw), raw, seg.spans, seg.read)]
+                     in zip(seg.words, scaled, raw, seg.spans, seg.read)]
+            context = WordScore(EARLIER, scaled[-1], earlier, -1, -1) if head else None
             out.append(Explanation(text, self.model.intents[target], float(probs[i, target]),
                                    self.model.intents[predicted[i]], words, float(probs[len(texts) + i, target]),
-                                   float(per_token.sum()), abs(float(delta[i])), n_steps=self.n_steps,
+                                   float(own.sum()) + earlier, abs(float(delta[i])), n_steps=self.n_steps,
                                    internal_batch_size=self.internal_batch_size,
-                                   baseline=describe_baseline(self.baseline)))
+                                   baseline=describe_baseline(self.baseline), context=context))
         return out

@@ -191,7 +191,11 @@ class DPTrainer(Trainer):
                       "Gaussian noise and Poisson sampling from generators seeded from the operating system's "
                       "CSPRNG at every start, never saved or published (the training seed sets only the model's "
                       "initialisation, the data order of pre-training and the views); " + FLOAT_CAVEAT)
-        if secure_mode() and self.p.head_init == "prototype":
+        if not self.t.epochs:  # the prototypes' release is the only private step: no sampling, one noise draw
+            self.noise = ("Gaussian noise for the prototypes from a generator seeded from the operating system's CSPRNG "
+                          "at every start, never saved or published; no Poisson sampling (no DP-SGD step); "
+                          + FLOAT_CAVEAT)
+        elif secure_mode() and self.p.head_init == "prototype":
             self.noise += ("; the prototypes' noise is drawn from a generator seeded from the operating system's CSPRNG "
                            "(not torchcsprng), in floating point: " + FLOAT_CAVEAT)
 

@@ -135,3 +135,38 @@ def test_words_cut_by_the_length_limit_are_marked_not_read(bot):
     page = render.html_report(e)
     assert f"the last {read.count(False)} word(s), struck through" in page and page.count('title="not read"') == read.count(False)
     assert IntentExplainer(bot.model, bot.enc).explain("cancel my order").words[-1].read
+
+
+def test_earlier_turns_the_classifier_read_are_explained_as_one_item(bot):
+    """F is the probability the bot decided with (the message read after the earlier turn); the earlier turn's
+    tokens share out F(input) − F(baseline) with the words, as one item, and nothing else changes without it."""
+    import torch
+
+    from bot.classify import predict_proba
+    from bot.spec import EARLIER
+
+    ex = IntentExplainer(bot.model, bot.enc, n_steps=64)
+    text, earlier = "it is number 4432", ["hello, cancel my order please"]
+    e = ex.explain(text, context=earlier)
+    p = predict_proba(bot.model, bot.enc, [text], contexts=[earlier])[0]
+    assert e.predicted == bot.model.intents[int(p.argmax())] and e.confidence == pytest.approx(float(p.max()), abs=1e-5)
+    assert e.context is not None and e.context.word == EARLIER and abs(e.context.raw) > 1e-3 and e.delta < 0.05
+    # F(baseline): every text token, the earlier turn's included, replaced by the mean embedding; role tokens kept
+    ids = torch.tensor([bot.enc.classify(text, earlier)])
+    x = bot.model.lm.get_input_embeddings()(ids).detach()
+    roles = torch.isin(ids, torch.tensor([bot.enc.user, bot.enc.intent]))
+    x[~roles] = bot.model.lm.get_input_embeddings().weight.detach().mean(0)
+    with torch.no_grad():
+        base = bot.model.intent_probs(None, torch.ones_like(ids), x)[0, bot.model.intents.index(e.intent)]
+    assert e.baseline_probability == pytest.approx(float(base), abs=1e-5)
+    assert sum(w.raw for w in e.words) + e.context.raw == pytest.approx(e.attribution_sum, abs=1e-5)
+    assert abs(e.attribution_sum - (e.confidence - e.baseline_probability)) <= e.delta + 1e-5
+    assert max(abs(w.score) for w in [*e.words, e.context]) == pytest.approx(1.0)
+    # batched with and without earlier turns: each as one at a time
+    alone = ex.explain(text)
+    both = ex.explain_batch([text, text], contexts=[earlier, []])
+    assert alone.context is None and both[1].context is None
+    assert [w.raw for w in both[1].words] == pytest.approx([w.raw for w in alone.words], abs=1e-5)
+    assert both[0].context.raw == pytest.approx(e.context.raw, abs=1e-5)
+    assert float(predict_proba(bot.model, bot.enc, [text])[0].max()) == pytest.approx(alone.confidence, abs=1e-5)
+    assert EARLIER in render.terminal(e, colour=False) and EARLIER in render.html_report(e)

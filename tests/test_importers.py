@@ -48,6 +48,8 @@ def test_bitext_has_responses_with_placeholders_and_no_leakage(tmp_path):
     assert not any("{{" in r for r in responses)
     assert any("{website_name}" in r or "{customer_support_phone_number}" in r for r in responses)
     assert 400 < len(spec.test) < 500
+    # the authored responses come from training rows: none is a test row's held-out reference reply
+    assert not {(e.intent, e.reply) for e in spec.test} & {(n, r) for n, i in spec.intents.items() for r in i.responses}
     out = tmp_path / "bitext.yaml"
     dump_bot(spec, out)
     load_bot(out)  # raises on leakage or duplicates across intents

@@ -18,8 +18,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from bot import model as models
 from bot.data import Encoder, Record
+from bot.dialogue import Bot, Conversation
 from bot.model import read_card
-from bot.spec import ModelSettings, load_bot
+from bot.spec import ModelSettings, Turn, load_bot
 from safety.gpt2_dp import add_lora, conv1d_to_linear, linear_to_conv1d, merge_lora, position_ids, train_top, untie
 from safety.privacy import DPTrainer, default_delta
 from tests.conftest import TINY_MODEL, dp_bot_file, tiny_bot_dict
@@ -273,6 +274,10 @@ def test_dp_card_publishes_no_exact_counts(tmp_path):
     assert "records" not in card["privacy"] and card["privacy"]["records_noisy"] >= 1
     n = len(trainer.train_records)
     assert f" {n} training" not in (tmp_path / "m" / "model_card.md").read_text()
+    # each record is protected on its own: trained, and so served, without other records as earlier turns
+    assert spec.settings.classify_context == 1 and card["settings"]["classify_context"] == 0
+    assert card["training"]["conversation"] == {"earlier_turns_read": 0}
+    assert Bot(tmp_path / "m").context(Conversation([Turn("cancel my order", "ok", "cancel_order")])) == []
 
 
 def test_noisy_count_is_laplace_around_the_true_count():
@@ -572,6 +577,7 @@ def test_prototype_only_dp_model_is_accounted_and_says_so(tmp_path, monkeypatch)
     md = (out / "model_card.md").read_text()
     assert "Intent head started from noisy" in md and "Prototype release: noise multiplier" in md
     assert "DP-SGD: noise multiplier" not in md and "(the prototypes, composed" in md
+    assert "no Poisson sampling" in p["noise"] and "Poisson sampling from" not in p["noise"]
     # without prototypes, zero epochs cannot be private training
     spec.privacy.head_init = "random"
     with pytest.raises(ValueError, match="head_init: prototype"):

@@ -79,6 +79,14 @@ def test_eval_measures_replies_against_held_out_references(trained_tiny, tmp_pat
     assert 0 <= ways["generate mode"]["kept_generated"] <= 1
     assert "ROUGE-L" in printed and "generate mode" in printed
     assert json.loads((out / "intent_report.json").read_text())["summary"]["replies"]["examples"] == 12
+    for limit, n in (("5", 5), ("0", 12)):  # 0: all of them
+        assert main(["eval", str(trained_tiny), "--bot", str(source), "-o", str(out), "--replies",
+                     "--reply-limit", limit]) == 0
+        assert json.loads((out / "reply_report.json").read_text())["examples"] == n
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["eval", str(trained_tiny), "--replies", "--reply-limit", "-1"])
+    assert "--reply-limit: must be 0 or above, got -1" in capsys.readouterr().err
 
 
 def test_test_entries_may_carry_a_reference_reply_and_nothing_else(tmp_path):

@@ -207,3 +207,48 @@ def test_records_are_trained_on_as_the_served_turn_reads_them(tmp_path):
     texts = {r.text for r in trainer.train_records + trainer.val_records}
     assert "where is order <ACCOUNT_NUMBER>" in texts and "status of my order, mail me at <EMAIL_ADDRESS>" in texts
     assert len(texts) == len({e.text for e in spec.examples})  # nothing dropped or merged
+
+
+def test_training_reads_records_in_conversations_as_the_served_classifier_does(tmp_path):
+    """A dialogue turn is read after its own earlier turns; a single example is sometimes the earlier turn of a
+    generic follow-up that keeps its intent, sometimes read after another intent's example, else alone."""
+    import random
+
+    from bot.spec import load_bot
+    from bot.train import FOLLOW_UP_ALONE, FOLLOW_UP_SHARE, OUTLIERS_IN_CONTEXT, SWITCH_SHARE, Trainer
+
+    bot = tiny_bot_dict()
+    bot["dialogues"] = [[{"user": "hi there", "bot": "Hello!"},
+                         {"user": "my parcel never came, order 12", "bot": "Let me look.", "intent": "track_order"}]]
+    path = tmp_path / "b.yaml"
+    path.write_text(yaml.safe_dump(bot, sort_keys=False))
+    spec, _ = load_bot(path)
+    trainer = Trainer(spec, tmp_path / "m", progress=False, log=lambda *a: None)
+    recs = {r.text: r for r in trainer.train_records + trainer.val_records}
+    turn = recs["my parcel never came, order 12"]
+    assert trainer.in_context(0, turn, turn.text, random.Random(0)) == (["hi there"], turn.text)
+    single = next(r for r in trainer.train_records if not r.context)
+    seen = [trainer.in_context(0, single, single.text, random.Random(k)) for k in range(2000)]
+    follow = [s for s in seen if s[0] == [single.text]]
+    switch = [s for s in seen if s[0] and s[0] != [single.text]]
+    alone = [s for s in seen if not s[0]]
+    assert abs(len(follow) / 2000 - FOLLOW_UP_SHARE) < 0.03 and len({m for _, m in follow}) > 20
+    assert all(m != single.text for _, m in follow)
+    other = {r.text: r.intent for r in trainer.train_records}
+    assert all(m == single.text and other[c[0]] != single.intent for c, m in switch)
+    assert 0.5 * SWITCH_SHARE < len(switch) / 2000 < SWITCH_SHARE + 0.03
+    assert all(m == single.text for _, m in alone)
+    # outlier exposure adds items read in a conversation: generated follow-ups alone (alone, they name no intent)
+    # and outlier texts after a training example (an unknown question stays unknown after a known one)
+    assert trainer.outliers_in_context == int(trainer.outlier_batch * OUTLIERS_IN_CONTEXT) > 0
+    seen = [trainer.outlier_in_context(random.Random(k)) for k in range(2000)]
+    alone = [m for c, m in seen if not c]
+    after = [(c, m) for c, m in seen if c]
+    assert abs(len(alone) / 2000 - FOLLOW_UP_ALONE) < 0.04 and len(set(alone)) > 20
+    assert all(len(c) == 1 and c[0] in other and m in trainer.outliers() for c, m in after)
+    # reading each message alone (classify_context 0) trains on each record alone
+    spec.settings.classify_context = 0
+    flat = Trainer(spec, tmp_path / "n", progress=False, log=lambda *a: None)
+    assert all(flat.in_context(0, r, r.text, random.Random(k)) == ([], r.text)
+               for k, r in enumerate(flat.train_records))
+    assert flat.outliers_in_context == 0

@@ -10,6 +10,17 @@ from bot.spec import BotFileError
 DEFAULT_MODEL = "models/support_demo"
 
 
+def _count(value: str) -> int:
+    """argparse type: a whole number, 0 or above."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {value!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or above, got {n}")
+    return n
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="candor", description="Train, evaluate and chat with a Candor support bot.")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -69,7 +80,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--replies", action="store_true",
                    help="also measure replies against the test set's held-out reference replies (`reply:`): ROUGE-L "
                         "and repetition for template, grounded, generated and generate-mode replies")
-    e.add_argument("--reply-limit", type=int, default=200, help="with --replies: at most this many test examples")
+    e.add_argument("--reply-limit", type=_count, default=200, metavar="N",
+                   help="with --replies: at most this many test examples (0: all of them; default 200)")
     e.add_argument("--apply-threshold", action="store_true",
                    help="serve with the suggested threshold: write it to the model's settings (its card)")
 

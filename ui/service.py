@@ -138,6 +138,8 @@ class ChatService:
         conv = self.conversation(session)
         result, explanation = self.batcher.submit((red.text, conv, on_text, cancel))
         words = [(w.word, round(w.score, 4) if w.read else None) for w in explanation.words]  # None: never read
+        if explanation.context:  # the earlier turns the classifier read, as one item before the words
+            words.insert(0, (explanation.context.word, round(explanation.context.score, 4)))
         turn_id = self.store.log(session=session, text=red.text, reply=result.reply, intent=result.intent,
                                  confidence=result.confidence, fallback=result.fallback,
                                  fallback_reason=result.fallback_reason, attributions=words,
@@ -152,6 +154,7 @@ class ChatService:
         live = [i for i, (_, _, _, cancel) in enumerate(items) if not (cancel is not None and cancel.is_set())]
         for i in set(range(len(items))) - set(live):
             out[i] = Cancelled()
+        contexts = {i: self.bot.context(items[i][1]) for i in live}  # before the turn joins its conversation
         try:
             turns = self.bot.turns([items[i][0] for i in live], [items[i][1] for i in live],
                                    [_stream(items[i][2], items[i][3]) for i in live]) if live else []
@@ -164,8 +167,8 @@ class ChatService:
             else:
                 results[i] = turn
         done = [i for i in live if i in results]
-        explanations = self.explainer.explain_batch([items[i][0] for i in done],
-                                                    [results[i].intent for i in done]) if done else []
+        explanations = self.explainer.explain_batch([items[i][0] for i in done], [results[i].intent for i in done],
+                                                    [contexts[i] for i in done]) if done else []
         for i, explanation in zip(done, explanations):
             cancel = items[i][3]
             if cancel is not None and cancel.is_set():

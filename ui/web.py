@@ -15,6 +15,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from bot.spec import EARLIER
 from bot.store import Filter
 from explain.render import LEGEND
 from safety.guard import Rejected
@@ -55,6 +56,9 @@ def decision_markdown(a: Answer) -> str:
     lines = [f"**Intent:** `{a.intent}` · **confidence** {a.confidence:.2f} · **fallback:** {fallback}"]
     if a.redacted:
         lines.append(f"Redacted before logging: {', '.join(sorted(set(a.redacted)))}")
+    if a.attributions and a.attributions[0][0] == EARLIER:
+        lines.append(f"**{EARLIER}:** the classifier read your earlier message(s) before this one; its colour is how "
+                     "much it pushed toward the intent, on the same scale as the words.")
     unread = sum(s is None for _, s in a.attributions)
     if unread:
         lines.append(f"**Not read:** the last {unread} word(s) were cut by the model's length limit; they are shown "
