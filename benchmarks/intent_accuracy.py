@@ -55,6 +55,8 @@ def main() -> None:
                                                       "made by `candor pretrain-public` (its size is used)")
     p.add_argument("--outlier-weight", type=float, default=None,
                    help="outlier exposure weight (default: the bot default; 0 turns it off)")
+    p.add_argument("--classify-context", type=int, default=None,
+                   help="earlier user turns the classifier reads (default: the bot default; 0 reads each alone)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, default=Path("benchmarks/out/banking77"))
     args = p.parse_args()
@@ -67,6 +69,8 @@ def main() -> None:
     spec.training.checkpoint_every, spec.training.patience = 0, 4
     if args.outlier_weight is not None:
         spec.training.outlier_weight = args.outlier_weight
+    if args.classify_context is not None:
+        spec.settings.classify_context = args.classify_context
     test_x, test_y = official_test(args.data)
     train_x = [e.text for e in spec.examples]
     train_y = [e.intent for e in spec.examples]

@@ -76,9 +76,10 @@ class Settings:
     response_mode: str = "template"  # "template" or "generate"
     context_turns: int = 3
     max_reply_tokens: int = 96
-    # Earlier user turns the intent classifier reads before the message (0: each message alone). A model whose
-    # card has no such setting was trained before it existed and reads none (bot.dialogue.Bot).
-    classify_context: int = 1
+    # Earlier user turns the intent classifier reads before the message (0: each message alone, the default: on
+    # BANKING77 reading one cost 3.9 points and 1.8x the training time; the demo bot reads one: BENCHMARKS.md
+    # "Follow-ups"). A model whose card has no such setting reads none (bot.dialogue.Bot).
+    classify_context: int = 0
 
 
 @dataclass

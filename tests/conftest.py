@@ -49,6 +49,7 @@ def tiny_bot_dict(n_per_intent: int = 24, **training) -> dict:
     test += [{"text": "what is the weather on mars", "intent": "out_of_scope"}]
     return {
         "name": "tiny", "fallback": "Sorry, could you rephrase?",
+        "settings": {"classify_context": 1},  # reads the earlier turn, as the demo bot does
         "model": dict(TINY_MODEL),
         "training": {"seed": 0, "epochs": 6, "pretrain_epochs": 1, "batch_size": 16, "learning_rate": 3e-3,
                      "val_fraction": 0.15, "patience": 10, "checkpoint_every": 0, "reply_batch_size": 4,
