@@ -85,15 +85,18 @@ def render(card: dict, robustness: bool = True) -> str:
                         f"examples, {oe['bot_file_out_of_scope_examples']} out_of_scope examples of the bot file)"
                         if "texts" in oe else "") if oe.get("enabled") else "- Outlier exposure: off")
     conv = t.get("conversation")
-    if conv is not None:
-        lines.append(f"- Conversation: the intent classifier reads the last {conv['earlier_turns_read']} earlier user "
-                     f"turn(s) before a message; trained with {conv['follow_up_share']:.0%} of single examples as the "
-                     f"earlier turn of a generated follow-up that keeps their intent ({conv['follow_ups']}) and "
-                     f"{conv['switch_share']:.0%} read after another intent's example"
-                     + (f"; outlier exposure adds {conv['outliers_in_context_per_batch']} items per batch read in a "
-                        f"conversation: generated follow-ups read alone ({conv['follow_ups_alone_share']:.0%}) and "
-                        "outlier texts read after an example" if conv.get("outliers_in_context_per_batch") else "")
-                     if conv["earlier_turns_read"] else "- Conversation: the intent classifier reads each message alone")
+    if conv is not None and not conv["earlier_turns_read"]:
+        lines.append("- Conversation: the intent classifier reads each message alone")
+    elif conv is not None:
+        line = (f"- Conversation: the intent classifier reads the last {conv['earlier_turns_read']} earlier user "
+                f"turn(s) before a message; trained with {conv['follow_up_share']:.0%} of single examples as the "
+                f"earlier turn of a generated follow-up that keeps their intent ({conv['follow_ups']}) and "
+                f"{conv['switch_share']:.0%} read after another intent's example")
+        if conv.get("outliers_in_context_per_batch"):
+            line += (f"; outlier exposure adds {conv['outliers_in_context_per_batch']} items per batch read in a "
+                     f"conversation: generated follow-ups read alone ({conv['follow_ups_alone_share']:.0%}) and "
+                     "outlier texts read after an example")
+        lines.append(line)
     if cal is not None:
         lines.append(f"- Confidence calibration: temperature {cal['temperature']} fitted on the {cal['fitted_on']}"
                      if cal.get("fitted_on") else "- Confidence calibration: none (temperature 1"

@@ -135,6 +135,11 @@ def outlier_texts(spec: BotSpec, near: float = 0.5) -> tuple[list[str], int]:
     return public + own, dropped
 
 
+def earlier(turns: Sequence[Turn], n: int) -> list[str]:
+    """The user texts of the last `n` turns, oldest first: what the classifier reads before the next message."""
+    return [t.user for t in turns[-n:]] if n else []
+
+
 class Encoder:
     """Builds token id sequences; user text can never smuggle in role tokens."""
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from bot import model as models
 from bot.classify import decide, predict_proba
-from bot.data import Encoder
+from bot.data import Encoder, earlier
 from bot.generate import fill, generate_replies, repetition, reply_scores, template_reply
 from bot.spec import Settings, Turn
 
@@ -70,8 +70,7 @@ class Bot:
 
     def context(self, conversation: Conversation) -> list[str]:
         """The earlier user texts the classifier reads before the next message, oldest first."""
-        k = self.settings.classify_context
-        return [t.user for t in conversation.turns[-k:]] if k else []
+        return earlier(conversation.turns, self.settings.classify_context)
 
     def reply(self, text: str, intent: str, context: list[Turn], on_text=None) -> str:
         """The reply for a confident intent (see `replies`)."""

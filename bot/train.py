@@ -45,7 +45,7 @@ from bot import card as cards
 from bot import distributed
 from bot import model as models
 from bot.classify import fit_temperature, predict_logits, predict_proba
-from bot.data import Encoder, Record, corpus, outlier_texts, records, split
+from bot.data import Encoder, Record, corpus, earlier, outlier_texts, records, split
 from bot.followups import follow_up
 from bot.io import atomic_dir, atomic_write_json
 from bot.spec import BotSpec
@@ -268,8 +268,8 @@ class Trainer:
                 return self.read(text)
         return _noisy_view(record.text, self.t.word_dropout, rng, self.vocab)
 
-    def in_context(self, index: int, record: Record, text: str, rng: random.Random) -> tuple[list[str], str]:
-        """(earlier user texts, message): how the classifier reads training record `index` this step, seen as
+    def in_context(self, record: Record, text: str, rng: random.Random) -> tuple[list[str], str]:
+        """(earlier user texts, message): how the classifier reads a training record this step, seen as
         `text`. A record from a dialogue is read after its own earlier turns. Another is, with chance
         `FOLLOW_UP_SHARE`, the earlier turn of a generic follow-up (bot/followups.py) that keeps its intent, or,
         with chance `SWITCH_SHARE`, read after another intent's example (a new request outweighs the old one);
@@ -278,7 +278,7 @@ class Trainer:
         if not n:
             return [], text
         if record.context:
-            return [t.user for t in record.context[-n:]], text
+            return earlier(record.context, n), text
         roll = rng.random()
         if roll < FOLLOW_UP_SHARE:
             return [text], self.read(follow_up(rng))
@@ -304,8 +304,7 @@ class Trainer:
 
     def contexts(self, recs: list[Record]) -> list[list[str]]:
         """The earlier user texts each record is read after when it is validated (its dialogue's, if any)."""
-        n = self.classify_context
-        return [[t.user for t in r.context[-n:]] if n else [] for r in recs]
+        return [earlier(r.context, self.classify_context) for r in recs]
 
     @functools.cached_property
     def _outliers(self) -> tuple[list[str], int]:
@@ -439,7 +438,7 @@ class Trainer:
             part, weight = distributed.share(batches[k])
             recs = [self.train_records[i] for i in part]
             rngs = [random.Random(f"{self.t.seed}-{self.state.epoch}-{k}-{i}") for i in part]
-            seen = [self.in_context(i, r, self.view(i, r, g), g) for i, r, g in zip(part, recs, rngs)]
+            seen = [self.in_context(r, self.view(i, r, g), g) for i, r, g in zip(part, recs, rngs)]
             b = self._to(self.enc.pad_batch([self.enc.classify(text, context) for context, text in seen]))
             y = torch.tensor([intent_id[r.intent] for r in recs], device=self.device)
             ce = F.cross_entropy(self.model.intent_logits(b["input_ids"], b["attention_mask"]), y)

@@ -101,15 +101,15 @@ class IntentExplainer:
         self.model.eval()
         intents = intents or [None] * len(texts)
         segs = [segment(self.enc.tok, t, self.enc.max_length - 2) for t in texts]
-        heads = [self.enc.context_ids(c, self.enc.max_length - len(s.token_ids) - 2)
-                 for c, s in zip(contexts or [()] * len(texts), segs)]
-        width = max(len(h) + len(s.token_ids) for h, s in zip(heads, segs)) + 2
-        ids = torch.full((len(texts), width), self.enc.pad, dtype=torch.long)
+        rows = [self.enc.classify(t, c) for t, c in zip(texts, contexts or [()] * len(texts))]  # as classified
+        heads = [len(r) - len(s.token_ids) - 2 for r, s in zip(rows, segs)]  # tokens of the earlier turns
+        if any(r[h + 1:h + 1 + len(s.token_ids)] != s.token_ids for r, s, h in zip(rows, segs, heads)):
+            raise RuntimeError("the words' tokens differ from the classifier's input: the attributions would not fit")
+        ids = torch.full((len(texts), max(map(len, rows))), self.enc.pad, dtype=torch.long)
         mask = torch.zeros_like(ids)
-        for i, (h, s) in enumerate(zip(heads, segs)):
-            n = len(h) + len(s.token_ids) + 2
-            ids[i, :n] = torch.tensor([*h, self.enc.user, *s.token_ids, self.enc.intent])
-            mask[i, :n] = 1
+        for i, r in enumerate(rows):
+            ids[i, :len(r)] = torch.tensor(r)
+            mask[i, :len(r)] = 1
         ids, mask = ids.to(self.model.device), mask.to(self.model.device)
         roles = torch.tensor([self.enc.user, self.enc.intent], device=ids.device)
         with torch.no_grad():
@@ -127,9 +127,9 @@ class IntentExplainer:
         out = []
         for i, (text, seg, head, target) in enumerate(zip(texts, segs, heads, targets)):
             per_token = attr[i].sum(-1).detach().cpu()
-            own = per_token[len(head) + 1:len(head) + len(seg.token_ids) + 1]
+            own = per_token[head + 1:head + len(seg.token_ids) + 1]
             raw = word_scores(seg, own.tolist())
-            earlier = float(per_token[:len(head)].sum())  # its role tokens score exactly 0
+            earlier = float(per_token[:head].sum())  # its role tokens score exactly 0
             scaled = normalise(raw + [earlier] if head else raw)
             words = [WordScore(w, sc, r, a, b, read) for w, sc, r, (a, b), read
                      in zip(seg.words, scaled, raw, seg.spans, seg.read)]

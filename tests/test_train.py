@@ -226,9 +226,9 @@ def test_training_reads_records_in_conversations_as_the_served_classifier_does(t
     trainer = Trainer(spec, tmp_path / "m", progress=False, log=lambda *a: None)
     recs = {r.text: r for r in trainer.train_records + trainer.val_records}
     turn = recs["my parcel never came, order 12"]
-    assert trainer.in_context(0, turn, turn.text, random.Random(0)) == (["hi there"], turn.text)
+    assert trainer.in_context(turn, turn.text, random.Random(0)) == (["hi there"], turn.text)
     single = next(r for r in trainer.train_records if not r.context)
-    seen = [trainer.in_context(0, single, single.text, random.Random(k)) for k in range(2000)]
+    seen = [trainer.in_context(single, single.text, random.Random(k)) for k in range(2000)]
     follow = [s for s in seen if s[0] == [single.text]]
     switch = [s for s in seen if s[0] and s[0] != [single.text]]
     alone = [s for s in seen if not s[0]]
@@ -249,6 +249,6 @@ def test_training_reads_records_in_conversations_as_the_served_classifier_does(t
     # reading each message alone (classify_context 0) trains on each record alone
     spec.settings.classify_context = 0
     flat = Trainer(spec, tmp_path / "n", progress=False, log=lambda *a: None)
-    assert all(flat.in_context(0, r, r.text, random.Random(k)) == ([], r.text)
+    assert all(flat.in_context(r, r.text, random.Random(k)) == ([], r.text)
                for k, r in enumerate(flat.train_records))
     assert flat.outliers_in_context == 0
