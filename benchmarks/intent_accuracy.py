@@ -57,6 +57,14 @@ def main() -> None:
                    help="outlier exposure weight (default: the bot default; 0 turns it off)")
     p.add_argument("--classify-context", type=int, default=None,
                    help="earlier user turns the classifier reads (default: the bot default; 0 reads each alone)")
+    p.add_argument("--weight-average", type=float, default=None,
+                   help="decay of the averaged weights fine-tuning keeps (default: the bot default; 0: the last weights)")
+    p.add_argument("--label-smoothing", type=float, default=None, help="of the intent loss (default: the bot default)")
+    p.add_argument("--rdrop", type=float, default=None, help="R-drop weight (default: the bot default; 0: off)")
+    p.add_argument("--pretrain-corpus", default=None,
+                   help="public text the LM also pre-trains on (.txt/.csv; default: the bot default, none)")
+    p.add_argument("--val-fraction", type=float, default=None,
+                   help="share of the training split held out for validation (default: the bot default)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, default=Path("benchmarks/out/banking77"))
     args = p.parse_args()
@@ -69,6 +77,9 @@ def main() -> None:
     spec.training.checkpoint_every, spec.training.patience = 0, 4
     if args.outlier_weight is not None:
         spec.training.outlier_weight = args.outlier_weight
+    for name in ("weight_average", "label_smoothing", "rdrop", "val_fraction", "pretrain_corpus"):
+        if getattr(args, name) is not None:
+            setattr(spec.training, name, getattr(args, name))
     if args.classify_context is not None:
         spec.settings.classify_context = args.classify_context
     test_x, test_y = official_test(args.data)
@@ -95,7 +106,12 @@ def main() -> None:
     device = torch.cuda.get_device_name() if trainer.device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"\nBANKING77 official test split ({len(test_x)} rows); {platform.node()} {device}; "
           f"epochs {args.epochs}" + (f" (+{args.pretrain_epochs} LM pre-training)" if args.base == "scratch" else "")
-          + f", early stopping patience 4, outlier exposure weight {spec.training.outlier_weight}")
+          + ", early stopping patience 4")
+    t = spec.training
+    print(f"outlier exposure weight {t.outlier_weight}, weight average {t.weight_average}, label smoothing "
+          f"{t.label_smoothing}, R-drop {t.rdrop}, validation share {t.val_fraction}, "
+          f"public LM pre-training text {t.pretrain_corpus or 'none'}; "
+          f"{len(trainer.train_records)} training rows for GPT-2, {len(train_x)} for the baseline")
     print("| model | accuracy | macro-F1 | wall time (s) |\n|---|---|---|---|")
     for name, acc, f1, secs in rows:
         print(f"| {name} | {acc:.4f} | {f1:.4f} | {secs:.0f} |")

@@ -84,6 +84,13 @@ def render(card: dict, robustness: bool = True) -> str:
                      + (f"; {oe['texts']} texts ({oe['dropped_as_near_examples']} dropped as too like the bot's "
                         f"examples, {oe['bot_file_out_of_scope_examples']} out_of_scope examples of the bot file)"
                         if "texts" in oe else "") if oe.get("enabled") else "- Outlier exposure: off")
+    reg = t.get("regularisation") or {}
+    if reg:
+        lines.append("- Intent fine-tuning: " + "; ".join(
+            ([f"ships a moving average of the weights (decay {reg['weight_average']} per step)"]
+             if "weight_average" in reg else [])
+            + ([f"label smoothing {reg['label_smoothing']}"] if "label_smoothing" in reg else [])
+            + ([f"R-drop (two dropout passes, symmetric KL weight {reg['rdrop']})"] if "rdrop" in reg else [])))
     conv = t.get("conversation")
     if conv is not None and not conv["earlier_turns_read"]:
         lines.append("- Conversation: the intent classifier reads each message alone")

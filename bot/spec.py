@@ -112,6 +112,16 @@ class TrainSettings:
     # too, whenever outlier exposure is on (outlier_weight > 0; not yet under DP).
     outlier_corpus: str = ""
     outlier_weight: float = 0.5  # weight of the outlier loss; 0 turns outlier exposure off
+    # Fine-tuning validates, keeps and ships an exponential moving average of the weights (Polyak averaging) with
+    # this decay per step (warmed up as (1 + t) / (10 + t) over the first steps); 0 ships the last weights.
+    weight_average: float = 0.0
+    # Public text the offline default's LM also pre-trains on, beside the bot's own text (the tokenizer is still
+    # fitted on the bot's text alone): "" = none, else a .txt/.csv/bot file
+    pretrain_corpus: str = ""
+    label_smoothing: float = 0.0  # of the intent cross-entropy (0: one-hot targets)
+    # R-drop (Liang et al., 2021): each intent batch goes through the model twice (two dropout masks), and this
+    # weights the symmetric KL divergence between the two intent distributions (0: one pass, no such term)
+    rdrop: float = 0.0
 
 
 @dataclass
@@ -447,8 +457,17 @@ def validate(spec: BotSpec) -> list[Problem]:
     if spec.privacy.imported_responses not in ("private", "public"):
         out.append(Problem(f, None, "error", "privacy.imported_responses must be 'private' or 'public', "
                                              f"got '{spec.privacy.imported_responses}'"))
+    if not 0 <= spec.training.weight_average < 1:
+        out.append(Problem(f, None, "error", "training.weight_average must be 0 (off) or a decay below 1"))
+    if not 0 <= spec.training.label_smoothing < 1:
+        out.append(Problem(f, None, "error", "training.label_smoothing must be from 0 up to, not including, 1"))
+    if spec.training.rdrop < 0:
+        out.append(Problem(f, None, "error", "training.rdrop must be 0 (off) or above"))
     if spec.training.outlier_weight < 0:
         out.append(Problem(f, None, "error", "training.outlier_weight must be 0 (off) or above"))
+    if spec.training.pretrain_corpus and not Path(spec.training.pretrain_corpus).is_file():
+        out.append(Problem(f, None, "error", f"training.pretrain_corpus: no such file '{spec.training.pretrain_corpus}' "
+                                             "(a path from where you run candor, or leave it out)"))
     corpus = spec.training.outlier_corpus
     if corpus and corpus.lower() != "none" and not Path(corpus).is_file():
         out.append(Problem(f, None, "error", f"training.outlier_corpus: no such file '{corpus}' (a path from where "

@@ -21,6 +21,7 @@ batch and the gradients are averaged before the one step; rank 0 alone writes.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -45,7 +46,7 @@ from bot import card as cards
 from bot import distributed
 from bot import model as models
 from bot.classify import fit_temperature, predict_logits, predict_proba
-from bot.data import Encoder, Record, corpus, earlier, outlier_texts, records, split
+from bot.data import Encoder, Record, corpus, earlier, outlier_texts, read_corpus, records, split
 from bot.followups import follow_up
 from bot.io import atomic_dir, atomic_write_json
 from bot.spec import BotSpec
@@ -119,6 +120,53 @@ def _noisy_view(text: str, p: float, rng: random.Random, vocab: list[str] = ()) 
         if rng.random() >= p:
             out.append(w)
     return " ".join(out) if out else rng.choice(words)
+
+
+class WeightAverage:
+    """Polyak averaging: an exponential moving average of the trainable weights, updated after every fine-tuning
+    step. Its decay is warmed up as (1 + t) / (10 + t) over the first steps t, so a short run is not pulled back
+    toward the weights it started from."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay, self.updates = decay, 0
+        self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        self.shadow = {n: p.detach().clone() for n, p in self.params.items()}
+
+    @torch.no_grad()
+    def update(self) -> None:
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for n, p in self.params.items():
+            self.shadow[n].lerp_(p.detach(), 1 - d)
+        self.updates += 1
+
+    @torch.no_grad()
+    def copy_to_model(self) -> None:
+        for n, p in self.params.items():
+            p.copy_(self.shadow[n])
+
+    @contextlib.contextmanager
+    def applied(self):
+        """The model holds the averaged weights inside the block, its own ones again after it."""
+        live = {n: p.detach().clone() for n, p in self.params.items()}
+        self.copy_to_model()
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for n, p in self.params.items():
+                    p.copy_(live[n])
+
+    def save(self, path: Path) -> None:
+        save_file({n: t.contiguous().cpu() for n, t in self.shadow.items()}, str(path))
+
+    @torch.no_grad()
+    def load(self, path: Path, updates: int) -> None:
+        from bot.model import check_safetensors
+
+        check_safetensors(path)
+        for n, t in load_file(str(path)).items():
+            self.shadow[n].copy_(t)
+        self.updates = updates
 
 
 class View(Protocol):
@@ -321,7 +369,7 @@ class Trainer:
         return self._corpus
 
     def pretrain_texts(self) -> list[str]:
-        return self._corpus
+        return self._corpus + (read_corpus(self.t.pretrain_corpus) if self.t.pretrain_corpus else [])
 
     def _optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=self.t.learning_rate,
@@ -358,6 +406,24 @@ class Trainer:
     def card_sections(self) -> dict:
         return {}
 
+    def weight_average(self) -> float:
+        """The decay of the averaged weights fine-tuning keeps (0: none). The DP trainer steps its own (Opacus)
+        optimizer, which does not update an average, so it keeps none."""
+        return 0.0 if self.per_record else self.t.weight_average
+
+    def _start_average(self) -> None:
+        self.average = None
+        if self.state.stage != "finetune" or not self.weight_average():
+            return
+        self.average = WeightAverage(self.model, self.weight_average())
+        latest = self._latest()
+        if self.state.step > self.state.stage_start and latest and (latest / "average.safetensors").is_file():
+            self.average.load(latest / "average.safetensors", self.state.extra.get("average_updates", 0))
+
+    def _averaged(self):
+        """A block in which the model holds the weights fine-tuning keeps: the averaged ones, if any."""
+        return self.average.applied() if getattr(self, "average", None) else contextlib.nullcontext()
+
     def card_counts(self) -> bool:
         """Whether the card may publish exact counts of records (the DP trainer says no)."""
         return True
@@ -373,6 +439,9 @@ class Trainer:
         step_dir = self.ckpt / f"step-{self.state.step:08d}-{uuid.uuid4().hex[:6]}"
         step_dir.mkdir(parents=True)
         save_model(self.model, str(step_dir / "model.safetensors"))
+        if getattr(self, "average", None):
+            self.average.save(step_dir / "average.safetensors")
+            self.state.extra["average_updates"] = self.average.updates
         _save_optimizer(self._optimizer_to_save(), step_dir / "optimizer.safetensors")
         atomic_write_json(step_dir / "state.json", dataclasses.asdict(self.state))
         atomic_write_json(self.ckpt / "latest.json", {"dir": step_dir.name})
@@ -401,6 +470,8 @@ class Trainer:
         distributed.average_gradients(self.model.parameters())
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.opt.step()
+        if getattr(self, "average", None):
+            self.average.update()
         self.state.step += 1
         self.state.batch += 1
         if self.t.checkpoint_every and self.state.step % self.t.checkpoint_every == 0:
@@ -441,8 +512,8 @@ class Trainer:
             seen = [self.in_context(r, self.view(i, r, g), g) for i, r, g in zip(part, recs, rngs)]
             b = self._to(self.enc.pad_batch([self.enc.classify(text, context) for context, text in seen]))
             y = torch.tensor([intent_id[r.intent] for r in recs], device=self.device)
-            ce = F.cross_entropy(self.model.intent_logits(b["input_ids"], b["attention_mask"]), y)
-            loss, lm, oe = ce * weight, None, None
+            ce, kl = self._intent_loss(b, y)
+            loss, lm, oe = (ce + self.t.rdrop * kl) * weight, None, None
             if ob:  # cross-entropy to the uniform distribution over intents (Hendrycks et al., 2019)
                 picks, oe_weight = distributed.share(range(ob + self.outliers_in_context))
                 seen_o = [([], outliers[out_order[(k * ob + j) % len(out_order)]]) if j < ob else
@@ -467,6 +538,19 @@ class Trainer:
                             **({"reply_loss": f"{lm.item():.3f}"} if lm is not None else {}))
         bar.close()
 
+    def _intent_loss(self, b: dict, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cross-entropy, R-drop's symmetric KL) of an intent batch; with `training.rdrop` the batch goes through
+        the model twice in one pass (two dropout masks), the cross-entropy is their mean, else KL is 0."""
+        twice = 2 if self.t.rdrop > 0 else 1
+        logits = self.model.intent_logits(b["input_ids"].repeat(twice, 1), b["attention_mask"].repeat(twice, 1))
+        ce = F.cross_entropy(logits, y.repeat(twice), label_smoothing=self.t.label_smoothing)
+        if twice == 1:
+            return ce, logits.new_zeros(())
+        p, q = logits.log_softmax(-1).chunk(2)
+        kl = 0.5 * (F.kl_div(p, q, log_target=True, reduction="batchmean")
+                    + F.kl_div(q, p, log_target=True, reduction="batchmean"))
+        return ce, kl
+
     @torch.no_grad()
     def validate(self) -> dict:
         if not self.val_records:
@@ -479,7 +563,8 @@ class Trainer:
 
     def _end_of_finetune_epoch(self) -> bool:
         """Record validation, keep the best weights; True when early stopping says stop."""
-        metrics = {"epoch": self.state.epoch + 1, "step": self.state.step, **self.validate()}
+        with self._averaged():
+            metrics = {"epoch": self.state.epoch + 1, "step": self.state.step, **self.validate()}
         self.state.history.append(metrics)
         self.log("epoch {epoch}: ".format(**metrics) + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()
                                                                   if k.startswith("val")))
@@ -489,7 +574,8 @@ class Trainer:
         if loss < self.state.best_val_loss - 1e-4:
             self.state.best_val_loss, self.state.best_epoch, self.state.bad_epochs = loss, self.state.epoch, 0
             if self.main:
-                save_model(self.model, str(self.ckpt / "best.safetensors.tmp"))
+                with self._averaged():
+                    save_model(self.model, str(self.ckpt / "best.safetensors.tmp"))
                 (self.ckpt / "best.safetensors.tmp").replace(self.ckpt / "best.safetensors")
         else:
             self.state.bad_epochs += 1
@@ -518,6 +604,7 @@ class Trainer:
             self.opt = self._optimizer()
         if self.state.stage == "finetune":
             self.start_finetune()
+        self._start_average()
         while self.state.stage == "finetune" and self.state.epoch < self.t.epochs:
             for v in self.views:
                 v.start_epoch(self)
@@ -535,6 +622,8 @@ class Trainer:
         if self.main:
             if (self.ckpt / "best.safetensors").is_file():
                 load_model(self.model, str(self.ckpt / "best.safetensors"), device=str(self.device))
+            elif self.average:
+                self.average.copy_to_model()
             self.model.eval()
             self._save_final()
         distributed.barrier()  # the other ranks end when the model is saved
@@ -598,6 +687,9 @@ class Trainer:
                     "reply_examples": len(self.reply_records)} if counts else {}),
                 **({"views": [v.describe() for v in self.views]} if self.views else {}),
                 "outlier_exposure": self._outlier_card(counts),
+                "regularisation": {k: v for k, v in (("weight_average", self.weight_average()),
+                                                     ("label_smoothing", self.t.label_smoothing),
+                                                     ("rdrop", self.t.rdrop)) if v},
                 "conversation": self._context_card(),
                 "calibration": calibration,
                 **{k: v for k, v in best.items() if k.startswith("val")},

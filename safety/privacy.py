@@ -171,6 +171,9 @@ class DPTrainer(Trainer):
             raise ValueError(f"privacy.prototype_share {self.p.prototype_share} must be above 0 and below 1")
         if self.t.epochs < 0:
             raise ValueError(f"training.epochs {self.t.epochs} must be 0 or more")
+        if self.t.rdrop > 0:
+            raise ValueError("training.rdrop is not available under DP yet (its two passes per record are not wired "
+                             "into the per-record clipping); set it to 0")
         if self.t.epochs < 1 and self.p.head_init != "prototype":
             raise ValueError("training.epochs must be 1 or more under DP (0 only with privacy.head_init: prototype, "
                              "where the prototypes are the only private step)")
@@ -346,7 +349,7 @@ class DPTrainer(Trainer):
     def per_record_loss(self, b, pos, y) -> torch.Tensor:
         """Intent CE + reply_weight × mean reply-token CE, one value per record."""
         intent_logits, lm_logits = self.dp_model(b["input_ids"], b["attention_mask"], position_ids(b["attention_mask"]), pos)
-        loss = F.cross_entropy(intent_logits, y, reduction="none")
+        loss = F.cross_entropy(intent_logits, y, reduction="none", label_smoothing=self.t.label_smoothing)
         labels = b["labels"][:, 1:]
         tok = F.cross_entropy(lm_logits[:, :-1].reshape(-1, lm_logits.shape[-1]), labels.reshape(-1),
                               reduction="none", ignore_index=-100).view(labels.shape)

@@ -171,8 +171,12 @@ def test_rasa_import_keeps_out_of_scope_examples(tmp_path):
 
 
 def test_eval_suggests_a_threshold_and_applies_it_only_when_asked(trained_tiny, tmp_path, capsys):
+    from bot import card as cards
+
     model = tmp_path / "model"
     shutil.copytree(trained_tiny, model)
+    # no ambiguity rule: the confidence threshold alone must catch the out-of-scope questions (a threshold above 0)
+    cards.update(model, settings={**read_card(model)["settings"], "ambiguity_threshold": 0.0})
     bot = tiny_bot_dict()
     bot["test"] += [{"text": t, "intent": "out_of_scope"} for t in
                     ("book a table for two", "play some jazz", "what time is the movie", "is it raining in oslo")]
@@ -187,7 +191,7 @@ def test_eval_suggests_a_threshold_and_applies_it_only_when_asked(trained_tiny, 
     sug = summary["suggested_threshold"]
     assert summary["oos_examples"] == 5 and 0 <= summary["auroc"] <= 1 and 0 <= summary["ece"] <= 1
     assert sug["oos_recall"] == 1.0 and not sug["applied"] and "rough guide" in sug["note"]
-    assert f"{sug['confidence_threshold']:g}" in out and "apply it with --apply-threshold" in out
+    assert sug["confidence_threshold"] > 0 and f"{sug['confidence_threshold']:g}" in out and "apply it with --apply-threshold" in out
     assert (reports / "attack_examples.csv").read_text() == "kept"
     for name in ("intent_reliability.png", "oos_histogram.png"):
         assert (reports / name).read_bytes()[:4] == b"\x89PNG"
@@ -202,3 +206,24 @@ def test_eval_suggests_a_threshold_and_applies_it_only_when_asked(trained_tiny, 
     metrics = read_card(model)["metrics"]  # measured again at the applied threshold
     assert metrics["confidence_threshold"] == sug["confidence_threshold"] and metrics["oos_recall"] == 1.0
     assert np.isclose(metrics["suggested_threshold"]["confidence_threshold"], sug["confidence_threshold"])
+
+
+def test_eval_says_when_the_ambiguity_rule_alone_meets_the_target_and_applies_nothing(trained_tiny, tmp_path, capsys,
+                                                                                      monkeypatch):
+    """A suggested threshold of 0 (the ambiguity rule alone reaches the target recall) is said in words, and
+    --apply-threshold leaves the served threshold as it is rather than turning the confidence rule off."""
+    import bot.evaluate as evaluation
+
+    monkeypatch.setattr(evaluation, "threshold_for_recall", lambda *a, **k: 0.0)
+    model = tmp_path / "model"
+    shutil.copytree(trained_tiny, model)
+    bot = tiny_bot_dict()
+    bot["test"] += [{"text": "book a table for two", "intent": "out_of_scope"}]
+    source = tmp_path / "b.yaml"
+    source.write_text(yaml.safe_dump(bot, sort_keys=False))
+    assert main(["eval", str(model), "--bot", str(source)]) == 0
+    out = capsys.readouterr().out
+    assert "none needed (the ambiguity rule alone gives OOS recall" in out and ": 0 (" not in out
+    assert main(["eval", str(model), "--bot", str(source), "--apply-threshold"]) == 1
+    assert "no confidence threshold is needed" in capsys.readouterr().out
+    assert Bot(model).settings.confidence_threshold == 0.3

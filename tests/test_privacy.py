@@ -52,7 +52,7 @@ def _batch(enc, records):
 
 def _per_record_loss(module, b, pos, y):
     trainer = DPTrainer.__new__(DPTrainer)  # only its loss function is used
-    trainer.dp_model, trainer.t = module, type("T", (), {"reply_weight": 0.5})()
+    trainer.dp_model, trainer.t = module, type("T", (), {"reply_weight": 0.5, "label_smoothing": 0.0})()
     return trainer.per_record_loss(b, pos, y)
 
 
@@ -601,3 +601,18 @@ def test_prototypes_then_dp_sgd_compose_within_the_target(tmp_path):
         spec.privacy.prototype_share = share
         with pytest.raises(ValueError, match="prototype_share"):
             DPTrainer(spec, tmp_path / "bad", progress=False, log=lambda *a: None)
+
+
+def test_dp_training_refuses_rdrop_and_keeps_no_weight_average(tmp_path):
+    """R-drop's two passes are not wired into per-record clipping: refused with a clear error. The DP trainer's own
+    (Opacus) step updates no moving average, so it keeps none (and its card claims none)."""
+    spec, _ = load_bot(dp_bot_file(tmp_path, {"rdrop": 1.0}))
+    with pytest.raises(ValueError, match="training.rdrop is not available under DP"):
+        DPTrainer(spec, tmp_path / "m", progress=False, log=lambda *a: None)
+    spec, _ = load_bot(dp_bot_file(tmp_path, {"weight_average": 0.99, "label_smoothing": 0.1}))
+    trainer = DPTrainer(spec, tmp_path / "m", progress=False, log=lambda *a: None)
+    assert trainer.weight_average() == 0.0
+    out = trainer.run()
+    assert read_card(out)["training"]["regularisation"] == {"label_smoothing": 0.1}
+    card = (out / "model_card.md").read_text(encoding="utf-8")
+    assert "- Intent fine-tuning: label smoothing 0.1" in card and "moving average" not in card

@@ -252,3 +252,85 @@ def test_training_reads_records_in_conversations_as_the_served_classifier_does(t
     assert all(flat.in_context(r, r.text, random.Random(k)) == ([], r.text)
                for k, r in enumerate(flat.train_records))
     assert flat.outliers_in_context == 0
+
+
+def test_weight_average_is_the_warmed_up_moving_average_and_the_model_gets_its_weights_back(tmp_path):
+    """Polyak averaging (training.weight_average) against a hand computation: decay min(d, (1 + t) / (10 + t))
+    at update t; inside `applied()` the model holds the average, after it its own weights; save/load round-trips."""
+    import torch
+
+    from bot.train import WeightAverage
+
+    model = torch.nn.Linear(2, 1, bias=False)
+    frozen = torch.nn.Parameter(torch.ones(1), requires_grad=False)
+    model.register_parameter("frozen", frozen)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[0.0, 0.0]]))
+    avg = WeightAverage(model, 0.5)
+    assert set(avg.shadow) == {"weight"}  # only what training changes
+    expected = torch.tensor([0.0, 0.0])
+    for t, value in enumerate([1.0, 2.0, 4.0, 8.0, 16.0]):
+        with torch.no_grad():
+            model.weight.fill_(value)
+        avg.update()
+        d = min(0.5, (1 + t) / (10 + t))
+        expected = d * expected + (1 - d) * value
+    assert torch.allclose(avg.shadow["weight"][0], expected)
+    with avg.applied():
+        assert torch.allclose(model.weight[0], expected)
+    assert (model.weight == 16.0).all()
+
+    avg.save(tmp_path / "a.safetensors")
+    again = WeightAverage(model, 0.5)
+    again.load(tmp_path / "a.safetensors", avg.updates)
+    assert torch.equal(again.shadow["weight"], avg.shadow["weight"]) and again.updates == 5
+
+
+def test_rdrop_passes_the_batch_twice_and_its_kl_is_zero_without_dropout(tmp_path):
+    """R-drop (training.rdrop): with dropout on, the two passes differ (KL > 0); with dropout off they are the same
+    pass, so KL is 0 and the cross-entropy equals the one-pass cross-entropy. Off (0): one pass, KL 0."""
+    import torch
+    import torch.nn.functional as F
+
+    from bot.spec import parse_bot
+    from bot.train import Trainer
+
+    bot = tiny_bot_dict(rdrop=1.0)
+    bot["model"]["dropout"] = 0.1
+    spec = parse_bot(yaml.safe_dump(bot), str(tmp_path / "b.yaml"))
+    trainer = Trainer(spec, tmp_path / "m", progress=False, log=lambda *a: None)
+    trainer._setup(resume=False)
+    recs = trainer.train_records[:6]
+    b = trainer.enc.pad_batch([trainer.enc.classify(r.text) for r in recs])
+    y = torch.tensor([trainer.model.intents.index(r.intent) for r in recs])
+    trainer.model.train()
+    ce, kl = trainer._intent_loss(b, y)
+    assert float(kl.detach()) > 0
+    trainer.model.eval()
+    ce, kl = trainer._intent_loss(b, y)
+    one = F.cross_entropy(trainer.model.intent_logits(b["input_ids"], b["attention_mask"]), y)
+    assert abs(float(kl.detach())) < 1e-6 and torch.allclose(ce, one, atol=1e-6)
+    trainer.t.rdrop = 0.0
+    trainer.model.train()
+    assert float(trainer._intent_loss(b, y)[1].detach()) == 0.0
+
+
+def test_public_pretraining_text_reaches_the_lm_but_not_the_tokenizer(tmp_path):
+    from bot.spec import load_bot, parse_bot
+    from bot.train import Trainer
+
+    public = tmp_path / "public.txt"
+    public.write_text("book a table for two tonight\nplay some jazz from the seventies\n", encoding="utf-8")
+    bot = tiny_bot_dict(pretrain_corpus=str(public))
+    spec = parse_bot(yaml.safe_dump(bot), str(tmp_path / "b.yaml"))
+    trainer = Trainer(spec, tmp_path / "m", progress=False, log=lambda *a: None)
+    assert "play some jazz from the seventies" in trainer.pretrain_texts()
+    assert "play some jazz from the seventies" not in trainer.tokenizer_corpus()
+    assert set(trainer.tokenizer_corpus()) <= set(trainer.pretrain_texts())
+
+    bot["training"]["pretrain_corpus"] = str(tmp_path / "missing.txt")
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(bot), encoding="utf-8")
+    _, problems = load_bot(path, strict=False)
+    assert any("training.pretrain_corpus: no such file" in p.message and "missing.txt" in p.message
+               for p in problems)

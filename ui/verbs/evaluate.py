@@ -46,6 +46,11 @@ def evaluate(args) -> int:
         if args.no_redact:
             print("candor eval: --apply-threshold needs the test set read as served (without --no-redact)")
             return 2
+        if not sug["confidence_threshold"]:
+            print(f"candor eval: the ambiguity rule alone already gives OOS recall {sug['oos_recall']:.3f} "
+                  f"(target {sug['target_oos_recall']:g}), so no confidence threshold is needed for it; the served "
+                  f"threshold stays {bot.settings.confidence_threshold:g}")
+            return 1
         cards.update(args.model, settings={**bot.card.get("settings", {}), "confidence_threshold": sug["confidence_threshold"]})
         bot.settings.confidence_threshold = sug["confidence_threshold"]  # measured again at the threshold now served
         result = run_eval(bot.model, bot.enc, test, bot.settings, target_oos_recall=args.target_oos_recall)
@@ -67,10 +72,14 @@ def evaluate(args) -> int:
           f"expected calibration error {s['ece']:.3f}")
     if s["oos_recall"] is not None:
         print(f"  out of scope: recall {s['oos_recall']:.3f}" + (f", AUROC {s['auroc']:.3f}" if s["auroc"] else ""))
-        print(f"  suggested threshold for OOS recall ≥ {sug['target_oos_recall']:g}: {sug['confidence_threshold']:g} "
-              f"(OOS recall {sug['oos_recall']:.3f}, in-scope accuracy with fallback {sug['accuracy_with_fallback']:.3f})"
-              + (f"; {sug['note']}" if sug.get("note") else "")
-              + ("; APPLIED: the model now serves with it" if sug["applied"] else "; apply it with --apply-threshold"))
+        if not sug["confidence_threshold"]:
+            print(f"  suggested threshold for OOS recall ≥ {sug['target_oos_recall']:g}: none needed (the ambiguity rule "
+                  f"alone gives OOS recall {sug['oos_recall']:.3f})" + (f"; {sug['note']}" if sug.get("note") else ""))
+        else:
+            print(f"  suggested threshold for OOS recall ≥ {sug['target_oos_recall']:g}: {sug['confidence_threshold']:g} "
+                  f"(OOS recall {sug['oos_recall']:.3f}, in-scope accuracy with fallback "
+                  f"{sug['accuracy_with_fallback']:.3f})" + (f"; {sug['note']}" if sug.get("note") else "")
+                  + ("; APPLIED: the model now serves with it" if sug["applied"] else "; apply it with --apply-threshold"))
     if args.replies and not replies:
         print(f"  replies: {source} has no test examples with a reference 'reply:' to measure against")
     elif replies:
