@@ -6,6 +6,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 from safetensors.torch import load_file
 
@@ -90,9 +91,11 @@ def _kill_at_a_random_step(args: list, out: Path, stage: str, lo: int, hi: int) 
     return state["step"]
 
 
-def test_kill_at_a_random_step_then_resume_finishes_like_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("weight_average", [0.0, 0.9], ids=["last-weights", "weight-average"])
+def test_kill_at_a_random_step_then_resume_finishes_like_an_uninterrupted_run(tmp_path, weight_average):
     path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(tiny_bot_dict(epochs=25, patience=100), sort_keys=False))
+    path.write_text(yaml.safe_dump(tiny_bot_dict(epochs=25, patience=100, weight_average=weight_average),
+                                   sort_keys=False))
     ref = _candor("train", path, "-o", tmp_path / "ref", "-q", "--device", "cpu")
     assert ref.returncode == 0, ref.stderr
     steps = read_card(tmp_path / "ref")["training"]["steps"]
