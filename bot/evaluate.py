@@ -194,7 +194,7 @@ def _oos_png(result: dict, path: Path) -> None:
     ax.hist(oos, bins=bins, alpha=0.6, density=True, color="#e76f51", label=f"out of scope ({len(oos)})")
     ax.axvline(s["confidence_threshold"], color="k", ls="--", label=f"threshold {s['confidence_threshold']:g}")
     sug = s.get("suggested_threshold")
-    if sug and sug["confidence_threshold"] != s["confidence_threshold"]:
+    if sug and sug["confidence_threshold"] and sug["confidence_threshold"] != s["confidence_threshold"]:
         ax.axvline(sug["confidence_threshold"], color="#6a4c93", ls=":",
                    label=f"suggested {sug['confidence_threshold']:g} (OOS recall {sug['target_oos_recall']:.0%})")
     ax.set_xlabel("confidence of the predicted intent (below the threshold: fallback)")

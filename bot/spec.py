@@ -463,6 +463,9 @@ def validate(spec: BotSpec) -> list[Problem]:
         out.append(Problem(f, None, "error", "training.label_smoothing must be from 0 up to, not including, 1"))
     if spec.training.rdrop < 0:
         out.append(Problem(f, None, "error", "training.rdrop must be 0 (off) or above"))
+    elif spec.training.rdrop and not spec.model.dropout:
+        out.append(Problem(f, None, "warning", "training.rdrop does nothing with model.dropout 0 (its two passes are "
+                                               "the same): set a dropout, or leave rdrop at 0"))
     if spec.training.outlier_weight < 0:
         out.append(Problem(f, None, "error", "training.outlier_weight must be 0 (off) or above"))
     if spec.training.pretrain_corpus and not Path(spec.training.pretrain_corpus).is_file():

@@ -369,7 +369,12 @@ class Trainer:
         return self._corpus
 
     def pretrain_texts(self) -> list[str]:
-        return self._corpus + (read_corpus(self.t.pretrain_corpus) if self.t.pretrain_corpus else [])
+        return self._corpus + self._pretrain_public
+
+    @functools.cached_property
+    def _pretrain_public(self) -> list[str]:
+        """`training.pretrain_corpus`, read as served like the bot's own text."""
+        return [self.read(t) for t in read_corpus(self.t.pretrain_corpus)] if self.t.pretrain_corpus else []
 
     def _optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=self.t.learning_rate,
@@ -413,7 +418,7 @@ class Trainer:
 
     def _start_average(self) -> None:
         self.average = None
-        if self.state.stage != "finetune" or not self.weight_average():
+        if self.state.stage not in ("finetune", "done") or not self.weight_average():
             return
         self.average = WeightAverage(self.model, self.weight_average())
         latest = self._latest()
@@ -608,6 +613,10 @@ class Trainer:
         while self.state.stage == "finetune" and self.state.epoch < self.t.epochs:
             for v in self.views:
                 v.start_epoch(self)
+            if self.average and self.state.batch == 0 and self.state.epoch and self.views and (
+                    all(v.may_keep(self.state.epoch) for v in self.views)
+                    and not all(v.may_keep(self.state.epoch - 1) for v in self.views)):
+                self.average = WeightAverage(self.model, self.weight_average())  # only weights that may be kept
             self._finetune_epoch()
             stop = distributed.from_main(self._end_of_finetune_epoch())  # every rank stops together
             self.state.epoch, self.state.batch = self.state.epoch + 1, 0

@@ -174,6 +174,12 @@ class DPTrainer(Trainer):
         if self.t.rdrop > 0:
             raise ValueError("training.rdrop is not available under DP yet (its two passes per record are not wired "
                              "into the per-record clipping); set it to 0")
+        if self.t.weight_average > 0:
+            raise ValueError("training.weight_average is not available under DP yet (the Opacus step updates no "
+                             "average); set it to 0")
+        if self.t.pretrain_corpus:
+            raise ValueError("training.pretrain_corpus: under DP the LM pre-trains on privacy.public_corpus; "
+                             "name the public text there instead")
         if self.t.epochs < 1 and self.p.head_init != "prototype":
             raise ValueError("training.epochs must be 1 or more under DP (0 only with privacy.head_init: prototype, "
                              "where the prototypes are the only private step)")

@@ -208,22 +208,24 @@ def test_eval_suggests_a_threshold_and_applies_it_only_when_asked(trained_tiny, 
     assert np.isclose(metrics["suggested_threshold"]["confidence_threshold"], sug["confidence_threshold"])
 
 
-def test_eval_says_when_the_ambiguity_rule_alone_meets_the_target_and_applies_nothing(trained_tiny, tmp_path, capsys,
-                                                                                      monkeypatch):
+def test_eval_says_when_the_ambiguity_rule_alone_meets_the_target_and_applies_nothing(trained_tiny, tmp_path, capsys):
     """A suggested threshold of 0 (the ambiguity rule alone reaches the target recall) is said in words, and
     --apply-threshold leaves the served threshold as it is rather than turning the confidence rule off."""
-    import bot.evaluate as evaluation
+    from bot import card as cards
 
-    monkeypatch.setattr(evaluation, "threshold_for_recall", lambda *a, **k: 0.0)
     model = tmp_path / "model"
     shutil.copytree(trained_tiny, model)
+    # an ambiguity threshold of 1: every decision is ambiguous, so no confidence threshold is needed for any recall
+    cards.update(model, settings={**read_card(model)["settings"], "ambiguity_threshold": 1.0})
     bot = tiny_bot_dict()
     bot["test"] += [{"text": "book a table for two", "intent": "out_of_scope"}]
     source = tmp_path / "b.yaml"
     source.write_text(yaml.safe_dump(bot, sort_keys=False))
-    assert main(["eval", str(model), "--bot", str(source)]) == 0
+    assert main(["eval", str(model), "--bot", str(source), "--target-oos-recall", "1.0"]) == 0
     out = capsys.readouterr().out
-    assert "none needed (the ambiguity rule alone gives OOS recall" in out and ": 0 (" not in out
-    assert main(["eval", str(model), "--bot", str(source), "--apply-threshold"]) == 1
-    assert "no confidence threshold is needed" in capsys.readouterr().out
+    assert "none needed (the ambiguity rule alone gives OOS recall 1.000)" in out
+    assert main(["eval", str(model), "--bot", str(source), "--target-oos-recall", "1.0", "--apply-threshold"]) == 0
+    assert "nothing applied: the served threshold stays 0.3" in capsys.readouterr().out
     assert Bot(model).settings.confidence_threshold == 0.3
+    summary = read_card(model)["metrics"]  # the evaluation itself is still written
+    assert summary["suggested_threshold"]["confidence_threshold"] == 0.0 and not summary["suggested_threshold"]["applied"]

@@ -603,16 +603,16 @@ def test_prototypes_then_dp_sgd_compose_within_the_target(tmp_path):
             DPTrainer(spec, tmp_path / "bad", progress=False, log=lambda *a: None)
 
 
-def test_dp_training_refuses_rdrop_and_keeps_no_weight_average(tmp_path):
-    """R-drop's two passes are not wired into per-record clipping: refused with a clear error. The DP trainer's own
-    (Opacus) step updates no moving average, so it keeps none (and its card claims none)."""
-    spec, _ = load_bot(dp_bot_file(tmp_path, {"rdrop": 1.0}))
-    with pytest.raises(ValueError, match="training.rdrop is not available under DP"):
-        DPTrainer(spec, tmp_path / "m", progress=False, log=lambda *a: None)
-    spec, _ = load_bot(dp_bot_file(tmp_path, {"weight_average": 0.99, "label_smoothing": 0.1}))
-    trainer = DPTrainer(spec, tmp_path / "m", progress=False, log=lambda *a: None)
-    assert trainer.weight_average() == 0.0
-    out = trainer.run()
+def test_dp_training_refuses_what_it_does_not_do_yet(tmp_path):
+    """R-drop, weight averaging and training.pretrain_corpus are not wired into DP training: each is refused with
+    a clear error rather than silently ignored. Label smoothing is applied to the per-record loss and carded."""
+    for setting, value in (("rdrop", 1.0), ("weight_average", 0.99), ("pretrain_corpus", str(tmp_path / "p.txt"))):
+        (tmp_path / "p.txt").write_text("some public text\n")
+        spec, _ = load_bot(dp_bot_file(tmp_path, {setting: value}))
+        with pytest.raises(ValueError, match=f"training.{setting}"):
+            DPTrainer(spec, tmp_path / "m", progress=False, log=lambda *a: None)
+    spec, _ = load_bot(dp_bot_file(tmp_path, {"label_smoothing": 0.1}))
+    out = DPTrainer(spec, tmp_path / "m", progress=False, log=lambda *a: None).run()
     assert read_card(out)["training"]["regularisation"] == {"label_smoothing": 0.1}
     card = (out / "model_card.md").read_text(encoding="utf-8")
     assert "- Intent fine-tuning: label smoothing 0.1" in card and "moving average" not in card

@@ -308,7 +308,10 @@ def _eval_summary(reports: Path) -> str:
         if s.get("auroc") is not None:
             rows.append(f"| AUROC, in scope vs out of scope | {s['auroc']:.3f} |")
         sug = s.get("suggested_threshold")
-        if sug:
+        if sug and not sug["confidence_threshold"]:
+            rows.append(f"| threshold for OOS recall ≥ {sug['target_oos_recall']:g} | none needed (the ambiguity rule "
+                        f"alone gives {sug['oos_recall']:.2f}) |")
+        elif sug:
             rows.append(f"| threshold for OOS recall ≥ {sug['target_oos_recall']:g} | {sug['confidence_threshold']:g} "
                         f"({'applied' if sug.get('applied') else 'suggested'}; in-scope answered correctly "
                         f"{sug['accuracy_with_fallback']:.3f}) |")

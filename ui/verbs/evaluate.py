@@ -48,9 +48,9 @@ def evaluate(args) -> int:
             return 2
         if not sug["confidence_threshold"]:
             print(f"candor eval: the ambiguity rule alone already gives OOS recall {sug['oos_recall']:.3f} "
-                  f"(target {sug['target_oos_recall']:g}), so no confidence threshold is needed for it; the served "
-                  f"threshold stays {bot.settings.confidence_threshold:g}")
-            return 1
+                  f"(target {sug['target_oos_recall']:g}), so no confidence threshold is needed for it; nothing "
+                  f"applied: the served threshold stays {bot.settings.confidence_threshold:g}")
+    if args.apply_threshold and sug["confidence_threshold"]:
         cards.update(args.model, settings={**bot.card.get("settings", {}), "confidence_threshold": sug["confidence_threshold"]})
         bot.settings.confidence_threshold = sug["confidence_threshold"]  # measured again at the threshold now served
         result = run_eval(bot.model, bot.enc, test, bot.settings, target_oos_recall=args.target_oos_recall)
