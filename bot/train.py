@@ -240,6 +240,7 @@ class Trainer:
         self.extra_records = [served(r, self.read) for r in extra_records]
         self.train_records += self.extra_records
         self.reply_records = [r for r in self.train_records if r.reply]
+        self.average: WeightAverage | None = None  # set when fine-tuning starts (`_start_average`)
         self.classify_context = 0 if self.per_record else spec.settings.classify_context
         if self.per_record and spec.settings.classify_context:
             self.log("settings.classify_context: the model is trained, and will be served, reading each message "
@@ -411,23 +412,19 @@ class Trainer:
     def card_sections(self) -> dict:
         return {}
 
-    def weight_average(self) -> float:
-        """The decay of the averaged weights fine-tuning keeps (0: none). The DP trainer steps its own (Opacus)
-        optimizer, which does not update an average, so it keeps none."""
-        return 0.0 if self.per_record else self.t.weight_average
-
     def _start_average(self) -> None:
-        self.average = None
-        if self.state.stage not in ("finetune", "done") or not self.weight_average():
+        """The moving average of the weights fine-tuning keeps (`training.weight_average`; the DP trainer refuses
+        it), restored from the last checkpoint when resuming."""
+        if self.state.stage not in ("finetune", "done") or not self.t.weight_average:
             return
-        self.average = WeightAverage(self.model, self.weight_average())
+        self.average = WeightAverage(self.model, self.t.weight_average)
         latest = self._latest()
         if self.state.step > self.state.stage_start and latest and (latest / "average.safetensors").is_file():
             self.average.load(latest / "average.safetensors", self.state.extra.get("average_updates", 0))
 
     def _averaged(self):
         """A block in which the model holds the weights fine-tuning keeps: the averaged ones, if any."""
-        return self.average.applied() if getattr(self, "average", None) else contextlib.nullcontext()
+        return self.average.applied() if self.average else contextlib.nullcontext()
 
     def card_counts(self) -> bool:
         """Whether the card may publish exact counts of records (the DP trainer says no)."""
@@ -444,7 +441,7 @@ class Trainer:
         step_dir = self.ckpt / f"step-{self.state.step:08d}-{uuid.uuid4().hex[:6]}"
         step_dir.mkdir(parents=True)
         save_model(self.model, str(step_dir / "model.safetensors"))
-        if getattr(self, "average", None):
+        if self.average:
             self.average.save(step_dir / "average.safetensors")
             self.state.extra["average_updates"] = self.average.updates
         _save_optimizer(self._optimizer_to_save(), step_dir / "optimizer.safetensors")
@@ -475,7 +472,7 @@ class Trainer:
         distributed.average_gradients(self.model.parameters())
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.opt.step()
-        if getattr(self, "average", None):
+        if self.average:
             self.average.update()
         self.state.step += 1
         self.state.batch += 1
@@ -616,7 +613,7 @@ class Trainer:
             if self.average and self.state.batch == 0 and self.state.epoch and self.views and (
                     all(v.may_keep(self.state.epoch) for v in self.views)
                     and not all(v.may_keep(self.state.epoch - 1) for v in self.views)):
-                self.average = WeightAverage(self.model, self.weight_average())  # only weights that may be kept
+                self.average = WeightAverage(self.model, self.t.weight_average)  # only weights that may be kept
             self._finetune_epoch()
             stop = distributed.from_main(self._end_of_finetune_epoch())  # every rank stops together
             self.state.epoch, self.state.batch = self.state.epoch + 1, 0
@@ -696,7 +693,7 @@ class Trainer:
                     "reply_examples": len(self.reply_records)} if counts else {}),
                 **({"views": [v.describe() for v in self.views]} if self.views else {}),
                 "outlier_exposure": self._outlier_card(counts),
-                "regularisation": {k: v for k, v in (("weight_average", self.weight_average()),
+                "regularisation": {k: v for k, v in (("weight_average", self.t.weight_average),
                                                      ("label_smoothing", self.t.label_smoothing),
                                                      ("rdrop", self.t.rdrop)) if v},
                 "conversation": self._context_card(),
