@@ -65,6 +65,11 @@ def main() -> None:
                    help="public text the LM also pre-trains on (.txt/.csv; default: the bot default, none)")
     p.add_argument("--val-fraction", type=float, default=None,
                    help="share of the training split held out for validation (default: the bot default)")
+    p.add_argument("--word-dropout", type=float, default=None,
+                   help="chance of dropping (and inserting) a word in a training view (default: the bot default)")
+    p.add_argument("--precision", default=None, choices=("fp32", "bf16"),
+                   help="of training's forward passes (default: the bot default, fp32)")
+    p.add_argument("--seed", type=int, default=0, help="training seed (split, order, initial weights)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, default=Path("benchmarks/out/banking77"))
     args = p.parse_args()
@@ -74,10 +79,11 @@ def main() -> None:
     spec.model.max_length, spec.model.base = 128, args.base
     spec.training.epochs, spec.training.pretrain_epochs = args.epochs, args.pretrain_epochs
     spec.training.batch_size, spec.training.learning_rate = args.batch_size, args.lr
-    spec.training.checkpoint_every, spec.training.patience = 0, 4
+    spec.training.checkpoint_every, spec.training.patience, spec.training.seed = 0, 4, args.seed
     if args.outlier_weight is not None:
         spec.training.outlier_weight = args.outlier_weight
-    for name in ("weight_average", "label_smoothing", "rdrop", "val_fraction", "pretrain_corpus"):
+    for name in ("weight_average", "label_smoothing", "rdrop", "val_fraction", "pretrain_corpus", "precision",
+                 "word_dropout"):
         if getattr(args, name) is not None:
             setattr(spec.training, name, getattr(args, name))
     if args.classify_context is not None:
@@ -106,11 +112,12 @@ def main() -> None:
     device = torch.cuda.get_device_name() if trainer.device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"\nBANKING77 official test split ({len(test_x)} rows); {platform.node()} {device}; "
           f"epochs {args.epochs}" + (f" (+{args.pretrain_epochs} LM pre-training)" if args.base == "scratch" else "")
-          + ", early stopping patience 4")
+          + f", early stopping patience 4, seed {args.seed}")
     t = spec.training
-    print(f"outlier exposure weight {t.outlier_weight}, weight average {t.weight_average}, label smoothing "
+    print(f"learning rate {t.learning_rate}, word dropout {t.word_dropout}, "
+          f"outlier exposure weight {t.outlier_weight}, weight average {t.weight_average}, label smoothing "
           f"{t.label_smoothing}, R-drop {t.rdrop}, validation share {t.val_fraction}, "
-          f"public LM pre-training text {t.pretrain_corpus or 'none'}; "
+          f"public LM pre-training text {t.pretrain_corpus or 'none'}, precision {t.precision}; "
           f"{len(trainer.train_records)} training rows for GPT-2, {len(train_x)} for the baseline")
     print("| model | accuracy | macro-F1 | wall time (s) |\n|---|---|---|---|")
     for name, acc, f1, secs in rows:

@@ -71,7 +71,8 @@ def render(card: dict, robustness: bool = True) -> str:
         f"{t['reply_examples']} reply examples" if "train_examples" in t else
         "- Record counts not published (differential privacy: see Privacy)",
         f"- {t.get('steps')} steps on {t.get('device')}, best epoch {t.get('best_epoch')} of {t.get('epochs_run')}, "
-        f"{t.get('seconds')} s; seed {t.get('seed')}",
+        f"{t.get('seconds')} s; seed {t.get('seed')}"
+        + ("; forward passes in bfloat16 autocast (weights float32)" if t.get("precision") == "bf16" else ""),
     ]
     if "val_accuracy" in t:
         lines.append(f"- Validation accuracy {t['val_accuracy']:.3f}")

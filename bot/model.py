@@ -105,6 +105,9 @@ def build(settings: ModelSettings, tokenizer: PreTrainedTokenizerBase, intents: 
             embd_pdrop=settings.dropout, attn_pdrop=settings.dropout,
             bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
+            # GPT-2's tanh GELU as one PyTorch kernel: the same function as "gelu_new" (which is written out in
+            # Python ops), faster to train on CPU (benchmarks/train_step.py)
+            activation_function="gelu_pytorch_tanh",
         )
         lm = GPT2LMHeadModel(config)
     else:

@@ -245,6 +245,12 @@ class Trainer:
         if self.per_record and spec.settings.classify_context:
             self.log("settings.classify_context: the model is trained, and will be served, reading each message "
                      "alone (another record's text as an earlier turn would break the per-record guarantee)")
+        if self.t.precision == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ValueError("training.precision bf16: this GPU has no bfloat16; set it to fp32")
+        if self.t.precision == "bf16" and self.device.type == "cpu" and not (
+                torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
+            self.log("training.precision bf16: this CPU has no native bfloat16 (AVX512-BF16 or AMX), so it is "
+                     "emulated and likely slower than fp32")
 
     # ------------------------------------------------------------ setup / resume
     def _latest(self) -> Path | None:
@@ -378,8 +384,9 @@ class Trainer:
         return [self.read(t) for t in read_corpus(self.t.pretrain_corpus)] if self.t.pretrain_corpus else []
 
     def _optimizer(self) -> torch.optim.Optimizer:
+        # fused: one kernel per step for all parameters (PyTorch's default on CPU is a Python loop over them)
         return torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=self.t.learning_rate,
-                                 weight_decay=0.01)
+                                 weight_decay=0.01, fused=self.device.type in ("cpu", "cuda"))
 
     def prepare_model(self) -> None:
         """Called once before fine-tuning starts (or resumes)."""
@@ -479,6 +486,10 @@ class Trainer:
         if self.t.checkpoint_every and self.state.step % self.t.checkpoint_every == 0:
             self._checkpoint()
 
+    def _autocast(self):
+        """The forward passes of a training step (`training.precision`); backward and the step run outside."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.t.precision == "bf16")
+
     def _to(self, batch: dict) -> dict:
         return {k: v.to(self.device) for k, v in batch.items()}
 
@@ -491,7 +502,8 @@ class Trainer:
             seqs = {i: self.enc.lm(texts[i]) for i in idx}
             part, weight = distributed.share(idx, [len(seqs[i]) - 1 for i in idx])  # the loss is a mean over tokens
             b = self._to(self.enc.pad_batch([seqs[i] for i in part]))
-            loss = self.model.lm_loss(**b)
+            with self._autocast():
+                loss = self.model.lm_loss(**b)
             self._step(loss * weight, total)
             bar.update(1)
             bar.set_postfix(lm_loss=f"{loss.item():.3f}")
@@ -514,7 +526,8 @@ class Trainer:
             seen = [self.in_context(r, self.view(i, r, g), g) for i, r, g in zip(part, recs, rngs)]
             b = self._to(self.enc.pad_batch([self.enc.classify(text, context) for context, text in seen]))
             y = torch.tensor([intent_id[r.intent] for r in recs], device=self.device)
-            ce, kl = self._intent_loss(b, y)
+            with self._autocast():
+                ce, kl = self._intent_loss(b, y)
             loss, lm, oe = (ce + self.t.rdrop * kl) * weight, None, None
             if ob:  # cross-entropy to the uniform distribution over intents (Hendrycks et al., 2019)
                 picks, oe_weight = distributed.share(range(ob + self.outliers_in_context))
@@ -522,7 +535,9 @@ class Trainer:
                           self.outlier_in_context(random.Random(f"{self.t.seed}-{self.state.epoch}-{k}-{j}-outlier"))
                           for j in picks]
                 o = self._to(self.enc.pad_batch([self.enc.classify(t, c) for c, t in seen_o]))
-                oe = -self.model.intent_logits(o["input_ids"], o["attention_mask"]).log_softmax(-1).mean(-1).mean()
+                with self._autocast():
+                    logits_o = self.model.intent_logits(o["input_ids"], o["attention_mask"]).float()
+                oe = -logits_o.log_softmax(-1).mean(-1).mean()
                 # a sum over the items / `ob`: the items read in a conversation come on top, never dilute the others
                 loss = loss + self.t.outlier_weight * oe * oe_weight * (ob + self.outliers_in_context) / ob
             if replies and self.t.reply_weight > 0:
@@ -532,7 +547,8 @@ class Trainer:
                                                                      for _, labels in every])
                 pairs = [every[j] for j in picks]
                 rb = self._to(self.enc.pad_batch([p[0] for p in pairs], [p[1] for p in pairs]))
-                lm = self.model.lm_loss(**rb)
+                with self._autocast():
+                    lm = self.model.lm_loss(**rb)  # transformers takes the loss in float32
                 loss = loss + self.t.reply_weight * lm * reply_weight
             self._step(loss, total)
             bar.update(1)
@@ -544,7 +560,7 @@ class Trainer:
         """(cross-entropy, R-drop's symmetric KL) of an intent batch; with `training.rdrop` the batch goes through
         the model twice in one pass (two dropout masks), the cross-entropy is their mean, else KL is 0."""
         twice = 2 if self.t.rdrop > 0 else 1
-        logits = self.model.intent_logits(b["input_ids"].repeat(twice, 1), b["attention_mask"].repeat(twice, 1))
+        logits = self.model.intent_logits(b["input_ids"].repeat(twice, 1), b["attention_mask"].repeat(twice, 1)).float()
         ce = F.cross_entropy(logits, y.repeat(twice), label_smoothing=self.t.label_smoothing)
         if twice == 1:
             return ce, logits.new_zeros(())
@@ -696,6 +712,7 @@ class Trainer:
                 "regularisation": {k: v for k, v in (("weight_average", self.t.weight_average),
                                                      ("label_smoothing", self.t.label_smoothing),
                                                      ("rdrop", self.t.rdrop)) if v},
+                "precision": self.t.precision,
                 "conversation": self._context_card(),
                 "calibration": calibration,
                 **{k: v for k, v in best.items() if k.startswith("val")},

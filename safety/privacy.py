@@ -177,6 +177,9 @@ class DPTrainer(Trainer):
         if self.t.weight_average > 0:
             raise ValueError("training.weight_average is not available under DP yet (the Opacus step updates no "
                              "average); set it to 0")
+        if self.t.precision != "fp32":
+            raise ValueError(f"training.precision {self.t.precision} is not available under DP yet (the per-record "
+                             "gradients and their clipping are checked in float32 only); set it to fp32")
         if self.t.pretrain_corpus:
             raise ValueError("training.pretrain_corpus: under DP the LM pre-trains on privacy.public_corpus; "
                              "name the public text there instead")

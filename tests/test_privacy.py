@@ -604,9 +604,11 @@ def test_prototypes_then_dp_sgd_compose_within_the_target(tmp_path):
 
 
 def test_dp_training_refuses_what_it_does_not_do_yet(tmp_path):
-    """R-drop, weight averaging and training.pretrain_corpus are not wired into DP training: each is refused with
-    a clear error rather than silently ignored. Label smoothing is applied to the per-record loss and carded."""
-    for setting, value in (("rdrop", 1.0), ("weight_average", 0.99), ("pretrain_corpus", str(tmp_path / "p.txt"))):
+    """R-drop, weight averaging, training.pretrain_corpus and bf16 precision are not wired into DP training: each is
+    refused with a clear error rather than silently ignored. Label smoothing is applied to the per-record loss and
+    carded."""
+    for setting, value in (("rdrop", 1.0), ("weight_average", 0.99), ("pretrain_corpus", str(tmp_path / "p.txt")),
+                           ("precision", "bf16")):
         (tmp_path / "p.txt").write_text("some public text\n")
         spec, _ = load_bot(dp_bot_file(tmp_path, {setting: value}))
         with pytest.raises(ValueError, match=f"training.{setting}"):

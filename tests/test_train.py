@@ -338,3 +338,51 @@ def test_public_pretraining_text_reaches_the_lm_but_not_the_tokenizer(tmp_path):
     _, problems = load_bot(path, strict=False)
     assert any("training.pretrain_corpus: no such file" in p.message and "missing.txt" in p.message
                for p in problems)
+
+
+def test_bf16_precision_autocasts_the_forward_passes_learns_and_ships_float32_weights(tmp_path):
+    """training.precision bf16: every forward pass of the training loop (pre-training and fine-tuning) runs its
+    matrix products in bfloat16, validation runs in float32, the losses are taken in float32, the tiny bot still
+    learns, and the shipped weights are float32 and the card says what was done. fp32: no bfloat16 anywhere."""
+    import torch
+
+    from bot.spec import load_bot, parse_bot
+    from bot.train import Trainer, train
+
+    seen = []  # (grad enabled, i.e. a training forward pass; dtype of the first MLP's output)
+
+    class Probe(Trainer):
+        def _setup(self, resume):
+            super()._setup(resume)
+            self.model.lm.transformer.h[0].mlp.c_fc.register_forward_hook(
+                lambda m, i, o: seen.append((torch.is_grad_enabled(), o.dtype)))
+
+    bot = tiny_bot_dict(precision="bf16")
+    spec = parse_bot(yaml.safe_dump(bot), str(tmp_path / "b.yaml"))
+    out = train(spec, tmp_path / "m", progress=False, log=lambda *a: None, trainer_cls=Probe)
+    steps = read_card(out)["training"]["steps"]
+    assert {d for g, d in seen if g} == {torch.bfloat16} and sum(g for g, _ in seen) >= steps
+    assert {d for g, d in seen if not g} == {torch.float32}  # validation and calibration
+    card = read_card(out)
+    assert card["training"]["precision"] == "bf16" and card["training"]["val_accuracy"] >= 0.8, card["training"]
+    assert "forward passes in bfloat16 autocast (weights float32)" in (out / "model_card.md").read_text()
+    assert {t.dtype for t in load_file(out / "model.safetensors").values()} == {torch.float32}
+
+    probe = Trainer(spec, tmp_path / "probe", progress=False, log=lambda *a: None)
+    probe._setup(resume=False)
+    recs = probe.train_records[:4]
+    b = probe.enc.pad_batch([probe.enc.classify(r.text) for r in recs])
+    with probe._autocast():
+        ce, _ = probe._intent_loss(b, torch.tensor([probe.model.intents.index(r.intent) for r in recs]))
+        lm = probe.model.lm_loss(**probe.enc.pad_batch([probe.enc.lm(r.text) for r in recs]))
+    assert ce.dtype == lm.dtype == torch.float32
+    seen.clear()
+    spec.training.precision, spec.training.epochs = "fp32", 1
+    train(spec, tmp_path / "m32", progress=False, log=lambda *a: None, trainer_cls=Probe)
+    assert {d for _, d in seen} == {torch.float32}
+
+    bot["training"]["precision"] = "fp16"
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(bot), encoding="utf-8")
+    _, problems = load_bot(path, strict=False)
+    assert any("training.precision must be 'fp32' or 'bf16', got 'fp16'" in p.message for p in problems)
