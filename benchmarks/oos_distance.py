@@ -9,7 +9,7 @@ rule (probability / gap) OR a distance above tau. The table sweeps tau over quan
 distances, which favours the distance score (a served bot would pick tau on the validation split), and reads the
 baseline at each row's in-scope accuracy with fallback.
 
-    candor train -o benchmarks/out/oos_distance/demo        # the demo bot with the defaults (~8 min)
+    candor train -o benchmarks/out/oos_distance/demo        # the demo bot with the defaults (~16 min)
     python benchmarks/oos_distance.py --model benchmarks/out/oos_distance/demo
 """
 from __future__ import annotations

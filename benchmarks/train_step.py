@@ -37,7 +37,7 @@ def epoch_seconds(t: Trainer, precision: str, gelu: str, fused: bool, rdrop: flo
     t.model.train()
     t.opt = torch.optim.AdamW(t.model.parameters(), lr=t.t.learning_rate, weight_decay=0.01, fused=fused,
                               foreach=False if not fused else None)
-    t.t.precision, t.t.rdrop = precision, rdrop
+    t.precision, t.t.rdrop = precision, rdrop
     t.state.batch, t.state.epoch, t.state.step, t.state.stage_start = 0, 0, 0, 0
     start = time.perf_counter()
     t._finetune_epoch()

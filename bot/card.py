@@ -109,6 +109,14 @@ def render(card: dict, robustness: bool = True) -> str:
         lines.append(f"- Confidence calibration: temperature {cal['temperature']} fitted on the {cal['fitted_on']}"
                      if cal.get("fitted_on") else "- Confidence calibration: none (temperature 1"
                      + (f": {cal['why']})" if cal.get("why") else ")"))
+    dist = t.get("distance_rule")
+    if dist is not None:
+        lines.append(f"- Distance rule: falls back as unfamiliar beyond distance {dist['threshold']} (1 − mean cosine "
+                     f"similarity of the intent features to the {dist['k']} nearest training examples"
+                     + (", each also read after another intent's example" if dist.get("conversation_views") else "")
+                     + f"; {dist['quantile']:g} of the {dist['fitted_on']} lies within it); the model directory "
+                     "holds those examples' features (neighbours.safetensors)"
+                     if dist.get("enabled") else f"- Distance rule: off ({dist['why']})")
     if t.get("resumed_from_steps"):
         lines.append(f"- Resumed from checkpoints at steps {t['resumed_from_steps']}")
     p = card.get("privacy")
@@ -205,7 +213,8 @@ def membership_summary(result: dict, dp: bool = False) -> dict:
     """What the card keeps of a membership audit (safety/membership.py): no per-record data, and for DP
     models no count of records either."""
     keys = ("attack", "auc", "tpr_at_1pct_fpr", "tpr_at_10pct_fpr", "created") + (() if dp else ("members",))
-    return {k: result[k] for k in keys}
+    return {**{k: result[k] for k in keys}, **({"distance": {k: result["distance"][k] for k in (
+        "attack", "auc", "tpr_at_1pct_fpr", "tpr_at_10pct_fpr")}} if "distance" in result else {})}
 
 
 def canary_summary(report: dict) -> dict:
@@ -226,7 +235,10 @@ def audit_lines(card: dict) -> list[str]:
         sizes = f"{m['members']} training vs {m['members']} held-out" if "members" in m else "training vs held-out"
         out.append(f"Membership inference ({m['attack']}, {sizes} "
                    f"utterances): AUC {m['auc']:.3f} (0.5 = a coin toss), true positives at 1% false positives "
-                   f"{m['tpr_at_1pct_fpr']:.1%}, on {m['created'][:10]}.")
+                   f"{m['tpr_at_1pct_fpr']:.1%}, on {m['created'][:10]}."
+                   + (f" By the distance rule's distance, which every user is shown: AUC {m['distance']['auc']:.3f}, "
+                      f"true positives at 1% false positives {m['distance']['tpr_at_1pct_fpr']:.1%}."
+                      if m.get("distance") else ""))
     c = audits.get("canaries")
     if c:
         for run in c["runs"]:

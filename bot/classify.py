@@ -7,6 +7,7 @@ import torch
 
 from bot.data import Encoder
 from bot.model import DialogueModel
+from bot.neighbours import Neighbours
 from bot.spec import Settings
 
 
@@ -26,9 +27,10 @@ def _batched(model: DialogueModel, enc: Encoder, texts: list[str], batch_size: i
     return torch.cat(out) if out else torch.zeros(0, width)
 
 
-def predict_features(model: DialogueModel, enc: Encoder, texts: list[str], batch_size: int = 64) -> torch.Tensor:
+def predict_features(model: DialogueModel, enc: Encoder, texts: list[str], batch_size: int = 64,
+                     contexts: list[list[str]] | None = None) -> torch.Tensor:
     """What the intent head reads for each text, shape (len(texts), hidden size), float32 on the CPU."""
-    return _batched(model, enc, texts, batch_size, model.intent_features, model.score.in_features)
+    return _batched(model, enc, texts, batch_size, model.intent_features, model.score.in_features, contexts)
 
 
 def predict_logits(model: DialogueModel, enc: Encoder, texts: list[str], batch_size: int = 64,
@@ -44,31 +46,65 @@ def predict_proba(model: DialogueModel, enc: Encoder, texts: list[str], batch_si
     return model.calibrated(predict_logits(model, enc, texts, batch_size, contexts))
 
 
+def predict(model: DialogueModel, enc: Encoder, texts: list[str], neighbours: Neighbours | None = None,
+            batch_size: int = 64, contexts: list[list[str]] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(calibrated probabilities, distances to the training examples or None without `neighbours`): what `decide`
+    reads. A text read after earlier turns that gets the same intent as its last earlier turn read alone is a
+    follow-up that keeps the conversation's intent ("it's order 4432" after a request to cancel): it is as familiar
+    as that turn, so it gets that turn's distance (the follow-up alone names nothing the bot was taught)."""
+    if neighbours is None:
+        return predict_proba(model, enc, texts, batch_size, contexts), None
+    probs, features = _probs_and_features(model, enc, texts, batch_size, contexts)
+    dist = neighbours.distance(features)
+    after = [i for i, c in enumerate(contexts or []) if c]
+    if after:
+        earlier, earlier_features = _probs_and_features(model, enc, [contexts[i][-1] for i in after], batch_size)
+        keeps = probs[after].argmax(1) == earlier.argmax(1)
+        dist[after] = torch.where(keeps, neighbours.distance(earlier_features), dist[after])
+    return probs, dist
+
+
+def _probs_and_features(model, enc, texts, batch_size, contexts=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(calibrated probabilities, intent features) from one pass."""
+    features = _batched(model, enc, texts, batch_size, model.intent_features, model.score.in_features, contexts)
+    with torch.no_grad():
+        logits = model.score(features.to(model.device)).float().cpu()
+    return model.calibrated(logits), features
+
+
 @dataclass
 class Decision:
     intent: str
     confidence: float
     ranking: list[tuple[str, float]]
     fallback: bool
-    reason: str | None  # "low_confidence", "ambiguous" or None
+    reason: str | None  # "low_confidence", "unfamiliar", "ambiguous" or None
     confidence_threshold: float
     ambiguity_threshold: float
+    distance: float | None = None  # to the training examples (bot/neighbours.py); None: the model has no index
+    distance_threshold: float | None = None
 
 
-def decide(probs: torch.Tensor, intents: list[str], settings: Settings, top_k: int = 5) -> Decision:
+def decide(probs: torch.Tensor, intents: list[str], settings: Settings, top_k: int = 5,
+           distance: float | None = None, distance_threshold: float | None = None) -> Decision:
     """Rasa's FallbackClassifier rule: fall back below `confidence_threshold`, or when the top two
-    intents are closer than `ambiguity_threshold`."""
+    intents are closer than `ambiguity_threshold`; and, given the message's distance to the training examples
+    (bot/neighbours.py), when it lies farther than `distance_threshold` ("unfamiliar")."""
     values, idx = probs.topk(min(top_k, len(intents)))
     ranking = [(intents[i], float(v)) for v, i in zip(values.tolist(), idx.tolist())]
     top = ranking[0][1]
     gap = top - ranking[1][1] if len(ranking) > 1 else 1.0
+    distance = None if distance is None else float(distance)
     reason = None
     if top < settings.confidence_threshold:
         reason = "low_confidence"
+    elif distance is not None and distance_threshold is not None and distance > distance_threshold:
+        reason = "unfamiliar"
     elif gap < settings.ambiguity_threshold:
         reason = "ambiguous"
     return Decision(ranking[0][0], top, ranking, reason is not None, reason,
-                    settings.confidence_threshold, settings.ambiguity_threshold)
+                    settings.confidence_threshold, settings.ambiguity_threshold, distance,
+                    distance_threshold if distance is not None else None)
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, steps: int = 200) -> float:

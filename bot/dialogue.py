@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bot import model as models
-from bot.classify import decide, predict_proba
+from bot import neighbours
+from bot.classify import decide, predict
 from bot.data import Encoder, earlier
 from bot.generate import fill, generate_replies, repetition, reply_scores, template_reply
 from bot.spec import Settings, Turn
@@ -32,6 +33,8 @@ class TurnResult:
     ambiguity_threshold: float
     ranking: list[tuple[str, float]]
     response_mode: str
+    distance: float | None = None  # to the training examples (bot/neighbours.py); None: the model has no index
+    distance_threshold: float | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -50,6 +53,8 @@ class Bot:
         self.card = models.read_card(model_dir)
         # A card without `classify_context` is from a model trained before the classifier read earlier turns.
         self.settings = Settings(**{"classify_context": 0, **self.card.get("settings", {})})
+        # the distance rule's index, if the model has one and its card does not switch the rule off
+        self.neighbours = neighbours.load(model_dir) if self.settings.distance_quantile else None
         if response_mode:
             self.settings.response_mode = response_mode
         self.enc = Encoder(self.tokenizer, self.card.get("model", {}).get("max_length", 256))
@@ -63,10 +68,16 @@ class Bot:
 
     def classify_batch(self, texts: list[str], conversations: list[Conversation] | None = None):
         """One forward pass for several texts, each read after its conversation's last user turns
-        (`settings.classify_context` of them); each decision as `classify` would make it."""
+        (`settings.classify_context` of them), and one over those earlier turns for the distance rule
+        (`bot.classify.predict`); each decision as `classify` would make it."""
         contexts = [self.context(c) for c in conversations] if conversations else None
-        return [decide(p, self.model.intents, self.settings)
-                for p in predict_proba(self.model, self.enc, texts, contexts=contexts)]
+        return self.decide(*predict(self.model, self.enc, texts, self.neighbours, contexts=contexts))
+
+    def decide(self, probs, distances=None) -> list:
+        """The decisions for rows of calibrated probabilities (and distances, `bot.classify.predict`)."""
+        threshold = self.neighbours.threshold if self.neighbours else None
+        return [decide(p, self.model.intents, self.settings, distance=None if distances is None else distances[i],
+                       distance_threshold=threshold) for i, p in enumerate(probs)]
 
     def context(self, conversation: Conversation) -> list[str]:
         """The earlier user texts the classifier reads before the next message, oldest first."""
@@ -151,5 +162,6 @@ class Bot:
             conversation.turns.append(Turn(text, reply, None if decision.fallback else decision.intent))
             results.append(TurnResult(text, reply, decision.intent, decision.confidence, decision.fallback,
                                       decision.reason, decision.confidence_threshold, decision.ambiguity_threshold,
-                                      decision.ranking, self.settings.response_mode))
+                                      decision.ranking, self.settings.response_mode, decision.distance,
+                                      decision.distance_threshold))
         return results

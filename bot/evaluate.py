@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import classification_report, confusion_matrix, roc_auc_score  # noqa: E402
 
-from bot.classify import decide, predict_proba  # noqa: E402
+from bot.classify import decide, predict  # noqa: E402
 from bot.io import atomic_dir, atomic_write_json  # noqa: E402
 from bot.spec import OUT_OF_SCOPE, Example, Settings  # noqa: E402
 
@@ -47,10 +47,11 @@ def expected_calibration_error(confidence, correct, bins: int = ECE_BINS) -> flo
     return float((count[full] / count.sum() * np.abs(acc[full] - mean[full])).sum())
 
 
-def threshold_for_recall(oos_top, oos_ambiguous, target: float) -> float | None:
+def threshold_for_recall(oos_top, oos_anyway, target: float) -> float | None:
     """The lowest confidence threshold (4 decimals) at which at least `target` of the out-of-scope questions fall
-    back, given each one's top probability and whether it already falls back as ambiguous; None without any."""
-    top, amb = np.asarray(oos_top, float), np.asarray(oos_ambiguous, bool)
+    back, given each one's top probability and whether it falls back anyway (ambiguous, unfamiliar); None without
+    any."""
+    top, amb = np.asarray(oos_top, float), np.asarray(oos_anyway, bool)
     if not len(top):
         return None
     need = int(np.ceil(target * len(top) - 1e-9)) - int(amb.sum())
@@ -66,6 +67,22 @@ def ambiguous(d) -> bool:
     return len(d.ranking) > 1 and d.ranking[0][1] - d.ranking[1][1] < d.ambiguity_threshold
 
 
+def unfamiliar(d) -> bool:
+    """Whether decision `d` falls back by the distance rule at any confidence threshold."""
+    return d.distance is not None and d.distance_threshold is not None and d.distance > d.distance_threshold
+
+
+def falls_back_anyway(d) -> bool:
+    """Whether decision `d` falls back whatever the confidence threshold: ambiguous or unfamiliar."""
+    return ambiguous(d) or unfamiliar(d)
+
+
+def other_rules(summary: dict) -> str:
+    """'… alone give(s)': the fallback rules that need no confidence threshold, in words, for an evaluation summary."""
+    return ("the ambiguity and distance rules alone give" if "distance_threshold" in summary
+            else "the ambiguity rule alone gives")
+
+
 def oos_measures(in_top, oos_top, oos_fallback) -> dict:
     """Out-of-scope recall and AUROC (out-of-scope as the positive class, scored by 1 − confidence)."""
     if not len(oos_top):
@@ -75,10 +92,13 @@ def oos_measures(in_top, oos_top, oos_fallback) -> dict:
     return {"oos_examples": len(oos_top), "oos_recall": float(np.mean(oos_fallback)), "auroc": auroc}
 
 
-def evaluate(model, enc, examples: list[Example], settings: Settings, target_oos_recall: float = 0.8) -> dict:
-    """Predictions and metrics for `examples`; `out_of_scope` examples count only toward the OOS measures."""
-    probs = predict_proba(model, enc, [e.text for e in examples])
-    decisions = [decide(p, model.intents, settings) for p in probs]
+def evaluate(model, enc, examples: list[Example], settings: Settings, target_oos_recall: float = 0.8,
+             neighbours=None) -> dict:
+    """Predictions and metrics for `examples`, each read alone; `out_of_scope` examples count only toward the OOS
+    measures. `neighbours`: the model's distance-rule index (bot/neighbours.py), if it has one."""
+    probs, dist = predict(model, enc, [e.text for e in examples], neighbours)
+    decisions = [decide(p, model.intents, settings, distance=None if dist is None else dist[i],
+                        distance_threshold=neighbours.threshold if neighbours else None) for i, p in enumerate(probs)]
     in_scope = [(e, d) for e, d in zip(examples, decisions) if e.intent != OUT_OF_SCOPE]
     oos = [d for e, d in zip(examples, decisions) if e.intent == OUT_OF_SCOPE]
     y_true = [e.intent for e, _ in in_scope]
@@ -106,16 +126,21 @@ def evaluate(model, enc, examples: list[Example], settings: Settings, target_oos
         "fallback_rate": float(np.mean([d.fallback for _, d in in_scope])) if in_scope else 0.0,
         "ece": expected_calibration_error([d.confidence for _, d in in_scope], correct),
         **oos_measures([d.confidence for _, d in in_scope], [d.confidence for d in oos], [d.fallback for d in oos]),
+        **({"distance_threshold": round(neighbours.threshold, 4),
+            "unfamiliar_rate": float(np.mean([unfamiliar(d) for _, d in in_scope])) if in_scope else 0.0,
+            "distance_auroc": float(roc_auc_score([0] * len(in_scope) + [1] * len(oos),
+                                                  [d.distance for _, d in in_scope] + [d.distance for d in oos]))
+            if in_scope and oos else None} if neighbours else {}),
         "confidence_threshold": settings.confidence_threshold,
         "ambiguity_threshold": settings.ambiguity_threshold,
         "temperature": round(model.temperature, 4),
     }
     if oos:
-        t = threshold_for_recall([d.confidence for d in oos], [ambiguous(d) for d in oos], target_oos_recall)
-        at = [d.confidence < t or ambiguous(d) for d in oos]
+        t = threshold_for_recall([d.confidence for d in oos], [falls_back_anyway(d) for d in oos], target_oos_recall)
+        at = [d.confidence < t or falls_back_anyway(d) for d in oos]
         summary["suggested_threshold"] = {
             "target_oos_recall": target_oos_recall, "confidence_threshold": t, "oos_recall": float(np.mean(at)),
-            "accuracy_with_fallback": float(np.mean([c and d.confidence >= t and not ambiguous(d)
+            "accuracy_with_fallback": float(np.mean([c and d.confidence >= t and not falls_back_anyway(d)
                                                      for c, (_, d) in zip(correct, in_scope)])) if in_scope else 0.0,
             "applied": False,
             **({"note": f"only {len(oos)} out-of-scope test questions: a rough guide"} if len(oos) < FEW_OOS else {}),
@@ -185,13 +210,18 @@ def _reliability_png(result: dict, path: Path) -> None:
 
 
 def _oos_png(result: dict, path: Path) -> None:
+    """In scope against out of scope: the confidence, and (when the model has the distance rule) the distance."""
     s = result["summary"]
-    inside = [d.confidence for _, d in result["in_scope"]]
-    oos = [d.confidence for e, d in zip(result["examples"], result["decisions"]) if e.intent == OUT_OF_SCOPE]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    inside = [d for _, d in result["in_scope"]]
+    oos = [d for e, d in zip(result["examples"], result["decisions"]) if e.intent == OUT_OF_SCOPE]
+    far = "distance_threshold" in s
+    fig, axes = plt.subplots(1, 2 if far else 1, figsize=(12 if far else 7, 4), squeeze=False)
+    ax = axes[0][0]
     bins = np.linspace(0, 1, 26)
-    ax.hist(inside, bins=bins, alpha=0.6, density=True, color="#2a9d8f", label=f"in scope ({len(inside)})")
-    ax.hist(oos, bins=bins, alpha=0.6, density=True, color="#e76f51", label=f"out of scope ({len(oos)})")
+    ax.hist([d.confidence for d in inside], bins=bins, alpha=0.6, density=True, color="#2a9d8f",
+            label=f"in scope ({len(inside)})")
+    ax.hist([d.confidence for d in oos], bins=bins, alpha=0.6, density=True, color="#e76f51",
+            label=f"out of scope ({len(oos)})")
     ax.axvline(s["confidence_threshold"], color="k", ls="--", label=f"threshold {s['confidence_threshold']:g}")
     sug = s.get("suggested_threshold")
     if sug and sug["confidence_threshold"] and sug["confidence_threshold"] != s["confidence_threshold"]:
@@ -202,6 +232,16 @@ def _oos_png(result: dict, path: Path) -> None:
     ax.set_title(f"In scope vs out of scope: OOS recall {s['oos_recall']:.2f}"
                  + (f", AUROC {s['auroc']:.3f}" if s["auroc"] is not None else ""))
     ax.legend()
+    if far:
+        ax = axes[0][1]
+        dist = [d.distance for d in inside + oos]
+        bins = np.linspace(0, max(max(dist), s["distance_threshold"]) * 1.05, 31)
+        ax.hist([d.distance for d in inside], bins=bins, alpha=0.6, density=True, color="#2a9d8f", label="in scope")
+        ax.hist([d.distance for d in oos], bins=bins, alpha=0.6, density=True, color="#e76f51", label="out of scope")
+        ax.axvline(s["distance_threshold"], color="k", ls="--", label=f"threshold {s['distance_threshold']:g}")
+        ax.set_xlabel("distance to the nearest training examples (above the threshold: fallback)")
+        ax.set_title("Distance rule" + (f": AUROC {s['distance_auroc']:.3f}" if s.get("distance_auroc") else ""))
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

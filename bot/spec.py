@@ -80,6 +80,10 @@ class Settings:
     # BANKING77 reading one cost 3.9 points and 1.8x the training time; the demo bot reads one: BENCHMARKS.md
     # "Follow-ups"). A model whose card has no such setting reads none (bot.dialogue.Bot).
     classify_context: int = 0
+    # The distance rule (bot/neighbours.py): after training, the bot falls back as "unfamiliar" on a message farther
+    # from the training examples than this share of the validation questions are; 0 turns it off (in training: no
+    # index is saved; on a trained model's card: its index is not used). DP models never get one.
+    distance_quantile: float = 0.99
 
 
 @dataclass
@@ -124,6 +128,7 @@ class TrainSettings:
     rdrop: float = 0.0
     # "bf16": training's forward passes run under bfloat16 autocast (about 1.5x faster on a CPU with AVX512-BF16
     # or AMX, and on GPUs); the weights, the optimizer and the shipped model stay float32. "fp32": no autocast.
+    # "auto": bf16 where the device has native bfloat16, else fp32 (and fp32 under DP); the card says which ran.
     precision: str = "fp32"
 
 
@@ -451,6 +456,13 @@ def validate(spec: BotSpec) -> list[Problem]:
         out.append(Problem(f, None, "error", "settings.ambiguity_threshold must be between 0 and 1"))
     if s.response_mode not in ("template", "generate"):
         out.append(Problem(f, None, "error", f"settings.response_mode must be 'template' or 'generate', got '{s.response_mode}'"))
+    if not 0 <= s.distance_quantile <= 1:
+        out.append(Problem(f, None, "error", "settings.distance_quantile must be 0 (off) or a share of the validation "
+                                             "questions up to 1"))
+    elif 0 < s.distance_quantile < 0.9:
+        out.append(Problem(f, None, "warning", f"settings.distance_quantile {s.distance_quantile:g}: the distance rule "
+                                               f"would refuse about {1 - s.distance_quantile:.0%} of in-scope questions"
+                                               " (0.99, the default, about 1%)"))
     if s.classify_context < 0:
         out.append(Problem(f, None, "error", "settings.classify_context must be 0 (each message alone) or above"))
     if spec.model.n_embd % max(spec.model.n_head, 1):
@@ -469,8 +481,8 @@ def validate(spec: BotSpec) -> list[Problem]:
     elif spec.training.rdrop and not spec.model.dropout:
         out.append(Problem(f, None, "warning", "training.rdrop does nothing with model.dropout 0 (its two passes are "
                                                "the same): set a dropout, or leave rdrop at 0"))
-    if spec.training.precision not in ("fp32", "bf16"):
-        out.append(Problem(f, None, "error", f"training.precision must be 'fp32' or 'bf16', "
+    if spec.training.precision not in ("fp32", "bf16", "auto"):
+        out.append(Problem(f, None, "error", f"training.precision must be 'fp32', 'bf16' or 'auto', "
                                              f"got '{spec.training.precision}'"))
     if spec.training.outlier_weight < 0:
         out.append(Problem(f, None, "error", "training.outlier_weight must be 0 (off) or above"))

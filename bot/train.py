@@ -45,7 +45,8 @@ from transformers import AutoTokenizer
 from bot import card as cards
 from bot import distributed
 from bot import model as models
-from bot.classify import fit_temperature, predict_logits, predict_proba
+from bot import neighbours
+from bot.classify import fit_temperature, predict_features, predict_logits, predict_proba
 from bot.data import Encoder, Record, corpus, earlier, outlier_texts, read_corpus, records, split
 from bot.followups import follow_up
 from bot.io import atomic_dir, atomic_write_json
@@ -245,12 +246,21 @@ class Trainer:
         if self.per_record and spec.settings.classify_context:
             self.log("settings.classify_context: the model is trained, and will be served, reading each message "
                      "alone (another record's text as an earlier turn would break the per-record guarantee)")
-        if self.t.precision == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise ValueError("training.precision bf16: this GPU has no bfloat16; set it to fp32")
-        if self.t.precision == "bf16" and self.device.type == "cpu" and not (
-                torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
+        self.precision = self._precision()
+
+    def _precision(self) -> str:
+        """`training.precision` as this run uses it, "fp32" or "bf16": "auto" is bf16 where the device computes in
+        bfloat16 natively (a GPU with it; a CPU with AVX512-BF16 or AMX) and fp32 elsewhere and under DP."""
+        cpu = self.device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+        native = torch.cuda.is_bf16_supported(including_emulation=False) if self.device.type == "cuda" else cpu
+        if self.t.precision == "auto":
+            return "bf16" if native and not self.per_record else "fp32"
+        if self.t.precision == "bf16" and self.device.type == "cuda" and not native:
+            raise ValueError("training.precision bf16: this GPU has no bfloat16; set it to fp32 (or auto)")
+        if self.t.precision == "bf16" and not native:
             self.log("training.precision bf16: this CPU has no native bfloat16 (AVX512-BF16 or AMX), so it is "
-                     "emulated and likely slower than fp32")
+                     "emulated and likely slower than fp32 (training.precision auto would use fp32 here)")
+        return self.t.precision
 
     # ------------------------------------------------------------ setup / resume
     def _latest(self) -> Path | None:
@@ -405,6 +415,12 @@ class Trainer:
         """Whether to fit the calibration temperature on the validation split (the DP trainer says no)."""
         return True
 
+    def index_examples(self) -> bool:
+        """Whether the model may ship an index of its training examples' features for the distance rule
+        (bot/neighbours.py): never for a trainer that protects each record (DP: the guarantee covers the weights,
+        not that)."""
+        return not self.per_record
+
     @property
     def outlier_batch(self) -> int:
         """Outlier texts per fine-tuning step (0 when outlier exposure is off)."""
@@ -488,7 +504,7 @@ class Trainer:
 
     def _autocast(self):
         """The forward passes of a training step (`training.precision`); backward and the step run outside."""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.t.precision == "bf16")
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
     def _to(self, batch: dict) -> dict:
         return {k: v.to(self.device) for k, v in batch.items()}
@@ -668,6 +684,48 @@ class Trainer:
         self.log(f"calibration: temperature {self.model.temperature:.3f} (fitted on the validation split)")
         return {"temperature": round(self.model.temperature, 4), "fitted_on": "validation split"}
 
+    def _neighbours(self) -> tuple[neighbours.Neighbours | None, dict]:
+        """(index, card section) of the distance rule: the training examples' features as served (each read after
+        its own earlier turns, as validation reads them) and, when the classifier reads earlier turns, as a served
+        conversation reads them (`conversation_views`). The threshold is fitted on the validation split, read the
+        same ways."""
+        q = self.spec.settings.distance_quantile
+        why = ("settings.distance_quantile is 0" if not q else None if self.index_examples() else
+               "it would ship features of the training examples, which the privacy guarantee does not cover")
+        if why is None and not self.val_records:
+            why = "no validation split to fit its threshold on"
+        if why:
+            return None, {"enabled": False, "why": why}
+        feats = []
+        for recs in (self.train_records, self.val_records):
+            pairs = [(c, r.text) for c, r in zip(self.contexts(recs), recs)] + self.conversation_views(recs)
+            feats.append(predict_features(self.model, self.enc, [t for _, t in pairs], contexts=[c for c, _ in pairs]))
+        index = neighbours.fit(*feats, quantile=q)
+        self.log(f"distance rule: falls back beyond distance {index.threshold:.3f} to the {index.k} nearest of "
+                 f"{len(feats[0])} training views ({q:g} of the {len(feats[1])} validation views lie within it)")
+        return index, {"enabled": True, **index.describe(), "validation_views": len(feats[1]),
+                       **({"conversation_views": True} if self.classify_context else {})}
+
+    def conversation_views(self, recs: list[Record]) -> list[tuple[list[str], str]]:
+        """(earlier user texts, message) pairs the distance rule also indexes when the classifier reads earlier
+        turns: each single-turn record read after another intent's training example (a new request after an
+        earlier one, as a served conversation reads it; seeded by the record's text). Else none. Generated
+        follow-ups are not indexed: the ones the model reads poorly sit among the outliers, and indexing them
+        cost 3 points of out-of-scope recall on the demo bot (BENCHMARKS.md, "The distance rule")."""
+        if not self.classify_context:
+            return []
+        out, pool = [], self.train_records
+        for r in recs:
+            if r.context:
+                continue
+            rng = random.Random(f"{self.t.seed}-index-{r.text}")
+            for _ in range(100):  # another intent's example (a bot has at least two intents)
+                other = pool[rng.randrange(len(pool))]
+                if other.intent != r.intent:
+                    out.append(([other.text], r.text))
+                    break
+        return out
+
     def _context_card(self) -> dict:
         if not self.classify_context:
             return {"earlier_turns_read": 0}
@@ -687,8 +745,11 @@ class Trainer:
 
     def _save_final(self) -> None:
         calibration = self._calibrate()  # sets the temperature the saved config carries
+        index, distance_card = self._neighbours()
         with atomic_dir(self.out_dir) as tmp:
             self.model.save(tmp, self.tok)
+            if index:
+                index.save(tmp)
             counts = self.card_counts()
             history = self.state.history if counts else [  # DP: no exact ratio that would give away a count
                 {k: (round(v, 2) if k == "val_accuracy" else v) for k, v in h.items() if k != "val_loss"}
@@ -712,9 +773,10 @@ class Trainer:
                 "regularisation": {k: v for k, v in (("weight_average", self.t.weight_average),
                                                      ("label_smoothing", self.t.label_smoothing),
                                                      ("rdrop", self.t.rdrop)) if v},
-                "precision": self.t.precision,
+                "precision": self.precision,
                 "conversation": self._context_card(),
                 "calibration": calibration,
+                "distance_rule": distance_card,
                 **{k: v for k, v in best.items() if k.startswith("val")},
             })
             if self.card_sections():
@@ -733,3 +795,23 @@ def train(spec: BotSpec, out_dir: str | Path, resume: bool = False, device: str 
         shutil.rmtree(trainer.ckpt, ignore_errors=True)
     distributed.finish()
     return out
+
+
+def refit_distance_rule(spec: BotSpec, model_dir: str | Path, read=None, log=print) -> dict:
+    """Fit the distance rule (bot/neighbours.py) of a model trained from `spec` again, as training ends would, with
+    `spec.settings.distance_quantile`: the index replaces the model's own and the card says so. Its weights are
+    not touched. Refused for a model trained under DP (the rule is never fitted on private records)."""
+    model_dir = Path(model_dir)
+    card = models.read_card(model_dir)
+    if card.get("privacy", {}).get("dp"):
+        raise ValueError(f"{model_dir}: trained under DP; the distance rule is never fitted on private records")
+    trainer = Trainer(spec, model_dir.with_name(model_dir.name + ".refit"), progress=False, log=log, read=read)
+    trainer.model, trainer.tok = models.load(model_dir)
+    trainer.enc = Encoder(trainer.tok, spec.model.max_length)
+    index, section = trainer._neighbours()
+    (model_dir / neighbours.FILE).unlink(missing_ok=True)
+    if index:
+        index.save(model_dir)
+    cards.update(model_dir, training={**card["training"], "distance_rule": section},
+                 settings={**card.get("settings", {}), "distance_quantile": spec.settings.distance_quantile})
+    return section

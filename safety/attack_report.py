@@ -9,7 +9,7 @@ through the served input path (`safety.attacks.ServedIntentModel`). Per recipe:
 - words perturbed: mean share of a message's words changed, over successful attacks;
 - queries: mean model queries per message, over messages it attacked (not skipped);
 - wrong, no fallback: of the successful attacks, the share the served bot would answer with the
-  wrong intent instead of falling back (its confidence and ambiguity thresholds).
+  wrong intent instead of falling back (its confidence and ambiguity thresholds, and its distance rule).
 
 These are TextAttack's own definitions (`textattack.metrics`); a test checks the two agree.
 Natural noise beside them: accuracy on the same messages with random keyboard typos, no attacker.
@@ -74,7 +74,8 @@ def outcome(recipe: str, example: Example, result, wrapper, settings: Settings) 
 
     st = status(result)
     final = result.perturbed_result if st == "successful" else result.original_result
-    d = decide(torch.as_tensor(final.raw_output).float().cpu(), wrapper.intents, settings)
+    d = wrapper.decision(final.attacked_text.text, settings) or decide(  # refused: uniform probabilities
+        torch.as_tensor(final.raw_output).float().cpu(), wrapper.intents, settings)
     original, perturbed = result.original_result.attacked_text, result.perturbed_result.attacked_text
     return Outcome(recipe, wrapper.served_text(example.text), example.intent, st,
                    wrapper.served_text(perturbed.text) or "" if st == "successful" else "",
@@ -130,7 +131,7 @@ def run(model_dir: str | Path, test: list[Example], recipes: list[str] = DEFAULT
     started = time.monotonic()
     model_dir = Path(model_dir)
     bot = Bot(model_dir)
-    wrapper = ServedIntentModel(bot.model, bot.enc)
+    wrapper = ServedIntentModel(bot.model, bot.enc, neighbours=bot.neighbours)
     candidates = select(test, bot.model.intents, len(test), seed)
     served = [e for e in candidates if wrapper.served_text(e.text) is not None]
     examples = select(served, bot.model.intents, n, seed)

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from bot.classify import predict_proba
+from bot.classify import decide, predict, predict_proba
 from safety.guard import MAX_CHARS, Rejected, read_message
 from safety.recipes import check
 from safety.resources import seeded, textattack
@@ -30,9 +30,20 @@ class ServedIntentModel(ta.models.wrappers.ModelWrapper):
     its own longest text. A message the bot refuses (empty after normalisation, over the length cap)
     gets no decision: uniform probabilities."""
 
-    def __init__(self, model, enc, max_chars: int = MAX_CHARS, batch_size: int = 64):
+    def __init__(self, model, enc, max_chars: int = MAX_CHARS, batch_size: int = 64, neighbours=None):
         self.model, self.enc, self.max_chars, self.batch_size = model, enc, max_chars, batch_size
+        self.neighbours = neighbours  # the served distance rule (bot/neighbours.py), for `decision`
         self.deadline: float | None = None  # time.monotonic() after which queries raise OutOfTime
+
+    def decision(self, text: str, settings):
+        """The served bot's decision on `text` with every fallback rule, the distance rule included (the
+        probabilities alone, which the attack's goal is about, do not have it); None if the bot refuses it."""
+        read = self.served_text(text)
+        if read is None:
+            return None
+        probs, dist = predict(self.model, self.enc, [read], self.neighbours)
+        return decide(probs[0], self.intents, settings, distance=None if dist is None else dist[0],
+                      distance_threshold=self.neighbours.threshold if self.neighbours else None)
 
     @property
     def intents(self) -> list[str]:

@@ -14,7 +14,7 @@ import random
 
 import torch
 
-from bot.classify import predict_proba
+from bot.classify import predict, predict_proba
 
 
 def losses(model, enc, records) -> list[float]:
@@ -46,8 +46,10 @@ def tpr_at(fpr: list[float], tpr: list[float], max_fpr: float) -> float:
     return max(t for f, t in zip(fpr, tpr) if f <= max_fpr)
 
 
-def attack(model, enc, members, non_members, n: int, seed: int = 0) -> dict:
-    """Score `n` members and `n` non-members (or as many as the smaller side has)."""
+def attack(model, enc, members, non_members, n: int, seed: int = 0, neighbours=None) -> dict:
+    """Score `n` members and `n` non-members (or as many as the smaller side has). With the model's distance-rule
+    index (bot/neighbours.py), the same records are also attacked by their distance, which the served bot shows:
+    an indexed record is one of its own nearest examples, so the lower the distance, the likelier a member."""
     k = min(n, len(members), len(non_members)) // 10 * 10  # a round number: no exact count of held-out records
     if k < 10:
         raise ValueError(f"membership audit needs at least 10 members and 10 non-members; have {len(members)} and "
@@ -58,7 +60,15 @@ def attack(model, enc, members, non_members, n: int, seed: int = 0) -> dict:
     s_out = [-x for x in losses(model, enc, outs)]
     fpr, tpr = roc(s_in, s_out)
     mean_in, mean_out = -sum(s_in) / k, -sum(s_out) / k
-    return {"attack": "loss threshold (intent cross-entropy)", "members": k, "non_members": k,
-            "auc": auc(s_in, s_out), "tpr_at_1pct_fpr": tpr_at(fpr, tpr, 0.01),
-            "tpr_at_10pct_fpr": tpr_at(fpr, tpr, 0.10), "mean_loss_members": mean_in,
-            "mean_loss_non_members": mean_out, "roc": {"fpr": fpr, "tpr": tpr}}
+    out = {"attack": "loss threshold (intent cross-entropy)", "members": k, "non_members": k,
+           "auc": auc(s_in, s_out), "tpr_at_1pct_fpr": tpr_at(fpr, tpr, 0.01),
+           "tpr_at_10pct_fpr": tpr_at(fpr, tpr, 0.10), "mean_loss_members": mean_in,
+           "mean_loss_non_members": mean_out, "roc": {"fpr": fpr, "tpr": tpr}}
+    if neighbours is not None:
+        d_in, d_out = ([-x for x in predict(model, enc, [r.text for r in rs], neighbours)[1].tolist()]
+                       for rs in (ins, outs))
+        fpr, tpr = roc(d_in, d_out)
+        out["distance"] = {"attack": "distance threshold (the distance rule's distance, as served)",
+                           "auc": auc(d_in, d_out), "tpr_at_1pct_fpr": tpr_at(fpr, tpr, 0.01),
+                           "tpr_at_10pct_fpr": tpr_at(fpr, tpr, 0.10), "roc": {"fpr": fpr, "tpr": tpr}}
+    return out

@@ -177,9 +177,10 @@ class DPTrainer(Trainer):
         if self.t.weight_average > 0:
             raise ValueError("training.weight_average is not available under DP yet (the Opacus step updates no "
                              "average); set it to 0")
-        if self.t.precision != "fp32":
+        if self.t.precision == "bf16":
             raise ValueError(f"training.precision {self.t.precision} is not available under DP yet (the per-record "
-                             "gradients and their clipping are checked in float32 only); set it to fp32")
+                             "gradients and their clipping are checked in float32 only); set it to fp32 or auto "
+                             "(fp32 under DP)")
         if self.t.pretrain_corpus:
             raise ValueError("training.pretrain_corpus: under DP the LM pre-trains on privacy.public_corpus; "
                              "name the public text there instead")
@@ -234,6 +235,9 @@ class DPTrainer(Trainer):
 
     def calibrate(self) -> bool:
         return False  # a temperature fitted on (private) validation records is not covered by the guarantee
+
+    def index_examples(self) -> bool:
+        return False  # features of the training records (the distance rule) are not covered by the guarantee
 
     def prepare_model(self) -> None:
         conv1d_to_linear(self.model.lm)

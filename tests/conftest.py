@@ -49,7 +49,10 @@ def tiny_bot_dict(n_per_intent: int = 24, **training) -> dict:
     test += [{"text": "what is the weather on mars", "intent": "out_of_scope"}]
     return {
         "name": "tiny", "fallback": "Sorry, could you rephrase?",
-        "settings": {"classify_context": 1},  # reads the earlier turn, as the demo bot does
+        # reads the earlier turn, as the demo bot does; no distance rule: the templated tiny bot's validation split
+        # lies within 0.05 of its training examples, so the rule would refuse any message worded otherwise
+        # (the tests of the distance rule switch it on: `trained_tiny_distance`)
+        "settings": {"classify_context": 1, "distance_quantile": 0},
         "model": dict(TINY_MODEL),
         "training": {"seed": 0, "epochs": 6, "pretrain_epochs": 1, "batch_size": 16, "learning_rate": 3e-3,
                      "val_fraction": 0.15, "patience": 10, "checkpoint_every": 0, "reply_batch_size": 4,
@@ -89,6 +92,21 @@ def trained_tiny(tmp_path_factory) -> Path:
     path = tmp / "tiny.yaml"
     path.write_text(yaml.safe_dump(tiny_bot_dict(epochs=40, reply_batch_size=8, reply_weight=1.0), sort_keys=False),
                     encoding="utf-8")
+    spec, _ = load_bot(path)
+    return train(spec, tmp / "model", progress=False, log=lambda *a: None)
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_distance(tmp_path_factory) -> Path:
+    """The tiny bot with the distance rule (the default outside the tests), trained once for the whole session."""
+    from bot.spec import load_bot
+    from bot.train import train
+
+    tmp = tmp_path_factory.mktemp("trained-distance")
+    bot = tiny_bot_dict(epochs=12, reply_weight=0.0)
+    bot["settings"]["distance_quantile"] = 0.99
+    path = tmp / "tiny.yaml"
+    path.write_text(yaml.safe_dump(bot, sort_keys=False), encoding="utf-8")
     spec, _ = load_bot(path)
     return train(spec, tmp / "model", progress=False, log=lambda *a: None)
 

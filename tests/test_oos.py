@@ -61,6 +61,183 @@ def test_oos_measures_on_a_small_fixed_example():
     assert expected_calibration_error([1.0, 1.0], [1, 1]) == 0.0
 
 
+def test_the_distance_rule_on_a_small_fixed_example(tmp_path):
+    """Unit features in 2-D: training examples around two directions; the threshold is the distance that the
+    quantile's share of the validation examples stays within; a message far from both directions falls back."""
+    from bot import neighbours
+    from bot.classify import decide
+    from bot.spec import Settings
+
+    angle = lambda *a: torch.tensor([[np.cos(t), np.sin(t)] for t in a], dtype=torch.float32)  # noqa: E731
+    train = angle(0.0, 0.1, -0.1, 1.5, 1.6) * 3  # any scale: the rows are normalised
+    val = angle(0.05, 0.2, 1.55, 1.2)
+    index = neighbours.fit(train, val, quantile=0.75, k=2)
+    dist = (1 - torch.cos(torch.tensor([[0.05, 0.05], [0.1, 0.2], [0.05, 0.05], [0.3, 0.4]]))).mean(1)
+    assert torch.allclose(index.distance(val), dist, atol=3e-4)  # the index is rounded to float16, as it is saved
+    assert index.threshold == float(index.distance(val)[1])  # 3 of the 4 lie within: the 3rd smallest
+    assert neighbours.fit(train, val, quantile=1.0, k=2).threshold == pytest.approx(float(dist.max()), abs=3e-4)
+    index.save(tmp_path)
+    back = neighbours.load(tmp_path)
+    assert (back.k, back.quantile) == (2, 0.75) and back.threshold == index.threshold
+    assert torch.equal(back.distance(val), index.distance(val))  # served exactly as fitted
+    assert neighbours.load(tmp_path / "nowhere") is None
+    far = float(index.distance(angle(0.8))[0])  # half-way between the two directions
+    assert far > index.threshold
+    probs = torch.tensor([0.9, 0.1])
+    d = decide(probs, ["a", "b"], Settings(), distance=far, distance_threshold=index.threshold)
+    assert d.fallback and d.reason == "unfamiliar" and d.distance == pytest.approx(far)
+    near = decide(probs, ["a", "b"], Settings(), distance=0.0, distance_threshold=index.threshold)
+    assert not near.fallback and near.distance_threshold == index.threshold
+    assert decide(torch.tensor([0.2, 0.1, 0.7][:2]), ["a", "b"], Settings(), distance=far,
+                  distance_threshold=index.threshold).reason == "low_confidence"  # named first, as before
+
+
+def test_the_trained_distance_rule_is_fitted_served_and_evaluated(trained_tiny_distance, tmp_path, capsys):
+    """The index holds the training examples' features as served (alone and in the conversations a served
+    classifier that reads the earlier turn meets) and its threshold is the quantile of the validation split's
+    distances, recomputed here through the serving path; unrelated questions lie farther than the bot's own;
+    `candor eval`, `candor chat` and the attack wrapper decide with it."""
+    import io
+    from types import SimpleNamespace
+
+    from bot.classify import predict
+    from bot.spec import load_bot
+    from bot.train import Trainer
+    from ui.verbs.chat import chat
+
+    model = trained_tiny_distance
+    card = read_card(model)
+    rule = card["training"]["distance_rule"]
+    assert rule["enabled"] and rule["k"] == 20 and rule["quantile"] == 0.99 and rule["conversation_views"]
+    assert "Distance rule: falls back as unfamiliar beyond" in (model / "model_card.md").read_text()
+    bot = Bot(model)
+    spec, _ = load_bot(card["bot"]["source_file"])
+    trainer = Trainer(spec, tmp_path / "unused", progress=False, log=lambda *a: None)
+    views = trainer.conversation_views(trainer.train_records)
+    # each single example read after another intent's example; the same every time
+    assert len(views) == len(trainer.train_records) > 0
+    assert views == Trainer(spec, tmp_path / "other", progress=False, log=lambda *a: None).conversation_views(
+        trainer.train_records)
+    intent = {r.text: r.intent for r in trainer.train_records}
+    assert all(t == r.text and intent[c[0]] != r.intent for (c, t), r in zip(views, trainer.train_records))
+    assert len(bot.neighbours.features) == len(trainer.train_records) + len(views)
+    val = trainer.val_records
+    pairs = [(trainer.contexts([r])[0], r.text) for r in val] + trainer.conversation_views(val)
+    assert rule["validation_views"] == len(pairs)
+    _, dist = predict(bot.model, bot.enc, [t for _, t in pairs], bot.neighbours, contexts=[c for c, _ in pairs])
+    assert float(dist.max()) == pytest.approx(bot.neighbours.threshold, abs=1e-5)  # 0.99 of a small split: all
+    inside = predict(bot.model, bot.enc, [e.text for e in spec.test if e.intent != OUT_OF_SCOPE], bot.neighbours)[1]
+    away = predict(bot.model, bot.enc, list(TINY_OUT_OF_SCOPE) + ["book a table for two", "play some jazz"],
+                   bot.neighbours)[1]
+    assert float(away.median()) > float(inside.median())
+    d = bot.classify("what's the population of the moon colony")
+    assert d.distance is not None and d.distance_threshold == bot.neighbours.threshold
+    assert d.fallback == (d.reason is not None) and (d.reason == "unfamiliar") == (
+        d.confidence >= spec.settings.confidence_threshold and d.distance > d.distance_threshold)
+
+    source = tmp_path / "b.yaml"
+    test = tiny_bot_dict()
+    test["test"] += [{"text": t, "intent": "out_of_scope"} for t in ("book a table for two", "play some jazz")]
+    source.write_text(yaml.safe_dump(test, sort_keys=False))
+    assert main(["eval", str(model), "--bot", str(source), "--out", str(tmp_path / "reports")]) == 0
+    out = capsys.readouterr().out
+    s = json.loads((tmp_path / "reports" / "intent_report.json").read_text())["summary"]
+    assert s["distance_threshold"] == pytest.approx(bot.neighbours.threshold, abs=1e-4)
+    oos = [bot.classify(t) for t in ("book a table for two", "play some jazz", "what is the weather on mars")]
+    assert s["oos_recall"] == pytest.approx(np.mean([d.fallback for d in oos]))  # eval decides as the bot does
+    ins = [bot.classify(e["text"]) for e in test["test"] if e["intent"] != OUT_OF_SCOPE]
+    assert s["unfamiliar_rate"] == pytest.approx(np.mean([d.distance > d.distance_threshold for d in ins]))
+    assert f"distance rule alone: AUROC {s['distance_auroc']:.3f}" in out
+    assert f"distance rule: threshold {s['distance_threshold']:g}; {s['unfamiliar_rate']:.3f} of the in-scope" in out
+
+    stdout = io.StringIO()
+    assert chat(SimpleNamespace(model=str(model), device="cpu", mode=None), io.StringIO("cancel my order\n/quit\n"),
+                stdout) == 0
+    assert f"distance {bot.classify('cancel my order').distance:.3f} (unfamiliar beyond " in stdout.getvalue()
+
+    # switched off on the card (no retraining): the index is not used
+    from bot import card as cards
+
+    off = tmp_path / "off"
+    shutil.copytree(model, off)
+    cards.update(off, settings={**card["settings"], "distance_quantile": 0})
+    assert Bot(off).neighbours is None and Bot(off).classify("cancel my order").distance is None
+
+
+def test_a_follow_up_that_keeps_the_intent_is_as_familiar_as_its_request(trained_tiny_distance):
+    """Read after an earlier turn, a message decided as that turn's own intent gets that turn's distance (alone, a
+    follow-up names nothing the bot was taught); a new request of another intent keeps its own distance."""
+    from bot.classify import predict, predict_features
+
+    bot = Bot(trained_tiny_distance)
+    m, enc, index = bot.model, bot.enc, bot.neighbours
+    pairs = [("cancel my order", "please cancel the order"),  # the same intent: a follow-up that keeps it
+             ("where is my package", "I want my money back")]  # another intent: a new request
+    probs, dist = predict(m, enc, [t for _, t in pairs], index, contexts=[[e] for e, _ in pairs])
+    own = index.distance(predict_features(m, enc, [t for _, t in pairs], contexts=[[e] for e, _ in pairs]))
+    e_probs, e_dist = predict(m, enc, [e for e, _ in pairs], index)
+    assert probs[0].argmax() == e_probs[0].argmax() and probs[1].argmax() != e_probs[1].argmax()
+    assert dist[0] == pytest.approx(float(e_dist[0]), abs=1e-6) and float(own[0]) != pytest.approx(float(e_dist[0]))
+    assert dist[1] == pytest.approx(float(own[1]), abs=1e-6)
+    assert torch.equal(predict(m, enc, [t for _, t in pairs], index)[1], index.distance(
+        predict_features(m, enc, [t for _, t in pairs])))  # alone: its own distance
+
+
+def test_the_attack_report_decides_with_the_distance_rule(trained_tiny_distance):
+    from safety.attacks import ServedIntentModel
+
+    bot = Bot(trained_tiny_distance)
+    wrapper = ServedIntentModel(bot.model, bot.enc, neighbours=bot.neighbours)
+    from safety.guard import read_message
+
+    for text in ("cancel my order", "what's the population of the moon colony", "zzzz qqqq"):
+        d, served = wrapper.decision(text, bot.settings), bot.classify(read_message(text).text)  # read as a turn is
+        assert (d.intent, d.fallback, d.reason) == (served.intent, served.fallback, served.reason)
+        assert d.distance == pytest.approx(served.distance, abs=1e-6)
+    assert wrapper.decision("   ", bot.settings) is None  # refused by the served input path: no decision
+
+
+def test_refitting_the_distance_rule_keeps_the_weights_and_refuses_dp_models(trained_tiny_distance, tmp_path):
+    from bot.spec import load_bot
+    from bot.train import refit_distance_rule
+
+    model = tmp_path / "m"
+    shutil.copytree(trained_tiny_distance, model)
+    weights = (model / "model.safetensors").read_bytes()
+    spec, _ = load_bot(read_card(model)["bot"]["source_file"])
+    spec.settings.distance_quantile = 0.5
+    section = refit_distance_rule(spec, model, log=lambda *a: None)
+    bot = Bot(model)
+    assert section["quantile"] == 0.5 and bot.neighbours.quantile == 0.5 and bot.settings.distance_quantile == 0.5
+    assert bot.neighbours.threshold < Bot(trained_tiny_distance).neighbours.threshold  # half of them lie beyond
+    assert read_card(model)["training"]["distance_rule"] == section and (model / "model.safetensors").read_bytes() == weights
+    spec.settings.distance_quantile = 0
+    assert refit_distance_rule(spec, model, log=lambda *a: None)["enabled"] is False
+    assert not (model / "neighbours.safetensors").exists()
+    card = json.loads((model / "candor.json").read_text())
+    (model / "candor.json").write_text(json.dumps({**card, "privacy": {"dp": True}}))  # as a DP model's card says
+    with pytest.raises(ValueError, match="trained under DP"):
+        refit_distance_rule(spec, model, log=lambda *a: None)
+
+
+def test_the_distance_rule_can_be_switched_off(tmp_path):
+    from bot.train import train
+
+    bad = tiny_bot_dict()
+    bad["settings"]["distance_quantile"] = 1.5
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    with pytest.raises(BotFileError, match="settings.distance_quantile must be 0"):
+        load_bot(tmp_path / "bad.yaml")
+    bot = tiny_bot_dict(epochs=1, reply_weight=0.0)
+    bot["settings"]["distance_quantile"] = 0
+    model_dir = train(parse_bot(yaml.safe_dump(bot), str(tmp_path / "b.yaml")), tmp_path / "m", progress=False,
+                      log=lambda *a: None)
+    assert not (model_dir / "neighbours.safetensors").exists()
+    assert read_card(model_dir)["training"]["distance_rule"] == {"enabled": False,
+                                                               "why": "settings.distance_quantile is 0"}
+    assert Bot(model_dir).classify("cancel my order").distance is None
+
+
 def test_out_of_scope_examples_are_parsed_checked_and_round_trip(tmp_path):
     bot = tiny_bot_dict()
     bot["out_of_scope"] = ["what is the weather on venus", "play some jazz"]
@@ -175,7 +352,8 @@ def test_eval_suggests_a_threshold_and_applies_it_only_when_asked(trained_tiny, 
 
     model = tmp_path / "model"
     shutil.copytree(trained_tiny, model)
-    # no ambiguity rule: the confidence threshold alone must catch the out-of-scope questions (a threshold above 0)
+    # no ambiguity rule (and no distance rule: tests/conftest.py): the confidence threshold alone must catch the
+    # out-of-scope questions (a threshold above 0)
     cards.update(model, settings={**read_card(model)["settings"], "ambiguity_threshold": 0.0})
     bot = tiny_bot_dict()
     bot["test"] += [{"text": t, "intent": "out_of_scope"} for t in
@@ -191,6 +369,7 @@ def test_eval_suggests_a_threshold_and_applies_it_only_when_asked(trained_tiny, 
     sug = summary["suggested_threshold"]
     assert summary["oos_examples"] == 5 and 0 <= summary["auroc"] <= 1 and 0 <= summary["ece"] <= 1
     assert sug["oos_recall"] == 1.0 and not sug["applied"] and "rough guide" in sug["note"]
+    assert "distance_auroc" not in summary and "distance rule" not in out  # a model without the distance rule
     assert sug["confidence_threshold"] > 0 and f"{sug['confidence_threshold']:g}" in out and "apply it with --apply-threshold" in out
     assert (reports / "attack_examples.csv").read_text() == "kept"
     for name in ("intent_reliability.png", "oos_histogram.png"):
@@ -229,3 +408,16 @@ def test_eval_says_when_the_ambiguity_rule_alone_meets_the_target_and_applies_no
     assert Bot(model).settings.confidence_threshold == 0.3
     summary = read_card(model)["metrics"]  # the evaluation itself is still written
     assert summary["suggested_threshold"]["confidence_threshold"] == 0.0 and not summary["suggested_threshold"]["applied"]
+
+
+def test_the_membership_audit_also_attacks_by_the_served_distance(trained_tiny_distance, tmp_path, capsys):
+    """The distance a served turn shows is a membership signal (every training example is one of its own nearest
+    neighbours): the audit measures it beside the loss attack, and the card says so."""
+    model = tmp_path / "m"
+    shutil.copytree(trained_tiny_distance, model)
+    assert main(["audit", "membership", str(model), "-n", "200"]) == 0
+    result = json.loads((model / "reports" / "membership.json").read_text())
+    d = result["distance"]
+    assert "distance" in d["attack"] and 0.5 < d["auc"] <= 1  # members lie nearer: they are in the index
+    assert f"AUC {d['auc']:.3f}" in capsys.readouterr().out
+    assert "By the distance rule's distance" in (model / "model_card.md").read_text()

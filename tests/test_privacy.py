@@ -267,6 +267,7 @@ def test_reported_epsilon_is_opacus_accountants(tmp_path):
 
 def test_dp_card_publishes_no_exact_counts(tmp_path):
     spec, _ = load_bot(_dp_bot(tmp_path, epochs=1))
+    spec.settings.distance_quantile = 0.99  # asked for: refused below
     trainer = DPTrainer(spec, tmp_path / "m", progress=False, log=lambda *a: None)
     card = read_card(trainer.run())
     assert all("examples" not in i for i in card["intents"].values())
@@ -278,6 +279,10 @@ def test_dp_card_publishes_no_exact_counts(tmp_path):
     assert spec.settings.classify_context == 1 and card["settings"]["classify_context"] == 0
     assert card["training"]["conversation"] == {"earlier_turns_read": 0}
     assert Bot(tmp_path / "m").context(Conversation([Turn("cancel my order", "ok", "cancel_order")])) == []
+    # no index of the private records' features for the distance rule (the guarantee covers the weights only)
+    assert spec.settings.distance_quantile > 0 and not (tmp_path / "m" / "neighbours.safetensors").exists()
+    assert card["training"]["distance_rule"]["enabled"] is False and "not cover" in card["training"]["distance_rule"]["why"]
+    assert Bot(tmp_path / "m").neighbours is None and Bot(tmp_path / "m").classify("cancel my order").distance is None
 
 
 def test_noisy_count_is_laplace_around_the_true_count():

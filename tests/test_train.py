@@ -385,4 +385,13 @@ def test_bf16_precision_autocasts_the_forward_passes_learns_and_ships_float32_we
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(bot), encoding="utf-8")
     _, problems = load_bot(path, strict=False)
-    assert any("training.precision must be 'fp32' or 'bf16', got 'fp16'" in p.message for p in problems)
+    assert any("training.precision must be 'fp32', 'bf16' or 'auto', got 'fp16'" in p.message for p in problems)
+    # auto: bf16 where this device has native bfloat16, fp32 elsewhere and under DP (per-record trainers)
+    spec.training.precision = "auto"
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert Trainer(spec, tmp_path / "a", device="cpu", progress=False).precision == ("bf16" if native else "fp32")
+
+    class PerRecord(Trainer):
+        per_record = True
+
+    assert PerRecord(spec, tmp_path / "a", device="cpu", progress=False).precision == "fp32"

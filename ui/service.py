@@ -97,12 +97,15 @@ class Answer:
     attributions: list[tuple[str, float | None]]  # (word, score in [-1, 1]) for the chosen intent; None: not read
     explanation_delta: float
     model_version: str
+    distance: float | None = None  # to the training examples (bot/neighbours.py); None: the model has no index
+    distance_threshold: float | None = None
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in ("turn_id", "text", "redacted", "reply", "intent", "confidence",
                                               "fallback", "fallback_reason", "ranking", "attributions",
-                                              "explanation_delta", "model_version")}
+                                              "explanation_delta", "model_version", "distance",
+                                              "distance_threshold")}
 
 
 class ChatService:
@@ -145,7 +148,8 @@ class ChatService:
                                  fallback_reason=result.fallback_reason, attributions=words,
                                  model_version=self.version)
         return Answer(turn_id, red.text, red.found, result.reply, result.intent, result.confidence, result.fallback,
-                      result.fallback_reason, result.ranking[:5], words, explanation.delta, self.version)
+                      result.fallback_reason, result.ranking[:5], words, explanation.delta, self.version,
+                      result.distance, result.distance_threshold)
 
     def _model_batch(self, items: list) -> list:
         """Model work for several turns: one classification pass, each reply, one Captum call.

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from bot.evaluate import other_rules
 from bot.spec import EARLIER
 from bot.store import Filter
 from explain.render import LEGEND
@@ -54,6 +55,9 @@ def highlights(words: list) -> list[tuple[str, float | None]]:
 def decision_markdown(a: Answer) -> str:
     fallback = f"**yes** ({a.fallback_reason})" if a.fallback else "no"
     lines = [f"**Intent:** `{a.intent}` · **confidence** {a.confidence:.2f} · **fallback:** {fallback}"]
+    if a.distance is not None:
+        lines.append(f"**Distance to the training examples:** {a.distance:.3f} (the bot falls back as unfamiliar "
+                     f"beyond {a.distance_threshold:.3f})")
     if a.redacted:
         lines.append(f"Redacted before logging: {', '.join(sorted(set(a.redacted)))}")
     if a.attributions and a.attributions[0][0] == EARLIER:
@@ -302,15 +306,19 @@ def _eval_summary(reports: Path) -> str:
             *([f"| answered correctly (with fallback) | {s['accuracy_with_fallback']:.3f} |"]
               if "accuracy_with_fallback" in s else []),
             f"| macro-F1 | {s.get('macro_f1', 0):.3f} |", f"| fallback rate | {s.get('fallback_rate', 0):.3f} |",
-            *([f"| expected calibration error | {s['ece']:.3f} |"] if "ece" in s else [])]
+            *([f"| expected calibration error | {s['ece']:.3f} |"] if "ece" in s else []),
+            *([f"| distance rule: threshold / in-scope share beyond it | {s['distance_threshold']:g} / "
+               f"{s['unfamiliar_rate']:.3f} |"] if "distance_threshold" in s else [])]
     if s.get("oos_examples"):
         rows.append(f"| out-of-scope recall ({s['oos_examples']} questions) | {s.get('oos_recall', 0):.2f} |")
         if s.get("auroc") is not None:
             rows.append(f"| AUROC, in scope vs out of scope | {s['auroc']:.3f} |")
+        if s.get("distance_auroc") is not None:
+            rows.append(f"| AUROC of the distance rule alone | {s['distance_auroc']:.3f} |")
         sug = s.get("suggested_threshold")
         if sug and not sug["confidence_threshold"]:
-            rows.append(f"| threshold for OOS recall ≥ {sug['target_oos_recall']:g} | none needed (the ambiguity rule "
-                        f"alone gives {sug['oos_recall']:.2f}) |")
+            rows.append(f"| threshold for OOS recall ≥ {sug['target_oos_recall']:g} | none needed ({other_rules(s)} "
+                        f"{sug['oos_recall']:.2f}) |")
         elif sug:
             rows.append(f"| threshold for OOS recall ≥ {sug['target_oos_recall']:g} | {sug['confidence_threshold']:g} "
                         f"({'applied' if sug.get('applied') else 'suggested'}; in-scope answered correctly "

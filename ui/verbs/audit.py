@@ -123,6 +123,7 @@ def plot_canaries(report: dict, path: Path) -> None:
 # ---------------------------------------------------------------- membership
 def membership(args) -> int:
     from bot import model as models
+    from bot import neighbours
     from bot.data import Encoder
     from bot.train import training_split
     from safety.guard import served_text
@@ -145,7 +146,8 @@ def membership(args) -> int:
         r.text = served_text(r.text)
     non_members = [r for r in non_members if normalize(r.text) not in seen and r.intent in spec.intents]
     model, tok = models.load(args.model)
-    result = attack(model, Encoder(tok, card["model"]["max_length"]), members, non_members, args.n, args.seed)
+    result = attack(model, Encoder(tok, card["model"]["max_length"]), members, non_members, args.n, args.seed,
+                    neighbours=neighbours.load(args.model))
     result.update({"model": str(args.model), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
                    "epsilon": (card.get("privacy") or {}).get("epsilon")})
     reports = Path(args.model) / "reports"
@@ -158,6 +160,10 @@ def membership(args) -> int:
     print(f"  AUC {result['auc']:.3f} (0.5 = a coin toss), TPR at 1% FPR {result['tpr_at_1pct_fpr']:.3f}, "
           f"at 10% FPR {result['tpr_at_10pct_fpr']:.3f}; mean loss {result['mean_loss_members']:.3f} (members) vs "
           f"{result['mean_loss_non_members']:.3f}")
+    if "distance" in result:
+        d = result["distance"]
+        print(f"  by the distance rule's distance (shown to every user): AUC {d['auc']:.3f}, TPR at 1% FPR "
+              f"{d['tpr_at_1pct_fpr']:.3f}, at 10% FPR {d['tpr_at_10pct_fpr']:.3f}")
     print(f"  wrote {reports / MEMBERSHIP_JSON} and {reports / MEMBERSHIP_PNG}; added to the model card")
     return 0
 
@@ -171,10 +177,15 @@ def plot_roc(results: list[dict], path: Path, labels: list[str] | None = None) -
     for k, r in enumerate(results):
         label = (labels[k] if labels else "") or ("no DP" if r.get("epsilon") is None else f"DP, ε = {r['epsilon']:.2f}")
         ax.plot(r["roc"]["fpr"], r["roc"]["tpr"], color=f"C{k}", label=f"{label} (AUC {r['auc']:.3f})")
+        if "distance" in r:
+            d = r["distance"]
+            ax.plot(d["roc"]["fpr"], d["roc"]["tpr"], color=f"C{k}", ls="--",
+                    label=f"{label}, by distance (AUC {d['auc']:.3f})")
     ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1, label="chance")
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
-    ax.set_title("membership inference (loss threshold)")
+    ax.set_title("membership inference (loss threshold" + (", distance" if any("distance" in r for r in results)
+                                                            else "") + ")")
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

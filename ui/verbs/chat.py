@@ -37,5 +37,6 @@ def chat(args, stdin=None, stdout=None) -> int:
         r = bot.turn(text, conversation)
         print(f"bot> {r.reply}", file=stdout)
         flag = f"FALLBACK ({r.fallback_reason})" if r.fallback else "no fallback"
-        print(f"     [intent {r.intent}, confidence {r.confidence:.2f}, {flag}]", file=stdout, flush=True)
+        far = "" if r.distance is None else f", distance {r.distance:.3f} (unfamiliar beyond {r.distance_threshold:.3f})"
+        print(f"     [intent {r.intent}, confidence {r.confidence:.2f}{far}, {flag}]", file=stdout, flush=True)
     return 0

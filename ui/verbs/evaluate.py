@@ -5,7 +5,7 @@ from pathlib import Path
 
 from bot import card as cards
 from bot.dialogue import Bot
-from bot.evaluate import FILES, OOS_FILE, evaluate as run_eval, reply_measures, write_reports
+from bot.evaluate import FILES, OOS_FILE, evaluate as run_eval, other_rules, reply_measures, write_reports
 from bot.io import atomic_write_json
 from bot.spec import Example, demo_bot_path, load_bot
 from safety.guard import served_text
@@ -36,7 +36,8 @@ def evaluate(args) -> int:
     if not 0 < args.target_oos_recall <= 1:
         print(f"candor eval: --target-oos-recall must be above 0 and at most 1, got {args.target_oos_recall}")
         return 2
-    result = run_eval(bot.model, bot.enc, test, bot.settings, target_oos_recall=args.target_oos_recall)
+    result = run_eval(bot.model, bot.enc, test, bot.settings, target_oos_recall=args.target_oos_recall,
+                      neighbours=bot.neighbours)
     s = result["summary"]
     sug = s.get("suggested_threshold")
     if args.apply_threshold:
@@ -47,13 +48,14 @@ def evaluate(args) -> int:
             print("candor eval: --apply-threshold needs the test set read as served (without --no-redact)")
             return 2
         if not sug["confidence_threshold"]:
-            print(f"candor eval: the ambiguity rule alone already gives OOS recall {sug['oos_recall']:.3f} "
+            print(f"candor eval: {other_rules(s)} OOS recall {sug['oos_recall']:.3f} "
                   f"(target {sug['target_oos_recall']:g}), so no confidence threshold is needed for it; nothing "
                   f"applied: the served threshold stays {bot.settings.confidence_threshold:g}")
     if args.apply_threshold and sug["confidence_threshold"]:
         cards.update(args.model, settings={**bot.card.get("settings", {}), "confidence_threshold": sug["confidence_threshold"]})
         bot.settings.confidence_threshold = sug["confidence_threshold"]  # measured again at the threshold now served
-        result = run_eval(bot.model, bot.enc, test, bot.settings, target_oos_recall=args.target_oos_recall)
+        result = run_eval(bot.model, bot.enc, test, bot.settings, target_oos_recall=args.target_oos_recall,
+                          neighbours=bot.neighbours)
         s = result["summary"]
         sug = s["suggested_threshold"]
         sug["applied"] = True
@@ -70,11 +72,16 @@ def evaluate(args) -> int:
     print(f"  in scope: accuracy {s['accuracy']:.3f} without fallback, {s['accuracy_with_fallback']:.3f} with it "
           f"(fallback rate {s['fallback_rate']:.3f}); macro-F1 {s['macro_f1']:.3f}; "
           f"expected calibration error {s['ece']:.3f}")
+    if "distance_threshold" in s:
+        print(f"  distance rule: threshold {s['distance_threshold']:g}; {s['unfamiliar_rate']:.3f} of the in-scope "
+              "questions lie beyond it")
     if s["oos_recall"] is not None:
-        print(f"  out of scope: recall {s['oos_recall']:.3f}" + (f", AUROC {s['auroc']:.3f}" if s["auroc"] else ""))
+        print(f"  out of scope: recall {s['oos_recall']:.3f}" + (f", AUROC {s['auroc']:.3f}" if s["auroc"] else "")
+              + (f"; distance rule alone: AUROC {s['distance_auroc']:.3f}" if s.get("distance_auroc") is not None
+                 else ""))
         if not sug["confidence_threshold"]:
-            print(f"  suggested threshold for OOS recall ≥ {sug['target_oos_recall']:g}: none needed (the ambiguity rule "
-                  f"alone gives OOS recall {sug['oos_recall']:.3f})" + (f"; {sug['note']}" if sug.get("note") else ""))
+            print(f"  suggested threshold for OOS recall ≥ {sug['target_oos_recall']:g}: none needed ({other_rules(s)} "
+                  f"OOS recall {sug['oos_recall']:.3f})" + (f"; {sug['note']}" if sug.get("note") else ""))
         else:
             print(f"  suggested threshold for OOS recall ≥ {sug['target_oos_recall']:g}: {sug['confidence_threshold']:g} "
                   f"(OOS recall {sug['oos_recall']:.3f}, in-scope accuracy with fallback "
