@@ -140,6 +140,15 @@ def start_server(args: list[str], cwd: Path, env: dict | None = None) -> tuple[s
     return proc, "".join(seen)
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (the README's `-n 2`) two workers share the cores: each trains its in-process models on
+    one thread, so the two do not oversubscribe them (subprocesses, such as the demo bot's training, keep theirs)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
 def in_ci() -> bool:
     """CI is running (.ci/run sets CI=true unless the CI service set it): fail, never skip, on a missing tool,
     and run the short forms of the slowest tests."""
