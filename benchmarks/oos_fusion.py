@@ -14,7 +14,6 @@ distance quantile swept) and the baseline (its probability threshold swept): whe
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import matplotlib
@@ -26,6 +25,7 @@ from sklearn.metrics import roc_auc_score  # noqa: E402
 
 from bot.classify import predict  # noqa: E402
 from bot.dialogue import Bot  # noqa: E402
+from bot.neighbours import upper_quantile  # noqa: E402
 from bot.spec import OUT_OF_SCOPE, demo_bot_path, load_bot  # noqa: E402
 from bot.train import training_split  # noqa: E402
 from oos import banking_oos, baseline_probs, decide, matched_threshold, sgd_test_oos  # noqa: E402
@@ -78,10 +78,6 @@ def main() -> None:
     labels = np.r_[np.zeros(len(read)), np.ones(len(oos))]
     n_bank = args.n_oos
 
-    def rule(probs, s, tau):  # the bot's probability and gap rules, OR the score above tau
-        pred, _, fb = decide(probs, th, amb)
-        return pred, fb | (s > tau)
-
     def baseline_recall(acc_fb: float) -> float:
         t = matched_threshold(b_in, y, acc_fb, amb)
         return float(decide(b_oos, t, amb)[2].mean())
@@ -104,10 +100,10 @@ def main() -> None:
             if s_val is None:
                 cells += ["-", "-", "-"]
                 continue
-            tau = np.sort(s_val)[min(len(s_val), max(1, math.ceil(q * len(s_val) - 1e-9))) - 1]
-            pred, fb = rule(p_in, s_in, tau)
+            tau = upper_quantile(s_val, q)  # as the distance rule's threshold is fitted
+            pred, _, fb = decide(p_in, th, amb, s_in, tau)  # the bot's probability and gap rules, OR score > tau
             acc_fb = float(((pred == y) & ~fb).mean())
-            recall = float(rule(p_oos, s_oos, tau)[1].mean())
+            recall = float(decide(p_oos, th, amb, s_oos, tau)[2].mean())
             cells += [f"{acc_fb:.4f}", f"{recall:.4f}", f"{baseline_recall(acc_fb):.4f}"]
         print(f"| {name} | " + " | ".join(cells) + " |")
 
@@ -115,11 +111,10 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     taus = np.unique(np.r_[d_in, np.quantile(d_oos, np.linspace(0, 1, 201))])
-    pts = []
-    for tau in taus:
-        pred, fb = rule(p_in, d_in, tau)
-        pts.append((((pred == y) & ~fb).mean(), rule(p_oos, d_oos, tau)[1].mean()))
-    pts = np.array(pts)
+    pred_in, _, fb_in = decide(p_in, th, amb)  # the probability and gap rules, then each distance threshold beside them
+    fb_oos = decide(p_oos, th, amb)[2]
+    pts = np.array([(((pred_in == y) & ~(fb_in | (d_in > tau))).mean(), (fb_oos | (d_oos > tau)).mean())
+                    for tau in taus])
     ax.plot(pts[:, 0], pts[:, 1], label="Candor: probability rules OR distance > τ (τ swept)")
     base = []
     for t in np.linspace(0, 1, 501):
@@ -127,8 +122,8 @@ def main() -> None:
         base.append((((pred == y) & ~fb).mean(), decide(b_oos, t, amb)[2].mean()))
     base = np.array(base)
     ax.plot(base[:, 0], base[:, 1], label="TF-IDF + LR: probability < t (t swept)")
-    pred, fb = rule(p_in, d_in, bot.neighbours.threshold)
-    ax.scatter([((pred == y) & ~fb).mean()], [rule(p_oos, d_oos, bot.neighbours.threshold)[1].mean()], color="k",
+    tau = bot.neighbours.threshold
+    ax.scatter([((pred_in == y) & ~(fb_in | (d_in > tau))).mean()], [(fb_oos | (d_oos > tau)).mean()], color="k",
                zorder=3, label=f"Candor as served (τ = {bot.neighbours.threshold:.3f}, validation q 0.99)")
     ax.set_xlim(0.95, 1.0)
     ax.set_ylim(0.6, 1.0)

@@ -107,6 +107,15 @@ def decide(probs: torch.Tensor, intents: list[str], settings: Settings, top_k: i
                     distance_threshold if distance is not None else None)
 
 
+def decide_each(probs: torch.Tensor, intents: list[str], settings: Settings, distances: torch.Tensor | None = None,
+                neighbours: Neighbours | None = None) -> list[Decision]:
+    """`decide` for each row of calibrated probabilities, with its distance and `neighbours`' threshold (both as
+    `predict` returns them; None: no distance rule)."""
+    threshold = neighbours.threshold if neighbours else None
+    return [decide(p, intents, settings, distance=None if distances is None else distances[i],
+                   distance_threshold=threshold) for i, p in enumerate(probs)]
+
+
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, steps: int = 200) -> float:
     """Temperature scaling (Guo et al., 2017): the T > 0 that minimises the negative log-likelihood of
     `labels` under softmax(logits / T). An overconfident model gets T > 1 (its probabilities are softened);

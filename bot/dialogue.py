@@ -9,7 +9,7 @@ from pathlib import Path
 
 from bot import model as models
 from bot import neighbours
-from bot.classify import decide, predict
+from bot.classify import decide_each, predict
 from bot.data import Encoder, earlier
 from bot.generate import fill, generate_replies, repetition, reply_scores, template_reply
 from bot.spec import Settings, Turn
@@ -71,13 +71,8 @@ class Bot:
         (`settings.classify_context` of them), and one over those earlier turns for the distance rule
         (`bot.classify.predict`); each decision as `classify` would make it."""
         contexts = [self.context(c) for c in conversations] if conversations else None
-        return self.decide(*predict(self.model, self.enc, texts, self.neighbours, contexts=contexts))
-
-    def decide(self, probs, distances=None) -> list:
-        """The decisions for rows of calibrated probabilities (and distances, `bot.classify.predict`)."""
-        threshold = self.neighbours.threshold if self.neighbours else None
-        return [decide(p, self.model.intents, self.settings, distance=None if distances is None else distances[i],
-                       distance_threshold=threshold) for i, p in enumerate(probs)]
+        probs, distances = predict(self.model, self.enc, texts, self.neighbours, contexts=contexts)
+        return decide_each(probs, self.model.intents, self.settings, distances, self.neighbours)
 
     def context(self, conversation: Conversation) -> list[str]:
         """The earlier user texts the classifier reads before the next message, oldest first."""

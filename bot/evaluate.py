@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import classification_report, confusion_matrix, roc_auc_score  # noqa: E402
 
-from bot.classify import decide, predict  # noqa: E402
+from bot.classify import decide_each, predict  # noqa: E402
 from bot.io import atomic_dir, atomic_write_json  # noqa: E402
 from bot.spec import OUT_OF_SCOPE, Example, Settings  # noqa: E402
 
@@ -97,8 +97,7 @@ def evaluate(model, enc, examples: list[Example], settings: Settings, target_oos
     """Predictions and metrics for `examples`, each read alone; `out_of_scope` examples count only toward the OOS
     measures. `neighbours`: the model's distance-rule index (bot/neighbours.py), if it has one."""
     probs, dist = predict(model, enc, [e.text for e in examples], neighbours)
-    decisions = [decide(p, model.intents, settings, distance=None if dist is None else dist[i],
-                        distance_threshold=neighbours.threshold if neighbours else None) for i, p in enumerate(probs)]
+    decisions = decide_each(probs, model.intents, settings, dist, neighbours)
     in_scope = [(e, d) for e, d in zip(examples, decisions) if e.intent != OUT_OF_SCOPE]
     oos = [d for e, d in zip(examples, decisions) if e.intent == OUT_OF_SCOPE]
     y_true = [e.intent for e, _ in in_scope]

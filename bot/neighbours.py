@@ -49,15 +49,21 @@ class Neighbours:
                 "fitted_on": "validation split"}
 
 
+def upper_quantile(values, quantile: float) -> float:
+    """The `quantile` of `values` as the higher order statistic: at least that share of them lie at or below it
+    (never below the quantile)."""
+    v = torch.as_tensor(values).flatten().sort().values
+    return float(v[min(len(v), max(1, math.ceil(quantile * len(v) - 1e-9))) - 1])
+
+
 def fit(train: torch.Tensor, validation: torch.Tensor, quantile: float, k: int = K) -> Neighbours:
     """The index of the training examples' features and the threshold that `quantile` of the validation examples'
-    distances stay within (the higher order statistic: never below the quantile)."""
+    distances stay within (`upper_quantile`)."""
     if not len(train) or not len(validation):
         raise ValueError("the distance rule needs training and validation examples")
     # rounded as saved (float16), so that the served distances are the ones the threshold was fitted on
     index = Neighbours(torch.nn.functional.normalize(train.float(), dim=-1).half().float(), k, 0.0, quantile)
-    d = index.distance(validation).sort().values
-    index.threshold = float(d[min(len(d), max(1, math.ceil(quantile * len(d) - 1e-9))) - 1])
+    index.threshold = upper_quantile(index.distance(validation), quantile)
     return index
 
 

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from bot.classify import decide, predict, predict_proba
+from bot.classify import decide_each, predict, predict_proba
 from safety.guard import MAX_CHARS, Rejected, read_message
 from safety.recipes import check
 from safety.resources import seeded, textattack
@@ -42,8 +42,7 @@ class ServedIntentModel(ta.models.wrappers.ModelWrapper):
         if read is None:
             return None
         probs, dist = predict(self.model, self.enc, [read], self.neighbours)
-        return decide(probs[0], self.intents, settings, distance=None if dist is None else dist[0],
-                      distance_threshold=self.neighbours.threshold if self.neighbours else None)
+        return decide_each(probs, self.intents, settings, dist, self.neighbours)[0]
 
     @property
     def intents(self) -> list[str]:
