@@ -24,6 +24,7 @@ import torch
 
 from bot.classify import predict_proba
 from bot.importers import from_banking77
+from bot.model import read_card
 from bot.spec import OUT_OF_SCOPE, demo_bot_path, load_bot
 from bot.train import Trainer
 from safety.guard import served_text
@@ -101,7 +102,7 @@ def main() -> None:
         reuse = dict(m.split("=", 1) for m in args.plain_model).get(name)
         if reuse:
             from bot.data import Encoder
-            from bot.model import load as load_model, read_card
+            from bot.model import load as load_model
             model, tok = load_model(reuse)
             trainer = argparse.Namespace(model=model, enc=Encoder(tok, spec.model.max_length))
             card = read_card(reuse)["training"]
@@ -115,8 +116,6 @@ def main() -> None:
                             seconds=seconds, epochs=epochs))
         print(f"{name} without DP: accuracy {base:.4f}", flush=True)
         for eps in args.epsilons:
-            from safety.privacy import DPTrainer
-
             dp_spec = copy.deepcopy(spec)
             dp_spec.privacy.enabled, dp_spec.privacy.target_epsilon = True, eps
             dp_spec.privacy.public_corpus = public
@@ -133,11 +132,11 @@ def main() -> None:
             if args.dp_base:
                 dp_spec.model.base = args.dp_base
             t0 = time.time()
-            trainer = DPTrainer(dp_spec, args.out / f"{name}-eps{eps:g}", device=args.device, progress=True,
+            trainer = Trainer(dp_spec, args.out / f"{name}-eps{eps:g}", device=args.device, progress=True,
                                 read=served)
             trainer.run()
             acc = accuracy(trainer, texts, intents)
-            ledger = trainer.card_sections()["privacy"]
+            ledger = read_card(trainer.out_dir)["privacy"]
             results.append(dict(bot=name, dp=True, target_epsilon=eps, epsilon=ledger["epsilon"],
                                 delta=ledger["delta"], accuracy=acc, seconds=time.time() - t0,
                                 epochs=dp_spec.training.epochs, noise_multiplier=ledger["noise_multiplier"],

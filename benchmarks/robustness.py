@@ -77,12 +77,8 @@ def configure(spec, defence: str, args, out: Path):
 
 
 def train(spec, defence: str, out_dir: Path, device: str) -> float:
-    trainer_cls = Trainer
-    if spec.privacy.enabled:
-        from safety.privacy import DPTrainer
-        trainer_cls = DPTrainer
     t0 = time.time()
-    trainer = trainer_cls(spec, out_dir, device=device, progress=True, views=views(spec), read=served_text)
+    trainer = Trainer(spec, out_dir, device=device, progress=True, views=views(spec), read=served_text)
     trainer.run()
     return time.time() - t0
 

@@ -35,9 +35,9 @@ def epoch_seconds(t: Trainer, precision: str, gelu: str, fused: bool, rdrop: flo
     for block in t.model.lm.transformer.h:
         block.mlp.act = ACT2FN[gelu]
     t.model.train()
-    t.opt = torch.optim.AdamW(t.model.parameters(), lr=t.t.learning_rate, weight_decay=0.01, fused=fused,
+    t.opt = torch.optim.AdamW(t.model.parameters(), lr=t.training.learning_rate, weight_decay=0.01, fused=fused,
                               foreach=False if not fused else None)
-    t.precision, t.t.rdrop = precision, rdrop
+    t.precision, t.training.rdrop = precision, rdrop
     t.state.batch, t.state.epoch, t.state.step, t.state.stage_start = 0, 0, 0, 0
     start = time.perf_counter()
     t._finetune_epoch()

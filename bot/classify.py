@@ -78,33 +78,43 @@ class Decision:
     confidence: float
     ranking: list[tuple[str, float]]
     fallback: bool
-    reason: str | None  # "low_confidence", "unfamiliar", "ambiguous" or None
+    fallback_reason: str | None  # "low_confidence", "unfamiliar", "ambiguous" or None
     confidence_threshold: float
     ambiguity_threshold: float
     distance: float | None = None  # to the training examples (bot/neighbours.py); None: the model has no index
     distance_threshold: float | None = None
 
+    def fallback_reason_at(self, confidence_threshold: float) -> str | None:
+        """The fallback rule, the one place it is written: Rasa's FallbackClassifier rule, fall back below
+        `confidence_threshold` ("low_confidence"), or when the top two intents are closer than the ambiguity
+        threshold ("ambiguous"); and, given the message's distance to the training examples (bot/neighbours.py),
+        when it lies farther than the distance threshold ("unfamiliar"). The first that holds is named.
+        `decide` applies it at the bot's threshold; `bot.evaluate` asks it at other thresholds."""
+        top = self.ranking[0][1]
+        gap = top - self.ranking[1][1] if len(self.ranking) > 1 else 1.0
+        if top < confidence_threshold:
+            return "low_confidence"
+        far = self.distance is not None and self.distance_threshold is not None
+        if far and self.distance > self.distance_threshold:
+            return "unfamiliar"
+        if gap < self.ambiguity_threshold:
+            return "ambiguous"
+        return None
+
 
 def decide(probs: torch.Tensor, intents: list[str], settings: Settings, top_k: int = 5,
            distance: float | None = None, distance_threshold: float | None = None) -> Decision:
-    """Rasa's FallbackClassifier rule: fall back below `confidence_threshold`, or when the top two
-    intents are closer than `ambiguity_threshold`; and, given the message's distance to the training examples
-    (bot/neighbours.py), when it lies farther than `distance_threshold` ("unfamiliar")."""
+    """The decision on one message's calibrated probabilities (and its distance to the training examples, with the
+    distance rule's threshold): the top intent, the top `top_k`, and whether to fall back
+    (`Decision.fallback_reason_at` the bot's confidence threshold)."""
     values, idx = probs.topk(min(top_k, len(intents)))
     ranking = [(intents[i], float(v)) for v, i in zip(values.tolist(), idx.tolist())]
-    top = ranking[0][1]
-    gap = top - ranking[1][1] if len(ranking) > 1 else 1.0
     distance = None if distance is None else float(distance)
-    reason = None
-    if top < settings.confidence_threshold:
-        reason = "low_confidence"
-    elif distance is not None and distance_threshold is not None and distance > distance_threshold:
-        reason = "unfamiliar"
-    elif gap < settings.ambiguity_threshold:
-        reason = "ambiguous"
-    return Decision(ranking[0][0], top, ranking, reason is not None, reason,
-                    settings.confidence_threshold, settings.ambiguity_threshold, distance,
-                    distance_threshold if distance is not None else None)
+    d = Decision(ranking[0][0], ranking[0][1], ranking, False, None, settings.confidence_threshold,
+                 settings.ambiguity_threshold, distance, distance_threshold if distance is not None else None)
+    d.fallback_reason = d.fallback_reason_at(settings.confidence_threshold)
+    d.fallback = d.fallback_reason is not None
+    return d
 
 
 def decide_each(probs: torch.Tensor, intents: list[str], settings: Settings, distances: torch.Tensor | None = None,

@@ -1,8 +1,6 @@
-"""One chat turn: classify → fallback → reply. Callers above the core may add steps around it
-(guard and redact before, explain and log after) by passing plain callables."""
+"""A trained bot, ready to answer: its model, settings and replies. One chat turn is bot/turn.py."""
 from __future__ import annotations
 
-import dataclasses
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +11,7 @@ from bot.classify import decide_each, predict
 from bot.data import Encoder, earlier
 from bot.generate import fill, generate_replies, repetition, reply_scores, template_reply
 from bot.spec import Settings, Turn
+from bot.turn import Answer, turns
 
 MAX_REPETITION = 0.2  # a generated reply that repeats more of its word 3-grams than this is replaced
 # A generated reply must out-score the best authored response by this much (mean log-probability per token, nats)
@@ -22,26 +21,9 @@ GENERATE_MARGIN = 1.0
 
 
 @dataclass
-class TurnResult:
-    text: str
-    reply: str
-    intent: str
-    confidence: float
-    fallback: bool
-    fallback_reason: str | None
-    confidence_threshold: float
-    ambiguity_threshold: float
-    ranking: list[tuple[str, float]]
-    response_mode: str
-    distance: float | None = None  # to the training examples (bot/neighbours.py); None: the model has no index
-    distance_threshold: float | None = None
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-@dataclass
 class Conversation:
+    """The turns so far, oldest first."""
+
     turns: list[Turn] = field(default_factory=list)
 
 
@@ -67,15 +49,16 @@ class Bot:
         return self.classify_batch([text])[0]
 
     def classify_batch(self, texts: list[str], conversations: list[Conversation] | None = None):
-        """One forward pass for several texts, each read after its conversation's last user turns
-        (`settings.classify_context` of them), and one over those earlier turns for the distance rule
-        (`bot.classify.predict`); each decision as `classify` would make it."""
-        contexts = [self.context(c) for c in conversations] if conversations else None
-        probs, distances = predict(self.model, self.enc, texts, self.neighbours, contexts=contexts)
+        """One forward pass for several texts, each read after its conversation's `earlier_turns`, and one over
+        those earlier turns for the distance rule (`bot.classify.predict`); each decision as `classify` would make
+        it."""
+        earlier_turns = [self.earlier_turns(c) for c in conversations] if conversations else None
+        probs, distances = predict(self.model, self.enc, texts, self.neighbours, contexts=earlier_turns)
         return decide_each(probs, self.model.intents, self.settings, distances, self.neighbours)
 
-    def context(self, conversation: Conversation) -> list[str]:
-        """The earlier user texts the classifier reads before the next message, oldest first."""
+    def earlier_turns(self, conversation: Conversation) -> list[str]:
+        """The earlier user texts the classifier reads before the next message (`settings.classify_context` of
+        them), oldest first."""
         return earlier(conversation.turns, self.settings.classify_context)
 
     def reply(self, text: str, intent: str, context: list[Turn], on_text=None) -> str:
@@ -128,35 +111,11 @@ class Bot:
         return [o if o is not None else template_reply(self.responses.get(intent, []), self.placeholders, self.rng)
                 or self.fallback_text for o, (_, intent, _) in zip(out, prompts)]
 
-    def turn(self, text: str, conversation: Conversation | None = None, on_text=None, decision=None) -> TurnResult:
-        """One turn; `decision` when the text was already classified (in a batch with others)."""
-        out = self.turns([text], [conversation if conversation is not None else Conversation()], [on_text],
-                         [decision] if decision else None)[0]
-        if isinstance(out, BaseException):
-            raise out
-        return out
-
-    def turns(self, texts: list[str], conversations: list[Conversation], on_texts: list | None = None,
-              decisions: list | None = None) -> list:
-        """Several turns at once: one classification pass (unless `decisions` are given) and one batch of
-        generated replies, the same results as one at a time. Each turn is appended to its conversation; an
-        item whose stream raised gets that exception instead (and no turn)."""
-        decisions = decisions or self.classify_batch(texts, conversations)
-        on_texts = on_texts or [None] * len(texts)
-        k = self.settings.context_turns
-        contexts = [c.turns[-k:] if k else [] for c in conversations]
-        answer = [i for i, d in enumerate(decisions) if not d.fallback]
-        replies = dict(zip(answer, self.replies([(texts[i], decisions[i].intent, contexts[i]) for i in answer],
-                                                [on_texts[i] for i in answer])))
-        results: list = []
-        for i, (text, conversation, decision) in enumerate(zip(texts, conversations, decisions)):
-            reply = replies.get(i, fill(self.fallback_text, self.placeholders))
-            if isinstance(reply, BaseException):
-                results.append(reply)
-                continue
-            conversation.turns.append(Turn(text, reply, None if decision.fallback else decision.intent))
-            results.append(TurnResult(text, reply, decision.intent, decision.confidence, decision.fallback,
-                                      decision.reason, decision.confidence_threshold, decision.ambiguity_threshold,
-                                      decision.ranking, self.settings.response_mode, decision.distance,
-                                      decision.distance_threshold))
-        return results
+    def turn(self, text: str, conversation: Conversation | None = None, on_text=None) -> Answer:
+        """One turn (bot/turn.py) on a text already read, without an explanation; kept in `conversation`."""
+        conversation = conversation if conversation is not None else Conversation()
+        answer = turns(self, [text], [conversation], on_texts=[on_text])[0]
+        if isinstance(answer, BaseException):
+            raise answer
+        conversation.turns.append(answer.as_turn())
+        return answer

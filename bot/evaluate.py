@@ -61,20 +61,11 @@ def threshold_for_recall(oos_top, oos_anyway, target: float) -> float | None:
     return float(min(1.0, np.floor(kth * 1e4 + 1) / 1e4))
 
 
-def ambiguous(d) -> bool:
-    """Whether decision `d` falls back as ambiguous at any confidence threshold (top-2 gap below the ambiguity
-    threshold; `decide` names only one reason, so a low-confidence decision may be ambiguous too)."""
-    return len(d.ranking) > 1 and d.ranking[0][1] - d.ranking[1][1] < d.ambiguity_threshold
-
-
-def unfamiliar(d) -> bool:
-    """Whether decision `d` falls back by the distance rule at any confidence threshold."""
-    return d.distance is not None and d.distance_threshold is not None and d.distance > d.distance_threshold
-
-
 def falls_back_anyway(d) -> bool:
-    """Whether decision `d` falls back whatever the confidence threshold: ambiguous or unfamiliar."""
-    return ambiguous(d) or unfamiliar(d)
+    """Whether decision `d` falls back whatever the confidence threshold (ambiguous or unfamiliar: the rule of
+    `Decision.fallback_reason_at` with no threshold; `decide` names only one reason, so a low-confidence decision
+    may be one of these too)."""
+    return d.fallback_reason_at(0.0) is not None
 
 
 def other_rules(summary: dict) -> str:
@@ -126,7 +117,8 @@ def evaluate(model, enc, examples: list[Example], settings: Settings, target_oos
         "ece": expected_calibration_error([d.confidence for _, d in in_scope], correct),
         **oos_measures([d.confidence for _, d in in_scope], [d.confidence for d in oos], [d.fallback for d in oos]),
         **({"distance_threshold": round(neighbours.threshold, 4),
-            "unfamiliar_rate": float(np.mean([unfamiliar(d) for _, d in in_scope])) if in_scope else 0.0,
+            "unfamiliar_rate": float(np.mean([d.fallback_reason_at(0.0) == "unfamiliar" for _, d in in_scope]))
+            if in_scope else 0.0,
             "distance_auroc": float(roc_auc_score([0] * len(in_scope) + [1] * len(oos),
                                                   [d.distance for _, d in in_scope] + [d.distance for d in oos]))
             if in_scope and oos else None} if neighbours else {}),
@@ -136,10 +128,10 @@ def evaluate(model, enc, examples: list[Example], settings: Settings, target_oos
     }
     if oos:
         t = threshold_for_recall([d.confidence for d in oos], [falls_back_anyway(d) for d in oos], target_oos_recall)
-        at = [d.confidence < t or falls_back_anyway(d) for d in oos]
+        at = [d.fallback_reason_at(t) is not None for d in oos]
         summary["suggested_threshold"] = {
             "target_oos_recall": target_oos_recall, "confidence_threshold": t, "oos_recall": float(np.mean(at)),
-            "accuracy_with_fallback": float(np.mean([c and d.confidence >= t and not falls_back_anyway(d)
+            "accuracy_with_fallback": float(np.mean([c and d.fallback_reason_at(t) is None
                                                      for c, (_, d) in zip(correct, in_scope)])) if in_scope else 0.0,
             "applied": False,
             **({"note": f"only {len(oos)} out-of-scope test questions: a rough guide"} if len(oos) < FEW_OOS else {}),

@@ -501,6 +501,23 @@ def validate(spec: BotSpec) -> list[Problem]:
     if not 0 < spec.privacy.prototype_share < 1:
         out.append(Problem(f, None, "error", "privacy.prototype_share must be above 0 and below 1 (with no DP-SGD "
                                              "epochs the prototypes get the whole budget whatever it says)"))
+    if spec.training.epochs < 0:
+        out.append(Problem(f, None, "error", f"training.epochs {spec.training.epochs} must be 0 or more"))
+    if spec.privacy.enabled:  # what DP-SGD (safety/privacy.py) does not do yet: refused, never silently ignored
+        t = spec.training
+        for key, on, why in (
+                ("rdrop", t.rdrop > 0, "its two passes per record are not wired into the per-record clipping; set it to 0"),
+                ("weight_average", t.weight_average > 0, "the Opacus step updates no average; set it to 0"),
+                ("precision", t.precision == "bf16", "the per-record gradients and their clipping are checked in "
+                                                     "float32 only; set it to fp32 or auto (fp32 under DP)"),
+                ("pretrain_corpus", bool(t.pretrain_corpus), "under DP the LM pre-trains on privacy.public_corpus; "
+                                                             "name the public text there instead")):
+            if on:
+                out.append(Problem(f, None, "error", f"training.{key} is not available under DP yet ({why})"))
+        if t.epochs < 1 and spec.privacy.head_init != "prototype":
+            out.append(Problem(f, None, "error", "training.epochs must be 1 or more under DP (0 only with "
+                                                 "privacy.head_init: prototype, where the prototypes are the only "
+                                                 "private step)"))
 
     seen: dict[str, Example] = {}
     for intent in spec.intents.values():

@@ -18,6 +18,11 @@ directory appears only when training finished.
 
 Started by torchrun as several processes (bot/distributed.py), each process trains on its share of every
 batch and the gradients are averaged before the one step; rank 0 alone writes.
+
+Private training is the same loop, handed what DP-SGD changes (`privacy`, from safety/privacy.py, found through
+the `candor.privacy` entry point so that the core imports nothing above it): a Poisson sampler, a step that clips
+each record's gradient and adds noise, an accountant, and a `Policy` that says what plain training may do with
+the records and DP may not. `train(spec)` trains privately whenever the bot file says `privacy.enabled`.
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Protocol
 
@@ -50,7 +56,7 @@ from bot.classify import fit_temperature, predict_features, predict_logits, pred
 from bot.data import Encoder, Record, corpus, earlier, outlier_texts, read_corpus, records, split
 from bot.followups import follow_up
 from bot.io import atomic_dir, atomic_write_json
-from bot.spec import BotSpec
+from bot.spec import BotFileError, BotSpec, validate
 
 # How often a single-turn record is read in a conversation (`Trainer.in_context`), when the bot's classifier reads
 # earlier turns (`settings.classify_context`).
@@ -76,7 +82,34 @@ class State:
     spec_hash: str = ""
     resumed_from: list[int] = field(default_factory=list)
     seconds: float = 0.0
-    extra: dict = field(default_factory=dict)  # e.g. the DP ledger (accountant history)
+    average_updates: int = 0  # updates in the weight average saved beside this checkpoint
+    privacy: dict = field(default_factory=dict)  # the DP ledger (safety/privacy.py: the noisy count, the accountant)
+    adversarial: dict = field(default_factory=dict)  # adversarial training's examples (safety/adversarial.py)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What a training run may do with its records. Plain training may do all of it; DP-SGD (safety/privacy.py)
+    hands the loop a policy that forbids what its guarantee would not cover."""
+
+    per_record: bool = False  # each record on its own: no other record's text as an earlier turn, a strict split
+    use_validation: bool = True  # validation records may shape the model (best-epoch selection, the temperature)
+    index_examples: bool = True  # the model may ship its training examples' features (the distance rule)
+    publish_counts: bool = True  # the card may publish exact counts of records
+    outlier_exposure: bool = True  # outlier text trained toward no intent (DP has no place for it in its accounting)
+
+
+PLAIN = Policy()
+
+
+def private_training(spec: BotSpec, log=print):
+    """The DP-SGD engine for a bot file with `privacy.enabled` (safety/privacy.py: DPSGD, installed as the
+    `candor.privacy` entry point `dp-sgd`). Never falls back to plain training."""
+    found = list(entry_points(group="candor.privacy", name="dp-sgd"))
+    if not found:
+        raise RuntimeError("privacy.enabled, but no DP-SGD engine is installed (entry point 'candor.privacy: dp-sgd'); "
+                           "reinstall candor (pip install -e .) rather than train without the guarantee")
+    return found[0].load()(spec, log=log)
 
 
 def spec_hash(spec: BotSpec) -> str:
@@ -101,6 +134,7 @@ def _lr(step: int, total: int, peak: float) -> float:
     return peak * max(0.0, 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm))))
 
 
+@functools.lru_cache(maxsize=8)
 def _order(n: int, seed: int, stage: str, epoch: int) -> list[int]:
     salt = int(hashlib.sha256(stage.encode()).hexdigest()[:8], 16)
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch * 7919 + salt)
@@ -224,26 +258,31 @@ def training_split(spec: BotSpec, read=None, per_record: bool = False) -> tuple[
 
 
 class Trainer:
-    # The DP trainer sets this: each record is protected on its own, so no multi-turn context (other
-    # records' text) in a record's sequence, and the validation split is strictly per record.
-    per_record = False
-
     def __init__(self, spec: BotSpec, out_dir: str | Path, device: str | None = None, progress: bool = True,
-                 log=print, views: list[View] = (), read=None, extra_records: list[Record] = ()):
-        self.spec, self.t = spec, spec.training
-        self.views, self.read = list(views), read or (lambda text: text)
-        self.out_dir, self.ckpt = Path(out_dir), checkpoint_dir(out_dir)
+                 log=print, views: list[View] = (), read=None, extra_records: list[Record] = (), privacy=None):
+        """`privacy`: what private training hands the loop (see the module docstring); by default DP-SGD when the
+        bot file says `privacy.enabled`, else none."""
+        errors = [p for p in validate(spec) if p.severity == "error"]
+        if errors:
+            raise BotFileError(errors)
         self.device = distributed.init(pick_device(device))
         self.main = distributed.is_main()
         self.progress, self.log = progress and self.main, log if self.main else (lambda *a, **k: None)
-        self.train_records, self.val_records = training_split(spec, self.read, self.per_record)
+        if privacy is None and spec.privacy.enabled:
+            privacy = private_training(spec, log=self.log)
+        self.privacy, self.policy = privacy, privacy.policy if privacy else PLAIN
+        spec = privacy.spec if privacy else spec  # e.g. without the responses DP treats as private
+        self.spec, self.training = spec, spec.training
+        self.views, self.read = list(views), read or (lambda text: text)
+        self.out_dir, self.ckpt = Path(out_dir), checkpoint_dir(out_dir)
+        self.train_records, self.val_records = training_split(spec, self.read, self.policy.per_record)
         # Records planted in training only (the canary audit), read as served like every other record.
         self.extra_records = [served(r, self.read) for r in extra_records]
         self.train_records += self.extra_records
         self.reply_records = [r for r in self.train_records if r.reply]
         self.average: WeightAverage | None = None  # set when fine-tuning starts (`_start_average`)
-        self.classify_context = 0 if self.per_record else spec.settings.classify_context
-        if self.per_record and spec.settings.classify_context:
+        self.classify_context = 0 if self.policy.per_record else spec.settings.classify_context
+        if self.policy.per_record and spec.settings.classify_context:
             self.log("settings.classify_context: the model is trained, and will be served, reading each message "
                      "alone (another record's text as an earlier turn would break the per-record guarantee)")
         self.precision = self._precision()
@@ -253,14 +292,14 @@ class Trainer:
         bfloat16 natively (a GPU with it; a CPU with AVX512-BF16 or AMX) and fp32 elsewhere and under DP."""
         cpu = self.device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
         native = torch.cuda.is_bf16_supported(including_emulation=False) if self.device.type == "cuda" else cpu
-        if self.t.precision == "auto":
-            return "bf16" if native and not self.per_record else "fp32"
-        if self.t.precision == "bf16" and self.device.type == "cuda" and not native:
+        if self.training.precision == "auto":
+            return "bf16" if native and not self.privacy else "fp32"
+        if self.training.precision == "bf16" and self.device.type == "cuda" and not native:
             raise ValueError("training.precision bf16: this GPU has no bfloat16; set it to fp32 (or auto)")
-        if self.t.precision == "bf16" and not native:
+        if self.training.precision == "bf16" and not native:
             self.log("training.precision bf16: this CPU has no native bfloat16 (AVX512-BF16 or AMX), so it is "
                      "emulated and likely slower than fp32 (training.precision auto would use fp32 here)")
-        return self.t.precision
+        return self.training.precision
 
     # ------------------------------------------------------------ setup / resume
     def _latest(self) -> Path | None:
@@ -268,7 +307,7 @@ class Trainer:
         return self.ckpt / json.loads(pointer.read_text())["dir"] if pointer.is_file() else None
 
     def _setup(self, resume: bool) -> None:
-        torch.manual_seed(self.t.seed)
+        torch.manual_seed(self.training.seed)
         latest = distributed.from_main(self._latest() if resume else None)
         if latest and not (latest / "state.json").is_file():
             raise SystemExit(f"{latest}: not readable by rank {distributed.rank()}; to resume on several machines, "
@@ -296,7 +335,7 @@ class Trainer:
         self.enc = Encoder(self.tok, self.spec.model.max_length)
         self.model = models.build(self.spec.model, self.tok, list(self.spec.intents)).to(self.device)
         if latest and self.state.stage != "pretrain":
-            self.prepare_model()
+            self._finetuned_model()
         self.opt = self._optimizer()
         if latest:
             models.check_safetensors(latest / "model.safetensors")
@@ -306,6 +345,8 @@ class Trainer:
             self.log(f"resumed from step {self.state.step} ({self.state.stage}, epoch {self.state.epoch + 1}, "
                      f"batch {self.state.batch})")
         distributed.broadcast_parameters(self.model)  # every rank starts from rank 0's weights
+        if self.privacy:
+            self.privacy.setup(self)  # the noisy record count (released once per run, kept for resuming) and δ
 
     def _share_tokenizer(self) -> None:
         """Rank 0's new tokenizer on every rank (its files are sent, so no shared storage is needed)."""
@@ -331,14 +372,14 @@ class Trainer:
             text = v(index, record, rng)
             if text is not None:
                 return self.read(text)
-        return _noisy_view(record.text, self.t.word_dropout, rng, self.vocab)
+        return _noisy_view(record.text, self.training.word_dropout, rng, self.vocab)
 
     def in_context(self, record: Record, text: str, rng: random.Random) -> tuple[list[str], str]:
         """(earlier user texts, message): how the classifier reads a training record this step, seen as
         `text`. A record from a dialogue is read after its own earlier turns. Another is, with chance
         `FOLLOW_UP_SHARE`, the earlier turn of a generic follow-up (bot/followups.py) that keeps its intent, or,
         with chance `SWITCH_SHARE`, read after another intent's example (a new request outweighs the old one);
-        else alone. The DP trainer reads every record alone (`per_record`)."""
+        else alone. Under DP every record is read alone (`Policy.per_record`)."""
         n = self.classify_context
         if not n:
             return [], text
@@ -381,50 +422,38 @@ class Trainer:
         planted = [t for r in self.extra_records for t in (r.text, r.reply) if t]
         return [self.read(t) for t in corpus(self.spec)] + planted
 
-    # ------------------------------------------------------------ hooks (the DP trainer overrides these)
+    # ------------------------------------------------------------ what the run may read (`Policy`)
     def tokenizer_corpus(self) -> list[str]:
-        return self._corpus
+        """The text the tokenizer is fitted on: the bot's own, or under DP public and authored text only."""
+        return self.privacy.tokenizer_texts if self.privacy else self._corpus
 
     def pretrain_texts(self) -> list[str]:
-        return self._corpus + self._pretrain_public
+        """The text the LM pre-trains on: the bot's own and `training.pretrain_corpus`, or under DP public text."""
+        return self.privacy.pretrain_texts if self.privacy else self._corpus + self._pretrain_public
 
     @functools.cached_property
     def _pretrain_public(self) -> list[str]:
         """`training.pretrain_corpus`, read as served like the bot's own text."""
-        return [self.read(t) for t in read_corpus(self.t.pretrain_corpus)] if self.t.pretrain_corpus else []
+        return [self.read(t) for t in read_corpus(self.training.pretrain_corpus)] if self.training.pretrain_corpus else []
 
     def _optimizer(self) -> torch.optim.Optimizer:
         # fused: one kernel per step for all parameters (PyTorch's default on CPU is a Python loop over them)
-        return torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=self.t.learning_rate,
+        return torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=self.training.learning_rate,
                                  weight_decay=0.01, fused=self.device.type in ("cpu", "cuda"))
 
-    def prepare_model(self) -> None:
-        """Called once before fine-tuning starts (or resumes)."""
-
-    def start_finetune(self) -> None:
-        """Called once when fine-tuning starts or resumes, after the optimizer exists."""
-
-    def keep_best(self) -> bool:
-        return True
+    def _finetuned_model(self) -> None:
+        """The model as fine-tuning trains it: under DP converted for per-record clipping (LoRA, frozen layers)."""
+        if self.privacy:
+            self.privacy.prepare_model(self.model)
 
     def outliers(self) -> list[str]:
         """Text that belongs to no intent, trained toward a uniform intent distribution (outlier exposure)."""
-        return self._outliers[0]
-
-    def calibrate(self) -> bool:
-        """Whether to fit the calibration temperature on the validation split (the DP trainer says no)."""
-        return True
-
-    def index_examples(self) -> bool:
-        """Whether the model may ship an index of its training examples' features for the distance rule
-        (bot/neighbours.py): never for a trainer that protects each record (DP: the guarantee covers the weights,
-        not that)."""
-        return not self.per_record
+        return self._outliers[0] if self.policy.outlier_exposure else []
 
     @property
     def outlier_batch(self) -> int:
         """Outlier texts per fine-tuning step (0 when outlier exposure is off)."""
-        return max(1, self.t.batch_size // 2) if self.outliers() else 0
+        return max(1, self.training.batch_size // 2) if self.outliers() else 0
 
     @property
     def outliers_in_context(self) -> int:
@@ -432,31 +461,21 @@ class Trainer:
         when the classifier reads earlier turns."""
         return int(self.outlier_batch * OUTLIERS_IN_CONTEXT) if self.classify_context else 0
 
-    def card_sections(self) -> dict:
-        return {}
-
     def _start_average(self) -> None:
         """The moving average of the weights fine-tuning keeps (`training.weight_average`; the DP trainer refuses
         it), restored from the last checkpoint when resuming."""
-        if self.state.stage not in ("finetune", "done") or not self.t.weight_average:
+        if self.state.stage not in ("finetune", "done") or not self.training.weight_average:
             return
-        self.average = WeightAverage(self.model, self.t.weight_average)
+        self.average = WeightAverage(self.model, self.training.weight_average)
         latest = self._latest()
         if self.state.step > self.state.stage_start and latest and (latest / "average.safetensors").is_file():
-            self.average.load(latest / "average.safetensors", self.state.extra.get("average_updates", 0))
+            self.average.load(latest / "average.safetensors", self.state.average_updates)
 
     def _averaged(self):
         """A block in which the model holds the weights fine-tuning keeps: the averaged ones, if any."""
         return self.average.applied() if self.average else contextlib.nullcontext()
 
-    def card_counts(self) -> bool:
-        """Whether the card may publish exact counts of records (the DP trainer says no)."""
-        return True
-
-    def _optimizer_to_save(self) -> torch.optim.Optimizer:
-        return self.opt
-
-    def _checkpoint(self) -> None:
+    def checkpoint(self) -> None:
         """Write a complete step-N/ folder, then point latest.json at it: a crash at any moment leaves
         the previous checkpoint intact. Rank 0 alone writes."""
         if not self.main:
@@ -466,8 +485,11 @@ class Trainer:
         save_model(self.model, str(step_dir / "model.safetensors"))
         if self.average:
             self.average.save(step_dir / "average.safetensors")
-            self.state.extra["average_updates"] = self.average.updates
-        _save_optimizer(self._optimizer_to_save(), step_dir / "optimizer.safetensors")
+            self.state.average_updates = self.average.updates
+        if self.privacy:
+            self.state.privacy = self.privacy.ledger()
+        # under DP the optimizer Opacus wraps (its state is the plain one's)
+        _save_optimizer(getattr(self.opt, "original_optimizer", self.opt), step_dir / "optimizer.safetensors")
         atomic_write_json(step_dir / "state.json", dataclasses.asdict(self.state))
         atomic_write_json(self.ckpt / "latest.json", {"dir": step_dir.name})
         for old in self.ckpt.glob("step-*"):
@@ -477,30 +499,37 @@ class Trainer:
     # ------------------------------------------------------------ stages
     def _batches(self, lengths: list[int], stage: str, epoch: int) -> list[list[int]]:
         """Shuffled batches of similar length (less padding), same for a given seed and epoch."""
-        order = _order(len(lengths), self.t.seed, stage, epoch)
-        bs, pool = self.t.batch_size, self.t.batch_size * 50
+        order = _order(len(lengths), self.training.seed, stage, epoch)
+        bs, pool = self.training.batch_size, self.training.batch_size * 50
         batches = []
         for k in range(0, len(order), pool):
             chunk = sorted(order[k:k + pool], key=lambda i: lengths[i])
             batches += [chunk[j:j + bs] for j in range(0, len(chunk), bs)]
-        perm = _order(len(batches), self.t.seed, stage + "-batches", epoch)
+        perm = _order(len(batches), self.training.seed, stage + "-batches", epoch)
         return [batches[i] for i in perm]
 
-    def _step(self, loss: torch.Tensor, total_steps: int) -> None:
-        """One optimizer step; `loss` is this rank's share of the batch's mean loss (bot/distributed.py)."""
+    def _set_lr(self, total_steps: int) -> None:
+        """Warm-up then cosine decay over the stage's `total_steps`."""
         for g in self.opt.param_groups:
-            g["lr"] = _lr(self.state.step - self.state.stage_start, total_steps, self.t.learning_rate)
+            g["lr"] = _lr(self.state.step - self.state.stage_start, total_steps, self.training.learning_rate)
+
+    def _step(self, loss: torch.Tensor) -> None:
+        """One optimizer step of plain training; `loss` is this rank's share of the batch's mean loss
+        (bot/distributed.py). Under DP `privacy.step` takes its place."""
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         distributed.average_gradients(self.model.parameters())
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.opt.step()
+
+    def _stepped(self) -> None:
+        """Count a step that changed the weights; checkpoint when one is due."""
         if self.average:
             self.average.update()
         self.state.step += 1
         self.state.batch += 1
-        if self.t.checkpoint_every and self.state.step % self.t.checkpoint_every == 0:
-            self._checkpoint()
+        if self.training.checkpoint_every and self.state.step % self.training.checkpoint_every == 0:
+            self.checkpoint()
 
     def _autocast(self):
         """The forward passes of a training step (`training.precision`); backward and the step run outside."""
@@ -511,8 +540,8 @@ class Trainer:
 
     def _pretrain_epoch(self, texts: list[str]) -> None:
         batches = self._batches([len(t) for t in texts], "pretrain", self.state.epoch)
-        total = len(batches) * self.t.pretrain_epochs
-        bar = tqdm(batches, desc=f"pre-train {self.state.epoch + 1}/{self.t.pretrain_epochs}",
+        total = len(batches) * self.training.pretrain_epochs
+        bar = tqdm(batches, desc=f"pre-train {self.state.epoch + 1}/{self.training.pretrain_epochs}",
                    disable=not self.progress, initial=self.state.batch, total=len(batches))
         for idx in batches[self.state.batch:]:
             seqs = {i: self.enc.lm(texts[i]) for i in idx}
@@ -520,64 +549,89 @@ class Trainer:
             b = self._to(self.enc.pad_batch([seqs[i] for i in part]))
             with self._autocast():
                 loss = self.model.lm_loss(**b)
-            self._step(loss * weight, total)
+            self._set_lr(total)
+            self._step(loss * weight)
+            self._stepped()
             bar.update(1)
             bar.set_postfix(lm_loss=f"{loss.item():.3f}")
         bar.close()
 
     def _finetune_epoch(self) -> None:
-        intent_id = {n: i for i, n in enumerate(self.model.intents)}
-        batches = self._batches([len(r.text) for r in self.train_records], "finetune", self.state.epoch)
-        replies = _order(len(self.reply_records), self.t.seed, "reply", self.state.epoch) if self.reply_records else []
-        total = len(batches) * self.t.epochs
-        bar = tqdm(total=len(batches), initial=self.state.batch, disable=not self.progress,
-                   desc=f"fine-tune {self.state.epoch + 1}/{self.t.epochs}")
-        rbs = self.t.reply_batch_size
-        outliers, ob = self.outliers(), self.outlier_batch
-        out_order = _order(len(outliers), self.t.seed, "outliers", self.state.epoch) if outliers else []
-        for k in range(self.state.batch, len(batches)):
-            part, weight = distributed.share(batches[k])
-            recs = [self.train_records[i] for i in part]
-            rngs = [random.Random(f"{self.t.seed}-{self.state.epoch}-{k}-{i}") for i in part]
-            seen = [self.in_context(r, self.view(i, r, g), g) for i, r, g in zip(part, recs, rngs)]
-            b = self._to(self.enc.pad_batch([self.enc.classify(text, context) for context, text in seen]))
-            y = torch.tensor([intent_id[r.intent] for r in recs], device=self.device)
-            with self._autocast():
-                ce, kl = self._intent_loss(b, y)
-            loss, lm, oe = (ce + self.t.rdrop * kl) * weight, None, None
-            if ob:  # cross-entropy to the uniform distribution over intents (Hendrycks et al., 2019)
-                picks, oe_weight = distributed.share(range(ob + self.outliers_in_context))
-                seen_o = [([], outliers[out_order[(k * ob + j) % len(out_order)]]) if j < ob else
-                          self.outlier_in_context(random.Random(f"{self.t.seed}-{self.state.epoch}-{k}-{j}-outlier"))
-                          for j in picks]
-                o = self._to(self.enc.pad_batch([self.enc.classify(t, c) for c, t in seen_o]))
-                with self._autocast():
-                    logits_o = self.model.intent_logits(o["input_ids"], o["attention_mask"]).float()
-                oe = -logits_o.log_softmax(-1).mean(-1).mean()
-                # a sum over the items / `ob`: the items read in a conversation come on top, never dilute the others
-                loss = loss + self.t.outlier_weight * oe * oe_weight * (ob + self.outliers_in_context) / ob
-            if replies and self.t.reply_weight > 0:
-                every = [self.enc.reply(self.reply_view(self.reply_records[replies[(k * rbs + j) % len(replies)]]),
-                                        self.spec.settings.max_reply_tokens) for j in range(rbs)]
-                picks, reply_weight = distributed.share(range(rbs), [sum(t != -100 for t in labels[1:])
-                                                                     for _, labels in every])
-                pairs = [every[j] for j in picks]
-                rb = self._to(self.enc.pad_batch([p[0] for p in pairs], [p[1] for p in pairs]))
-                with self._autocast():
-                    lm = self.model.lm_loss(**rb)  # transformers takes the loss in float32
-                loss = loss + self.t.reply_weight * lm * reply_weight
-            self._step(loss, total)
+        """One epoch of fine-tuning. Plain: shuffled batches of records of similar lengths, each one step. DP
+        (`privacy`): Poisson samples of records, in physical parts; a step when a sample is complete, its
+        gradients clipped per record and noised."""
+        dp = self.privacy
+        batches = None if dp else self._batches([len(r.text) for r in self.train_records], "finetune",
+                                                self.state.epoch)
+        per_epoch = dp.steps_per_epoch if dp else len(batches)
+        if self.state.batch >= per_epoch:
+            return  # resumed from a checkpoint taken at this epoch's last step: nothing left to do
+        total = per_epoch * self.training.epochs
+        bar = tqdm(total=per_epoch, initial=self.state.batch, disable=not self.progress,
+                   desc=f"{'DP ' if dp else ''}fine-tune {self.state.epoch + 1}/{self.training.epochs}")
+        for batch in (dp.batches() if dp else batches[self.state.batch:]):  # record indices
+            self._set_lr(total)
+            if dp:
+                if not dp.step(self, batch):
+                    continue  # one physical part of a Poisson sample: the step comes with its last part
+                shown = {"loss": f"{dp.last_loss:.3f}", "eps": f"{dp.epsilon():.2f}"}
+            else:
+                loss, shown = self._loss(batch)
+                self._step(loss)
+            self._stepped()
             bar.update(1)
-            bar.set_postfix(intent_loss=f"{ce.item():.3f}", **({"outlier_loss": f"{oe.item():.3f}"} if oe is not None else {}),
-                            **({"reply_loss": f"{lm.item():.3f}"} if lm is not None else {}))
+            bar.set_postfix(**shown)
+            if self.state.batch >= per_epoch:
+                break  # right after a logical step: asking DP's loader for more would queue a skip signal
         bar.close()
+
+    def _loss(self, batch: list[int]) -> tuple[torch.Tensor, dict]:
+        """(this rank's share of the loss, what the progress bar shows) for one plain fine-tuning batch of training
+        records: the intent loss of one view of each, outlier exposure and the reply loss."""
+        t, k = self.training, self.state.batch
+        intent_id = {n: i for i, n in enumerate(self.model.intents)}
+        part, weight = distributed.share(batch)
+        recs = [self.train_records[i] for i in part]
+        rngs = [random.Random(f"{t.seed}-{self.state.epoch}-{k}-{i}") for i in part]
+        seen = [self.in_context(r, self.view(i, r, g), g) for i, r, g in zip(part, recs, rngs)]
+        b = self._to(self.enc.pad_batch([self.enc.classify(text, earlier) for earlier, text in seen]))
+        y = torch.tensor([intent_id[r.intent] for r in recs], device=self.device)
+        with self._autocast():
+            ce, kl = self._intent_loss(b, y)
+        loss, shown = (ce + t.rdrop * kl) * weight, {"intent_loss": f"{ce.item():.3f}"}
+        outliers, per_batch = self.outliers(), self.outlier_batch
+        if per_batch:  # cross-entropy to the uniform distribution over intents (Hendrycks et al., 2019)
+            order = _order(len(outliers), t.seed, "outliers", self.state.epoch)
+            picks, oe_weight = distributed.share(range(per_batch + self.outliers_in_context))
+            seen_o = [([], outliers[order[(k * per_batch + j) % len(order)]]) if j < per_batch else
+                      self.outlier_in_context(random.Random(f"{t.seed}-{self.state.epoch}-{k}-{j}-outlier"))
+                      for j in picks]
+            o = self._to(self.enc.pad_batch([self.enc.classify(text, earlier) for earlier, text in seen_o]))
+            with self._autocast():
+                logits_o = self.model.intent_logits(o["input_ids"], o["attention_mask"]).float()
+            oe = -logits_o.log_softmax(-1).mean(-1).mean()
+            # a sum over the items / `per_batch`: the items read in a conversation come on top, never dilute the others
+            loss = loss + t.outlier_weight * oe * oe_weight * (per_batch + self.outliers_in_context) / per_batch
+            shown["outlier_loss"] = f"{oe.item():.3f}"
+        if self.reply_records and t.reply_weight > 0:
+            order, n = _order(len(self.reply_records), t.seed, "reply", self.state.epoch), t.reply_batch_size
+            every = [self.enc.reply(self.reply_view(self.reply_records[order[(k * n + j) % len(order)]]),
+                                    self.spec.settings.max_reply_tokens) for j in range(n)]
+            picks, reply_weight = distributed.share(range(n), [sum(x != -100 for x in labels[1:]) for _, labels in every])
+            pairs = [every[j] for j in picks]
+            rb = self._to(self.enc.pad_batch([p[0] for p in pairs], [p[1] for p in pairs]))
+            with self._autocast():
+                lm = self.model.lm_loss(**rb)  # transformers takes the loss in float32
+            loss = loss + t.reply_weight * lm * reply_weight
+            shown["reply_loss"] = f"{lm.item():.3f}"
+        return loss, shown
 
     def _intent_loss(self, b: dict, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(cross-entropy, R-drop's symmetric KL) of an intent batch; with `training.rdrop` the batch goes through
         the model twice in one pass (two dropout masks), the cross-entropy is their mean, else KL is 0."""
-        twice = 2 if self.t.rdrop > 0 else 1
+        twice = 2 if self.training.rdrop > 0 else 1
         logits = self.model.intent_logits(b["input_ids"].repeat(twice, 1), b["attention_mask"].repeat(twice, 1)).float()
-        ce = F.cross_entropy(logits, y.repeat(twice), label_smoothing=self.t.label_smoothing)
+        ce = F.cross_entropy(logits, y.repeat(twice), label_smoothing=self.training.label_smoothing)
         if twice == 1:
             return ce, logits.new_zeros(())
         p, q = logits.log_softmax(-1).chunk(2)
@@ -602,7 +656,7 @@ class Trainer:
         self.state.history.append(metrics)
         self.log("epoch {epoch}: ".format(**metrics) + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()
                                                                   if k.startswith("val")))
-        loss = metrics.get("val_loss", -self.state.epoch) if self.keep_best() else -self.state.epoch
+        loss = metrics.get("val_loss", -self.state.epoch) if self.policy.use_validation else -self.state.epoch
         if not all(v.may_keep(self.state.epoch) for v in self.views):  # e.g. before adversarial training began
             return False
         if loss < self.state.best_val_loss - 1e-4:
@@ -613,7 +667,7 @@ class Trainer:
                 (self.ckpt / "best.safetensors.tmp").replace(self.ckpt / "best.safetensors")
         else:
             self.state.bad_epochs += 1
-        return bool(self.val_records) and self.state.bad_epochs >= self.t.patience
+        return bool(self.val_records) and self.state.bad_epochs >= self.training.patience
 
     def run(self, resume: bool = False) -> Path:
         self._setup(resume)
@@ -623,40 +677,40 @@ class Trainer:
         self.model.train()
         if self.state.stage == "pretrain":
             texts = self.pretrain_texts()
-            while self.state.epoch < self.t.pretrain_epochs:
+            while self.state.epoch < self.training.pretrain_epochs:
                 self._pretrain_epoch(texts)
                 self.state.epoch, self.state.batch = self.state.epoch + 1, 0
                 self.state.seconds = time.time() - started
-                self._checkpoint()
+                self.checkpoint()
             self.state.stage, self.state.epoch, self.state.batch = "finetune", 0, 0
             self.state.stage_start = self.state.step
-            self.prepare_model()
+            self._finetuned_model()
             self.opt = self._optimizer()
-            self._checkpoint()
+            self.checkpoint()
         elif self.state.stage == "finetune" and not self.state.history and not self.state.step:
-            self.prepare_model()  # a pretrained base starts here
+            self._finetuned_model()  # a pretrained base starts here
             self.opt = self._optimizer()
-        if self.state.stage == "finetune":
-            self.start_finetune()
+        if self.state.stage == "finetune" and self.privacy:
+            self.privacy.start(self)  # plans the noise, may release the prototypes, wraps the optimizer
         self._start_average()
-        while self.state.stage == "finetune" and self.state.epoch < self.t.epochs:
+        while self.state.stage == "finetune" and self.state.epoch < self.training.epochs:
             for v in self.views:
                 v.start_epoch(self)
             if self.average and self.state.batch == 0 and self.state.epoch and self.views and (
                     all(v.may_keep(self.state.epoch) for v in self.views)
                     and not all(v.may_keep(self.state.epoch - 1) for v in self.views)):
-                self.average = WeightAverage(self.model, self.t.weight_average)  # only weights that may be kept
+                self.average = WeightAverage(self.model, self.training.weight_average)  # only weights that may be kept
             self._finetune_epoch()
             stop = distributed.from_main(self._end_of_finetune_epoch())  # every rank stops together
             self.state.epoch, self.state.batch = self.state.epoch + 1, 0
             self.state.seconds = time.time() - started
             if stop:
-                self.log(f"early stopping: no validation improvement for {self.t.patience} epochs")
+                self.log(f"early stopping: no validation improvement for {self.training.patience} epochs")
                 break
-            self._checkpoint()
+            self.checkpoint()
         self.state.stage = "done"
         self.state.seconds = time.time() - started
-        self._checkpoint()
+        self.checkpoint()
         if self.main:
             if (self.ckpt / "best.safetensors").is_file():
                 load_model(self.model, str(self.ckpt / "best.safetensors"), device=str(self.device))
@@ -672,7 +726,7 @@ class Trainer:
         split classifies perfectly: its likelihood then only ever grows as the temperature falls, and the fit
         would sharpen every probability toward 1 (undoing the fallback)."""
         self.model.temperature = 1.0
-        if not (self.calibrate() and self.val_records):
+        if not (self.policy.use_validation and self.val_records):
             return {"temperature": 1.0, "fitted_on": None}
         y = torch.tensor([self.model.intents.index(r.intent) for r in self.val_records])
         logits = predict_logits(self.model, self.enc, [r.text for r in self.val_records],
@@ -690,7 +744,7 @@ class Trainer:
         conversation reads them (`conversation_views`). The threshold is fitted on the validation split, read the
         same ways."""
         q = self.spec.settings.distance_quantile
-        why = ("settings.distance_quantile is 0" if not q else None if self.index_examples() else
+        why = ("settings.distance_quantile is 0" if not q else None if self.policy.index_examples else
                "it would ship features of the training examples, which the privacy guarantee does not cover")
         if why is None and not self.val_records:
             why = "no validation split to fit its threshold on"
@@ -718,7 +772,7 @@ class Trainer:
         for r in recs:
             if r.context:
                 continue
-            rng = random.Random(f"{self.t.seed}-index-{r.text}")
+            rng = random.Random(f"{self.training.seed}-index-{r.text}")
             for _ in range(100):  # another intent's example (a bot has at least two intents)
                 other = pool[rng.randrange(len(pool))]
                 if other.intent != r.intent:
@@ -737,29 +791,31 @@ class Trainer:
     def _outlier_card(self, counts: bool) -> dict:
         if not self.outliers():
             return {"enabled": False}
-        t = self.t
+        t = self.training
         return {"enabled": True, "weight": t.outlier_weight, "per_batch": self.outlier_batch,
                 "corpus": t.outlier_corpus or "bundled: bot/demo/public_sgd_turns.txt (Schema-Guided Dialogue, CC BY-SA 4.0)",
                 **({"texts": len(self.outliers()), "dropped_as_near_examples": self._outliers[1],
                     "bot_file_out_of_scope_examples": len(self.spec.out_of_scope)} if counts else {})}
 
     def _save_final(self) -> None:
+        if self.privacy:
+            self.privacy.finish(self.model)  # the plain GPT-2 layout again (LoRA merged)
         calibration = self._calibrate()  # sets the temperature the saved config carries
         index, distance_card = self._neighbours()
         with atomic_dir(self.out_dir) as tmp:
             self.model.save(tmp, self.tok)
             if index:
                 index.save(tmp)
-            counts = self.card_counts()
+            counts = self.policy.publish_counts
             history = self.state.history if counts else [  # DP: no exact ratio that would give away a count
                 {k: (round(v, 2) if k == "val_accuracy" else v) for k, v in h.items() if k != "val_loss"}
                 for h in self.state.history]
             best = history[self.state.best_epoch] if history and self.state.best_epoch >= 0 else {}
-            # What the served model reads: the DP trainer's models read each message alone.
+            # What the served model reads: a DP model reads each message alone.
             spec = dataclasses.replace(self.spec, settings=dataclasses.replace(
                 self.spec.settings, classify_context=self.classify_context))
             cards.write(tmp, spec, counts=counts, training={
-                "base": self.spec.model.base, "device": str(self.device), "seed": self.t.seed,
+                "base": self.spec.model.base, "device": str(self.device), "seed": self.training.seed,
                 "processes": distributed.world(),
                 "steps": self.state.step, "finetune_start_step": self.state.stage_start,
                 "best_epoch": self.state.best_epoch + 1,
@@ -770,26 +826,27 @@ class Trainer:
                     "reply_examples": len(self.reply_records)} if counts else {}),
                 **({"views": [v.describe() for v in self.views]} if self.views else {}),
                 "outlier_exposure": self._outlier_card(counts),
-                "regularisation": {k: v for k, v in (("weight_average", self.t.weight_average),
-                                                     ("label_smoothing", self.t.label_smoothing),
-                                                     ("rdrop", self.t.rdrop)) if v},
+                "regularisation": {k: v for k, v in (("weight_average", self.training.weight_average),
+                                                     ("label_smoothing", self.training.label_smoothing),
+                                                     ("rdrop", self.training.rdrop)) if v},
                 "precision": self.precision,
                 "conversation": self._context_card(),
                 "calibration": calibration,
                 "distance_rule": distance_card,
                 **{k: v for k, v in best.items() if k.startswith("val")},
             })
-            if self.card_sections():
-                cards.update(tmp, **self.card_sections())
+            if self.privacy and (section := self.privacy.card(self)):
+                cards.update(tmp, privacy=section)
 
 
 def train(spec: BotSpec, out_dir: str | Path, resume: bool = False, device: str | None = None,
-          progress: bool = True, log=print, keep_checkpoints: bool = False, trainer_cls=None,
-          views: list[View] = (), read=None, extra_records: list[Record] = ()) -> Path:
-    """Train and save; `trainer_cls` lets a layer above swap in its own Trainer (DP-SGD), `views` add
-    views of the records (augmentation, adversarial examples) and `read` is how the served bot reads a message."""
-    trainer = (trainer_cls or Trainer)(spec, out_dir, device=device, progress=progress, log=log, views=views,
-                                       read=read, extra_records=extra_records)
+          progress: bool = True, log=print, keep_checkpoints: bool = False, views: list[View] = (), read=None,
+          extra_records: list[Record] = (), privacy=None) -> Path:
+    """Train and save: privately (DP-SGD) when the bot file says `privacy.enabled`. `views` add views of the
+    records (augmentation, adversarial examples), `read` is how the served bot reads a message and `privacy`
+    replaces the default DP-SGD engine (see the module docstring)."""
+    trainer = Trainer(spec, out_dir, device=device, progress=progress, log=log, views=views, read=read,
+                      extra_records=extra_records, privacy=privacy)
     out = trainer.run(resume=resume)
     if not keep_checkpoints and trainer.main:
         shutil.rmtree(trainer.ckpt, ignore_errors=True)
@@ -805,6 +862,7 @@ def refit_distance_rule(spec: BotSpec, model_dir: str | Path, read=None, log=pri
     card = models.read_card(model_dir)
     if card.get("privacy", {}).get("dp"):
         raise ValueError(f"{model_dir}: trained under DP; the distance rule is never fitted on private records")
+    spec = dataclasses.replace(spec, privacy=dataclasses.replace(spec.privacy, enabled=False))  # no private step here
     trainer = Trainer(spec, model_dir.with_name(model_dir.name + ".refit"), progress=False, log=log, read=read)
     trainer.model, trainer.tok = models.load(model_dir)
     trainer.enc = Encoder(trainer.tok, spec.model.max_length)

@@ -60,10 +60,17 @@ class Explanation:
     n_steps: int = N_STEPS
     internal_batch_size: int = INTERNAL_BATCH_SIZE
     reply: dict | None = field(default=None)
-    context: WordScore | None = None  # the earlier turns' share (word `EARLIER`), scaled with the words; None: none read
+    earlier_turns: WordScore | None = None  # their share (word `EARLIER`), scaled with the words; None: none read
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def attributions(self) -> list[tuple[str, float | None]]:
+        """(word, score) as a turn serves and logs them: the earlier turns first, as one item, when the classifier
+        read any; then each word, None for a word it never read (cut by the length limit)."""
+        words = [(w.word, round(w.score, 4) if w.read else None) for w in self.words]
+        e = self.earlier_turns
+        return [(e.word, round(e.score, 4)), *words] if e else words
 
     def top_words(self, k: int) -> list[int]:
         """Indices of the k words that raised F the most."""
@@ -97,7 +104,7 @@ class IntentExplainer:
                       contexts: list[list[str]] | None = None) -> list[Explanation]:
         """Several texts in one Captum call (right-padded; GPT-2 is causal, so padding after a text
         changes nothing before it): the same attributions as one at a time, within float tolerance.
-        `contexts[i]`: the earlier user texts text i was classified after (`Bot.context`)."""
+        `contexts[i]`: the earlier user texts text i was classified after (`Bot.earlier_turns`)."""
         self.model.eval()
         intents = intents or [None] * len(texts)
         segs = [segment(self.enc.tok, t, self.enc.max_length - 2) for t in texts]
@@ -133,10 +140,10 @@ class IntentExplainer:
             scaled = normalise(raw + [earlier] if head else raw)
             words = [WordScore(w, sc, r, a, b, read) for w, sc, r, (a, b), read
                      in zip(seg.words, scaled, raw, seg.spans, seg.read)]
-            context = WordScore(EARLIER, scaled[-1], earlier, -1, -1) if head else None
+            earlier_turns = WordScore(EARLIER, scaled[-1], earlier, -1, -1) if head else None
             out.append(Explanation(text, self.model.intents[target], float(probs[i, target]),
                                    self.model.intents[predicted[i]], words, float(probs[len(texts) + i, target]),
                                    float(own.sum()) + earlier, abs(float(delta[i])), n_steps=self.n_steps,
                                    internal_batch_size=self.internal_batch_size,
-                                   baseline=describe_baseline(self.baseline), context=context))
+                                   baseline=describe_baseline(self.baseline), earlier_turns=earlier_turns))
         return out

@@ -35,9 +35,9 @@ def terminal(e: Explanation, colour: bool = True) -> str:
         f"P({e.intent}) {e.baseline_probability:.3f} -> {e.confidence:.3f}, attributions sum {e.attribution_sum:.3f}, "
         f"convergence delta {e.delta:.1e}",
     ]
-    if e.context:
-        lines.insert(2, f"{e.context.word}: {e.context.score:+.2f} (the earlier user turns read before the message, "
-                        "scored as one item)")
+    if e.earlier_turns:
+        lines.insert(2, f"{e.earlier_turns.word}: {e.earlier_turns.score:+.2f} (the earlier user turns read before the "
+                        "message, scored as one item)")
     cut = [w.word for w in e.words if not w.read]
     if cut:
         lines.append(f"not read: the last {len(cut)} word(s) were cut by the model's length limit and have no score")
@@ -59,8 +59,8 @@ def html_report(e: Explanation) -> str:
     """A self-contained HTML page; every piece of user text is escaped."""
     words = " ".join(_span(w.word, w.score) if w.read else f'<span class="w u" title="not read">{html.escape(w.word)}</span>'
                      for w in e.words)
-    if e.context:
-        words = _span(e.context.word, e.context.score) + " " + words
+    if e.earlier_turns:
+        words = _span(e.earlier_turns.word, e.earlier_turns.score) + " " + words
     cut = sum(not w.read for w in e.words)
     rows = "".join(f"<tr><td>{html.escape(w.word)}</td><td>{w.score:+.3f}</td><td>{w.raw:+.4f}</td></tr>" if w.read else
                    f"<tr><td>{html.escape(w.word)}</td><td colspan=2>not read</td></tr>" for w in e.words)
@@ -75,7 +75,7 @@ p.t{{font-size:1.4em;line-height:2}}.u{{color:#888;text-decoration:line-through}
 <h1>Intent <code>{html.escape(e.intent)}</code> — confidence {e.confidence:.3f}</h1>
 <p class=m>The bot chose <code>{html.escape(e.predicted)}</code>. {TOWARD.capitalize()} words pushed toward
 <code>{html.escape(e.intent)}</code>, {AGAINST} words against it.</p>
-<p class=t>{words}</p>{f"<p class=m>{html.escape(e.context.word)}: the earlier user turns the classifier read before this message, scored as one item ({e.context.score:+.3f}, attribution {e.context.raw:+.4f}).</p>" if e.context else ""}{f"<p class=m>Not read: the last {cut} word(s), struck through, were cut by the model's length limit and have no score.</p>" if cut else ""}
+<p class=t>{words}</p>{f"<p class=m>{html.escape(e.earlier_turns.word)}: the earlier user turns the classifier read before this message, scored as one item ({e.earlier_turns.score:+.3f}, attribution {e.earlier_turns.raw:+.4f}).</p>" if e.earlier_turns else ""}{f"<p class=m>Not read: the last {cut} word(s), struck through, were cut by the model's length limit and have no score.</p>" if cut else ""}
 <table><tr><th>word</th><th>score [-1, 1]</th><th>attribution</th></tr>{rows}</table>
 <p class=m>{html.escape(e.method)}, {e.n_steps} steps, baseline: {html.escape(e.baseline)}.
 P(intent) {e.baseline_probability:.3f} at the baseline, {e.confidence:.3f} for the text; attributions sum to

@@ -37,21 +37,21 @@ class AdversarialView:
 
     def start_epoch(self, trainer) -> None:
         state, self.private = trainer.state, trainer.spec.privacy.enabled
-        self.history = state.extra.setdefault("adversarial", {}).setdefault("history", [])
-        saved = state.extra["adversarial"].get("views")
+        self.history = state.adversarial.setdefault("history", [])
+        saved = state.adversarial.get("views")
         if state.epoch < self.clean_epochs:
             self.examples = {}
         elif saved and saved["epoch"] == state.epoch:  # resuming this epoch
             self.examples = {int(k): v for k, v in saved["examples"].items()}
         else:
             self.examples = self._attack(trainer)
-            state.extra["adversarial"]["views"] = {"epoch": state.epoch,
-                                                   "examples": {str(k): v for k, v in self.examples.items()}}
+            state.adversarial["views"] = {"epoch": state.epoch,
+                                          "examples": {str(k): v for k, v in self.examples.items()}}
 
     def _attack(self, trainer) -> dict[int, str]:
         from safety.attacks import ServedIntentModel, attack_one, build, status
 
-        records, epoch, seed = trainer.train_records, trainer.state.epoch, trainer.t.seed
+        records, epoch, seed = trainer.train_records, trainer.state.epoch, trainer.training.seed
         pick = sorted(random.Random(f"{seed}-adversarial-{epoch}").sample(range(len(records)),
                                                                           max(1, round(self.share * len(records)))))
         wrapper = ServedIntentModel(trainer.model, trainer.enc)
@@ -59,7 +59,7 @@ class AdversarialView:
         intents = trainer.model.intents
         pick = [i for i in pick if wrapper.served_text(records[i].text) is not None]  # the bot would refuse the rest
         out, t0 = {}, time.time()
-        bar = tqdm(pick, desc=f"attack {epoch + 1}/{trainer.t.epochs} ({self.recipe})", disable=not self.progress,
+        bar = tqdm(pick, desc=f"attack {epoch + 1}/{trainer.training.epochs} ({self.recipe})", disable=not self.progress,
                    unit="rec")
         for i in bar:
             r = records[i]

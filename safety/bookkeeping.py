@@ -15,7 +15,7 @@ One handler per layer type, Opacus-style: `nn.Linear` (ghost norm, or per-record
 T^2 > in*out), `nn.Embedding` (ghost norm with a same-token mask), `nn.LayerNorm` (per-record
 gradients: they are small). A model with any other trainable layer, a weight shared between layers,
 or a layer run twice in one forward pass is refused (its per-record norm would be wrong).
-`tests/test_privacy.py` checks the result against per-record gradients taken one record at a time.
+`tests/integration/test_privacy.py and tests/unit/test_bookkeeping.py` checks the result against per-record gradients taken one record at a time.
 """
 from __future__ import annotations
 

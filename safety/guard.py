@@ -26,9 +26,11 @@ def guard(text: str, max_chars: int = MAX_CHARS) -> str:
 
 
 def read_message(message: str, max_chars: int = MAX_CHARS):
-    """The input path of every served turn: guard, then redact. Returns the `safety.pii.Redaction`
-    whose `.text` is what the model, the explanation and the audit log see. Attacks go through
-    here too, so whatever defence sits in this path is measured."""
+    """The input path of every turn, the `read` of bot/turn.py: guard, then redact. The web app and its API
+    (ui/service.py), `candor chat`, `candor explain` and `candor attack` (safety/attacks.py) all read a message
+    here, so an explanation is of the decision the served bot makes, and whatever defence sits in this path is
+    measured by the attacks. Returns the `safety.pii.Redaction` whose `.text` (the served text) is what the model,
+    the explanation and the audit log see, and `.found` the entity types replaced."""
     from safety.pii import UNCHECKED, redact
 
     r = redact(guard(message, max_chars))

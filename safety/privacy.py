@@ -30,7 +30,6 @@ pick weights: the last epoch is kept.
 from __future__ import annotations
 
 import copy
-import functools
 import math
 import random
 import secrets
@@ -46,12 +45,11 @@ from opacus.utils.batch_memory_manager import BatchMemoryManager
 from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
 from opacus.utils.uniform_sampler import DistributedUniformWithReplacementSampler
 from torch.utils.data import TensorDataset
-from tqdm.auto import tqdm
 
 from bot import distributed
 from bot.data import read_corpus
 from bot.pretrain import base_provenance
-from bot.train import Trainer, _lr
+from bot.train import Policy
 from safety.bookkeeping import BookKeeping
 from safety.guard import served_text
 from safety.gpt2_dp import (
@@ -155,287 +153,237 @@ def noise_for(epsilon: float, delta: float, sample_rate: float, steps: int, befo
     return high
 
 
-class DPTrainer(Trainer):
-    per_record = True
+def per_record_loss(model, b: dict, pos: torch.Tensor, y: torch.Tensor, reply_weight: float,
+                    label_smoothing: float = 0.0) -> torch.Tensor:
+    """One value per record: its joint sequence's intent cross-entropy + `reply_weight` × its mean reply-token
+    cross-entropy (`model`: a GPT-2 intent model, or Opacus' wrapper of it)."""
+    intent_logits, lm_logits = model(b["input_ids"], b["attention_mask"], position_ids(b["attention_mask"]), pos)
+    loss = F.cross_entropy(intent_logits, y, reduction="none", label_smoothing=label_smoothing)
+    labels = b["labels"][:, 1:]
+    tok = F.cross_entropy(lm_logits[:, :-1].reshape(-1, lm_logits.shape[-1]), labels.reshape(-1),
+                          reduction="none", ignore_index=-100).view(labels.shape)
+    return loss + reply_weight * tok.sum(1) / (labels != -100).sum(1).clamp_min(1)
 
-    def __init__(self, spec, out_dir, **kw):
-        spec, self.responses_note = private_spec(spec, kw.get("log", print) if distributed.is_main() else lambda *a: None)
-        super().__init__(spec, out_dir, **kw)
-        self.p = spec.privacy
-        if not 0 < self.p.count_epsilon < self.p.target_epsilon:
-            raise ValueError(f"privacy.count_epsilon {self.p.count_epsilon} must be above 0 and below target_epsilon")
-        self.n = len(self.train_records)
+
+class DPSGD:
+    """DP-SGD as the training loop (bot/train.py) is handed it, Opacus-style: the loop keeps its own epochs,
+    checkpoints and card, and calls `setup` (the noisy record count, δ), `prepare_model`, `start` (the noise plan,
+    the prototypes, Opacus' wrapped optimizer and Poisson sampler), `batches` and `step` (clip each record,
+    add noise, step once a Poisson sample is complete), `ledger` (what a checkpoint keeps) and `finish` / `card`.
+    `policy` is what the guarantee forbids plain training's other uses of the records."""
+
+    policy = Policy(per_record=True, use_validation=False, index_examples=False, publish_counts=False,
+                    outlier_exposure=False)
+
+    def __init__(self, spec, log=print):
+        self.spec, self.responses_note = private_spec(spec, log)
+        self.settings, self.log = self.spec.privacy, log
+        self.public_path = Path(self.settings.public_corpus) if self.settings.public_corpus else BUNDLED_PUBLIC
+        self.pretrain_texts = read_corpus(self.public_path)  # what may see private data instead: public text ...
+        self.tokenizer_texts = self.pretrain_texts + (  # ... and, for the tokenizer, the bot's authored text
+            [r for i in self.spec.intents.values() for r in i.responses] + list(self.spec.intents) + [self.spec.fallback])
+        self.engine = self.bk = None
+
+    # ---------------------------------------------------------------- before fine-tuning
+    def setup(self, trainer) -> None:
+        """The noisy record count (released once per run and kept in the checkpoint for resuming), δ, and how the
+        noise is drawn; once the trainer has its records and state."""
+        self.n, p = len(trainer.train_records), self.settings
         if not self.n:
             raise ValueError("no training records left for DP-SGD")
-        if not 0 < self.p.prototype_share < 1:
-            raise ValueError(f"privacy.prototype_share {self.p.prototype_share} must be above 0 and below 1")
-        if self.t.epochs < 0:
-            raise ValueError(f"training.epochs {self.t.epochs} must be 0 or more")
-        if self.t.rdrop > 0:
-            raise ValueError("training.rdrop is not available under DP yet (its two passes per record are not wired "
-                             "into the per-record clipping); set it to 0")
-        if self.t.weight_average > 0:
-            raise ValueError("training.weight_average is not available under DP yet (the Opacus step updates no "
-                             "average); set it to 0")
-        if self.t.precision == "bf16":
-            raise ValueError(f"training.precision {self.t.precision} is not available under DP yet (the per-record "
-                             "gradients and their clipping are checked in float32 only); set it to fp32 or auto "
-                             "(fp32 under DP)")
-        if self.t.pretrain_corpus:
-            raise ValueError("training.pretrain_corpus: under DP the LM pre-trains on privacy.public_corpus; "
-                             "name the public text there instead")
-        if self.t.epochs < 1 and self.p.head_init != "prototype":
-            raise ValueError("training.epochs must be 1 or more under DP (0 only with privacy.head_init: prototype, "
-                             "where the prototypes are the only private step)")
-        self.public_path = Path(self.p.public_corpus) if self.p.public_corpus else BUNDLED_PUBLIC
-
-    def _setup(self, resume: bool) -> None:
-        super()._setup(resume)
-        ledger = self.state.extra.setdefault("privacy", {})
-        if "records_noisy" not in ledger:  # released once per training run (kept in the checkpoint for resuming)
-            ledger["records_noisy"] = distributed.from_main(noisy_count(self.n, self.p.count_epsilon) if self.main
-                                                            else None)  # one draw, whatever the number of processes
-            self._checkpoint()
-        self.n_noisy = ledger["records_noisy"]
-        self.delta = self.p.delta or default_delta(self.n_noisy)
+        self.record = trainer.state.privacy
+        if "records_noisy" not in self.record:
+            self.record["records_noisy"] = distributed.from_main(  # one draw, whatever the number of processes
+                noisy_count(self.n, p.count_epsilon) if trainer.main else None)
+            trainer.checkpoint()
+        self.n_noisy = self.record["records_noisy"]
+        self.delta = p.delta or default_delta(self.n_noisy)
         if self.delta >= 1 / self.n:
             raise ValueError(f"privacy.delta {self.delta} must be below 1/N (N: the number of training records)")
+        epochs = trainer.training.epochs
         self.noise = ("Opacus secure mode (torchcsprng) for the noise and the Poisson sampling" if secure_mode() else
                       "Gaussian noise and Poisson sampling from generators seeded from the operating system's "
                       "CSPRNG at every start, never saved or published (the training seed sets only the model's "
                       "initialisation, the data order of pre-training and the views); " + FLOAT_CAVEAT)
-        if not self.t.epochs:  # the prototypes' release is the only private step: no sampling, one noise draw
+        if not epochs:  # the prototypes' release is the only private step: no sampling, one noise draw
             self.noise = ("Gaussian noise for the prototypes from a generator seeded from the operating system's CSPRNG "
                           "at every start, never saved or published; no Poisson sampling (no DP-SGD step); "
                           + FLOAT_CAVEAT)
-        elif secure_mode() and self.p.head_init == "prototype":
+        elif secure_mode() and p.head_init == "prototype":
             self.noise += ("; the prototypes' noise is drawn from a generator seeded from the operating system's CSPRNG "
                            "(not torchcsprng), in floating point: " + FLOAT_CAVEAT)
 
-    # ---------------------------------------------------------------- what may see private data
-    @functools.cached_property
-    def _public(self) -> list[str]:
-        return read_corpus(self.public_path)
-
-    def _authored(self) -> list[str]:
-        return ([r for i in self.spec.intents.values() for r in i.responses] + list(self.spec.intents)
-                + [self.spec.fallback])
-
-    def tokenizer_corpus(self) -> list[str]:
-        return self._public + self._authored()
-
-    def pretrain_texts(self) -> list[str]:
-        return self._public
-
-    def keep_best(self) -> bool:
-        return False
-
-    def outliers(self) -> list[str]:
-        return []  # not yet under DP: the outlier loss would need its own place in the per-record accounting
-
-    def calibrate(self) -> bool:
-        return False  # a temperature fitted on (private) validation records is not covered by the guarantee
-
-    def index_examples(self) -> bool:
-        return False  # features of the training records (the distance rule) are not covered by the guarantee
-
-    def prepare_model(self) -> None:
-        conv1d_to_linear(self.model.lm)
-        untie(self.model.lm)
-        if self.p.lora_rank > 0:  # adapters everywhere + intent head and final norm; LM head frozen
-            add_lora(self.model.to(self.device), self.p.lora_rank)
-            self.trainable = train_top(self.model, 0, lm_head=False, freeze_rest=False)
+    def prepare_model(self, model) -> None:
+        """Linear layers and an untied LM head, for per-record clipping; then what trains privately."""
+        p, reply_weight = self.settings, self.spec.training.reply_weight
+        conv1d_to_linear(model.lm)
+        untie(model.lm)
+        if p.lora_rank > 0:  # adapters everywhere + intent head and final norm; LM head frozen
+            add_lora(model.to(next(model.parameters()).device), p.lora_rank)
+            train_top(model, 0, lm_head=False, freeze_rest=False)
         else:
-            self.trainable = train_top(self.model, self.p.train_blocks, lm_head=self.t.reply_weight > 0)
-        if self.t.reply_weight <= 0:  # no reply loss: the LM head would only ever receive noise
-            self.model.lm.get_output_embeddings().weight.requires_grad_(False)
-            self.trainable = [n for n, p in self.model.named_parameters() if p.requires_grad]
+            train_top(model, p.train_blocks, lm_head=reply_weight > 0)
+        if reply_weight <= 0:  # no reply loss: the LM head would only ever receive noise
+            model.lm.get_output_embeddings().weight.requires_grad_(False)
 
-    # ---------------------------------------------------------------- Opacus
-    def start_finetune(self) -> None:
-        # Poisson sampling at rate 1/S, S steps an epoch, S from the noisy count only.
-        steps = max(1, round(self.n_noisy / self.p.logical_batch))
-        ledger = self.state.extra["privacy"]
-        budget = self.p.target_epsilon - self.p.count_epsilon
-        total_steps = steps * self.t.epochs
+    def start(self, trainer) -> None:
+        """Plan the noise (before anything private is touched: an impossible plan fails here), release the
+        prototypes if asked, and wrap the trainer's optimizer with Opacus, with a Poisson sampler at rate 1/S,
+        S steps an epoch, S from the noisy count only."""
+        p, epochs = self.settings, trainer.training.epochs
+        self.steps_per_epoch = max(1, round(self.n_noisy / p.logical_batch))
+        budget = p.target_epsilon - p.count_epsilon
+        total_steps = self.steps_per_epoch * epochs
         before = []  # the prototype release, first in the accountant's history (made once per run, kept for resuming)
-        if "prototype" in ledger:
-            before = [(ledger["prototype"]["noise_multiplier"], 1.0, 1)]
-        elif self.p.head_init == "prototype":
-            before = [(noise_for(self.p.prototype_share * budget if total_steps else budget, self.delta, 1.0, 1), 1.0, 1)]
-        # DP-SGD's σ after the prototypes, planned before anything private is touched (an impossible plan fails here)
-        sigma_after = 0.0
-        if before and total_steps and "history" not in ledger:
-            sigma_after = noise_for(budget, self.delta, 1 / steps, total_steps, before)
-        if before and "prototype" not in ledger:
-            self._prototype_head(before[0][0])
+        if "prototype" in self.record:
+            before = [(self.record["prototype"]["noise_multiplier"], 1.0, 1)]
+        elif p.head_init == "prototype":
+            before = [(noise_for(p.prototype_share * budget if total_steps else budget, self.delta, 1.0, 1), 1.0, 1)]
+        sigma_after = 0.0  # DP-SGD's σ after the prototypes
+        if before and total_steps and "history" not in self.record:
+            sigma_after = noise_for(budget, self.delta, 1 / self.steps_per_epoch, total_steps, before)
+        if before and "prototype" not in self.record:
+            self._prototype_head(trainer, before[0][0])
         secure = secure_mode()
         self.engine = PrivacyEngine(accountant=ACCOUNTANT, secure_mode=secure)
-        sampler_rng = self.engine.secure_rng if secure else os_seeded_generator("cpu")
         world = distributed.world()
-        loader = DPDataLoader(TensorDataset(torch.arange(self.n)), sample_rate=1 / steps, generator=sampler_rng,
+        loader = DPDataLoader(TensorDataset(torch.arange(self.n)), sample_rate=1 / self.steps_per_epoch,
+                              generator=self.engine.secure_rng if secure else os_seeded_generator("cpu"),
                               distributed=world > 1)
         if world > 1:  # each rank Poisson-samples its part of the records at the same rate (Opacus' DPDDP recipe)
             loader.batch_sampler.__class__ = _EveryStepSampler
-            loader.batch_sampler.num_batches = steps
+            loader.batch_sampler.num_batches = self.steps_per_epoch
         else:
-            loader.batch_sampler.steps = steps
-        module = self.model
+            loader.batch_sampler.steps = self.steps_per_epoch
+        module = trainer.model
         if world > 1:
             from opacus.distributed import (
                 DifferentiallyPrivateDistributedDataParallel as DPDDP,
             )
-            module = DPDDP(self.model)
-        common = dict(module=module, optimizer=self.opt, data_loader=loader, criterion=torch.nn.CrossEntropyLoss(),
-                      max_grad_norm=self.p.max_grad_norm, poisson_sampling=False, grad_sample_mode="ghost",
-                      noise_generator=None if secure else os_seeded_generator(self.device))
-        if "history" in ledger:  # resuming: same noise as planned, and the accountant continues its history
+            module = DPDDP(trainer.model)
+        common = dict(module=module, optimizer=trainer.opt, data_loader=loader, criterion=torch.nn.CrossEntropyLoss(),
+                      max_grad_norm=p.max_grad_norm, poisson_sampling=False, grad_sample_mode="ghost",
+                      noise_generator=None if secure else os_seeded_generator(trainer.device))
+        if "history" in self.record:  # resuming: same noise as planned, and the accountant continues its history
             self.dp_model, self.opt, _, self.loader = self.engine.make_private(
-                noise_multiplier=ledger["noise_multiplier"], **common)
-            self.engine.accountant.history = [tuple(h) for h in ledger["history"]]
+                noise_multiplier=self.record["noise_multiplier"], **common)
+            self.engine.accountant.history = [tuple(h) for h in self.record["history"]]
         elif before:  # DP-SGD gets what the prototypes left: σ for the composition of both
             self.dp_model, self.opt, _, self.loader = self.engine.make_private(noise_multiplier=sigma_after, **common)
             self.engine.accountant.history = list(before)
         else:
             self.dp_model, self.opt, _, self.loader = self.engine.make_private_with_epsilon(
-                target_epsilon=budget, target_delta=self.delta,
-                epochs=self.t.epochs, **common)
+                target_epsilon=budget, target_delta=self.delta, epochs=epochs, **common)
+        trainer.opt = self.opt
         # One backward pass per step (safety/bookkeeping.py) on one process; Opacus' two-pass ghost clipping
-        # under DPDDP, whose gradient hooks expect it. Same clipped sum either way (tests/test_privacy.py).
-        self.bk = None
+        # under DPDDP, whose gradient hooks expect it. Same clipped sum either way (tests/integration/test_privacy.py).
         if world == 1:
             self.dp_model.remove_hooks()  # Opacus computes no norms: BookKeeping does
-            self.bk = BookKeeping(self.model, self.p.max_grad_norm)
+            self.bk = BookKeeping(trainer.model, p.max_grad_norm)
         # The mean's divisor, from public numbers too; per rank (the ranks' means are averaged).
-        self.opt.expected_batch_size = max(1, round(self.n_noisy / steps)) / world
-        self.sample_rate = 1 / steps
-        self._update_ledger()
+        self.opt.expected_batch_size = max(1, round(self.n_noisy / self.steps_per_epoch)) / world
+        self.sample_rate = 1 / self.steps_per_epoch
         self.log(f"DP-SGD: noise multiplier {self.opt.noise_multiplier:.3f}, sample rate {self.sample_rate:.4f}, "
-                 f"clip {self.p.max_grad_norm}, target ε {self.p.target_epsilon} (of which {self.p.count_epsilon} for "
-                 f"the noisy record count) at δ {self.delta:.1e} over {self.t.epochs} epochs of about "
+                 f"clip {p.max_grad_norm}, target ε {p.target_epsilon} (of which {p.count_epsilon} for "
+                 f"the noisy record count) at δ {self.delta:.1e} over {epochs} epochs of about "
                  f"{self.n_noisy} records")
 
-    def _prototype_head(self, sigma: float) -> None:
+    def _prototype_head(self, trainer, sigma: float) -> None:
         """The intent head from noisy per-intent prototypes (safety/prototypes.py), noise multiplier σ."""
         from safety.prototypes import prototype_head
 
-        intent_id = {n: i for i, n in enumerate(self.model.intents)}
+        model, records = trainer.model, trainer.train_records
+        intent_id = {n: i for i, n in enumerate(model.intents)}
         weight = distributed.from_main(prototype_head(
-            self.model, self.enc, [r.text for r in self.train_records], [intent_id[r.intent] for r in self.train_records],
-            [served_text(t, redact=False) for t in self._public[:PROTOTYPE_PUBLIC]], sigma, os_seeded_generator("cpu")) if self.main else None)
+            model, trainer.enc, [r.text for r in records], [intent_id[r.intent] for r in records],
+            [served_text(t, redact=False) for t in self.pretrain_texts[:PROTOTYPE_PUBLIC]], sigma,
+            os_seeded_generator("cpu")) if trainer.main else None)
         with torch.no_grad():
-            self.model.score.weight.copy_(weight.to(self.model.score.weight))
-        self.state.extra["privacy"]["prototype"] = {"noise_multiplier": sigma}  # in the history as (σ, 1.0, 1)
+            model.score.weight.copy_(weight.to(model.score.weight))
+        self.record["prototype"] = {"noise_multiplier": sigma}  # in the history as (σ, 1.0, 1)
         self.log(f"DP prototypes: intent head from per-intent sums of unit feature vectors plus Gaussian noise "
                  f"(σ {sigma:.3f}, ε {epsilon_for([(sigma, 1.0, 1)], self.delta):.2f} alone at δ {self.delta:.1e})")
-        self._checkpoint()
+        trainer.checkpoint()
 
-    def _update_ledger(self) -> None:
-        history = [list(h) for h in self.engine.accountant.history]
-        self.state.extra["privacy"].update({
-            "noise_multiplier": self.opt.noise_multiplier, "sample_rate": self.sample_rate, "history": history,
-            "epsilon": (epsilon_for(history, self.delta) if history else 0.0) + self.p.count_epsilon,
-        })
-
-    def _checkpoint(self) -> None:
-        if hasattr(self, "engine"):
-            self._update_ledger()
-        super()._checkpoint()
-
-    def _optimizer_to_save(self):
-        return getattr(self.opt, "original_optimizer", self.opt)
-
-    def _batch(self, idx: list[int]):
-        """One sequence per sampled record: a view of its text, its intent position and reply labels."""
-        intent_id = {n: i for i, n in enumerate(self.model.intents)}
-        seqs, labels, pos, ys = [], [], [], []
-        for i in idx:
-            r = self.train_records[i]
-            rng = random.Random(f"{self.t.seed}-dp-{self.state.step}-{i}")  # per record: the same on any rank
-            ids, lab, at = self.enc.joint(self.view(i, r, rng), r.intent, r.reply if self.t.reply_weight > 0 else None,
-                                          self.spec.settings.max_reply_tokens)
-            seqs.append(ids), labels.append(lab), pos.append(at), ys.append(intent_id[r.intent])
-        b = self.enc.pad_batch(seqs, labels)
-        b = {k: v.to(self.device) for k, v in b.items()}
-        return b, torch.tensor(pos, device=self.device), torch.tensor(ys, device=self.device)
-
-    def per_record_loss(self, b, pos, y) -> torch.Tensor:
-        """Intent CE + reply_weight × mean reply-token CE, one value per record."""
-        intent_logits, lm_logits = self.dp_model(b["input_ids"], b["attention_mask"], position_ids(b["attention_mask"]), pos)
-        loss = F.cross_entropy(intent_logits, y, reduction="none", label_smoothing=self.t.label_smoothing)
-        labels = b["labels"][:, 1:]
-        tok = F.cross_entropy(lm_logits[:, :-1].reshape(-1, lm_logits.shape[-1]), labels.reshape(-1),
-                              reduction="none", ignore_index=-100).view(labels.shape)
-        n_tok = (labels != -100).sum(1)
-        reply = tok.sum(1) / n_tok.clamp_min(1)
-        return loss + self.t.reply_weight * reply
-
-    def _finetune_epoch(self) -> None:
-        steps_per_epoch = len(self.loader)
-        if self.state.batch >= steps_per_epoch:
-            return  # resumed from a checkpoint taken at this epoch's last step: nothing left to do
-        total = steps_per_epoch * self.t.epochs
-        last = math.nan
-        bar = tqdm(total=steps_per_epoch, initial=self.state.batch, disable=not self.progress,
-                   desc=f"DP fine-tune {self.state.epoch + 1}/{self.t.epochs}")
-        with BatchMemoryManager(data_loader=self.loader, max_physical_batch_size=self.p.physical_batch,
+    # ---------------------------------------------------------------- each step
+    def batches(self):
+        """This epoch's Poisson samples of record indices, in physical parts (`privacy.physical_batch`)."""
+        with BatchMemoryManager(data_loader=self.loader, max_physical_batch_size=self.settings.physical_batch,
                                 optimizer=self.opt) as loader:
             for (idx,) in loader:
-                for g in self.opt.param_groups:
-                    g["lr"] = _lr(self.state.step - self.state.stage_start, total, self.t.learning_rate)
-                if len(idx):
-                    b, pos, y = self._batch(idx.tolist())
-                    if self.bk:
-                        with self.bk.recording():
-                            per_record = self.per_record_loss(b, pos, y)
-                        self.bk.backward(per_record)
-                    else:
-                        per_record = self.per_record_loss(b, pos, y)
-                        DPTensorFastGradientClipping(self.dp_model, self.opt, per_record, "mean").backward()
-                    last = per_record.mean().item()
-                else:  # an empty Poisson batch: the step adds noise only, as DP-SGD prescribes
-                    for p in self.opt.params:
-                        if p.grad is None:
-                            p.grad = torch.zeros_like(p)
-                self.opt.step()
-                self.opt.zero_grad()
-                if self.opt._is_last_step_skipped:
-                    continue
-                self.state.step += 1
-                self.state.batch += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{last:.3f}", eps=f"{self.engine.get_epsilon(self.delta):.2f}")
-                if self.t.checkpoint_every and self.state.step % self.t.checkpoint_every == 0:
-                    self._checkpoint()
-                if self.state.batch >= steps_per_epoch:
-                    break  # right after a logical step: asking the loader for more would queue a skip signal
-        bar.close()
+                yield idx.tolist()
 
-    # ---------------------------------------------------------------- saving
-    def _save_final(self) -> None:
-        if getattr(self, "bk", None):
+    def batch(self, trainer, idx: list[int]):
+        """One joint sequence per sampled record: a view of its text, its intent position and reply labels."""
+        intent_id = {n: i for i, n in enumerate(trainer.model.intents)}
+        reply_weight, seqs, labels, pos, ys = trainer.training.reply_weight, [], [], [], []
+        for i in idx:
+            r = trainer.train_records[i]
+            rng = random.Random(f"{trainer.training.seed}-dp-{trainer.state.step}-{i}")  # the same on any rank
+            ids, lab, at = trainer.enc.joint(trainer.view(i, r, rng), r.intent, r.reply if reply_weight > 0 else None,
+                                             self.spec.settings.max_reply_tokens)
+            seqs.append(ids), labels.append(lab), pos.append(at), ys.append(intent_id[r.intent])
+        b = {k: v.to(trainer.device) for k, v in trainer.enc.pad_batch(seqs, labels).items()}
+        return b, torch.tensor(pos, device=trainer.device), torch.tensor(ys, device=trainer.device)
+
+    def step(self, trainer, idx: list[int]) -> bool:
+        """Clip each sampled record's gradient; on a Poisson sample's last part add the noise and step. True when
+        a step was taken (an empty sample is a step too: noise only, as DP-SGD and the accountant assume)."""
+        if idx:
+            b, pos, y = self.batch(trainer, idx)
+            args = (b, pos, y, trainer.training.reply_weight, trainer.training.label_smoothing)
+            if self.bk:
+                with self.bk.recording():
+                    losses = per_record_loss(self.dp_model, *args)
+                self.bk.backward(losses)
+            else:
+                losses = per_record_loss(self.dp_model, *args)
+                DPTensorFastGradientClipping(self.dp_model, self.opt, losses, "mean").backward()
+            self.last_loss = losses.mean().item()
+        else:
+            for p in self.opt.params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+        self.opt.step()
+        self.opt.zero_grad()
+        return not self.opt._is_last_step_skipped
+
+    def epsilon(self) -> float:
+        """ε spent by DP-SGD so far (the accountant's; without the noisy count's)."""
+        return self.engine.get_epsilon(self.delta)
+
+    def ledger(self) -> dict:
+        """What a checkpoint keeps: the noisy count, the prototypes' σ, and the accountant's plan and history."""
+        if self.engine:
+            history = [list(h) for h in self.engine.accountant.history]
+            self.record.update({"noise_multiplier": self.opt.noise_multiplier, "sample_rate": self.sample_rate,
+                                "history": history, "epsilon": (epsilon_for(history, self.delta) if history else 0.0)
+                                + self.settings.count_epsilon})
+        return self.record
+
+    # ---------------------------------------------------------------- after training
+    def finish(self, model) -> None:
+        """The model back in the plain GPT-2 layout (LoRA merged, Conv1D)."""
+        if self.bk:
             self.bk.close()
-        merge_lora(self.model.lm)
-        linear_to_conv1d(self.model.lm)
-        super()._save_final()
+        merge_lora(model.lm)
+        linear_to_conv1d(model.lm)
 
-    def card_counts(self) -> bool:
-        return False  # exact counts of private records are not published (COUNT_NOTE)
-
-    def card_sections(self) -> dict:
-        ledger = self.state.extra.get("privacy", {})
+    def card(self, trainer) -> dict:
+        """The model card's privacy section."""
+        p, t, ledger = self.settings, trainer.training, self.ledger()
         if "history" not in ledger:
             return {}
         epsilon_sgd = epsilon_for(ledger["history"], self.delta)
         proto = ledger.get("prototype")
         steps = sum(h[2] for h in ledger["history"]) - (1 if proto else 0)  # DP-SGD's steps; the release is apart
-        return {"privacy": {
-            "dp": True, "epsilon": epsilon_sgd + self.p.count_epsilon, "delta": self.delta,
-            "target_epsilon": self.p.target_epsilon, "epsilon_sgd": epsilon_sgd, "epsilon_count": self.p.count_epsilon,
+        return {
+            "dp": True, "epsilon": epsilon_sgd + p.count_epsilon, "delta": self.delta,
+            "target_epsilon": p.target_epsilon, "epsilon_sgd": epsilon_sgd, "epsilon_count": p.count_epsilon,
             "accountant": "Opacus PRV (Poisson-subsampled Gaussian; the noisy count's ε added by basic composition)",
             "noise_multiplier": ledger["noise_multiplier"],
-            "sample_rate": ledger["sample_rate"], "max_grad_norm": self.p.max_grad_norm, "steps": steps,
-            "epochs": self.t.epochs, "logical_batch": self.p.logical_batch, "physical_batch": self.p.physical_batch,
+            "sample_rate": ledger["sample_rate"], "max_grad_norm": p.max_grad_norm, "steps": steps,
+            "epochs": t.epochs, "logical_batch": p.logical_batch, "physical_batch": p.physical_batch,
             "processes": distributed.world(),
             "records_noisy": ledger["records_noisy"],
             "unit": ("one distinct training utterance (after normalising case and spaces) with its intent and its "
@@ -443,18 +391,17 @@ class DPTrainer(Trainer):
                      "on a keyed hash of its own text, so adding or removing it changes no other record"),
             "noise": self.noise,
             "published_counts": COUNT_NOTE,
-            "clipping": "per record, flat, ghost clipping" + (" (book-keeping: one backward pass)"
-                                                              if getattr(self, "bk", None) else ""), "lm_head": "untied from the input embeddings" + (
-                "; frozen (no reply loss)" if self.t.reply_weight <= 0 else ""),
+            "clipping": "per record, flat, ghost clipping" + (" (book-keeping: one backward pass)" if self.bk else ""),
+            "lm_head": "untied from the input embeddings" + ("; frozen (no reply loss)" if t.reply_weight <= 0 else ""),
             "trained": ("the intent head only (the prototypes); every other weight is the public base's, unchanged"
-                        if not self.t.epochs else
-                        f"LoRA adapters of rank {self.p.lora_rank} on every attention and MLP projection "
+                        if not t.epochs else
+                        f"LoRA adapters of rank {p.lora_rank} on every attention and MLP projection "
                         "(merged into the saved weights), final norm and intent head; the rest is frozen at its "
-                        "public pre-training" if self.p.lora_rank > 0 else
-                        "all parameters" + (" but the LM head" if self.t.reply_weight <= 0 else "")
-                        if self.p.train_blocks < 0 else
-                        f"top {self.p.train_blocks} transformer block(s), final norm and intent head"
-                        + (" and LM head" if self.t.reply_weight > 0 else "")
+                        "public pre-training" if p.lora_rank > 0 else
+                        "all parameters" + (" but the LM head" if t.reply_weight <= 0 else "")
+                        if p.train_blocks < 0 else
+                        f"top {p.train_blocks} transformer block(s), final norm and intent head"
+                        + (" and LM head" if t.reply_weight > 0 else "")
                         + "; the rest is frozen at its public pre-training"),
             "covers": f"the training utterances of bot '{self.spec.name}' (intent head and reply model)",
             "public_data": (f"tokenizer and LM pre-training: {self.public_path.name} (public) plus the bot's own "
@@ -466,11 +413,11 @@ class DPTrainer(Trainer):
             **({"head_init": (f"noisy per-intent prototypes: the sums of each record's whitened, unit-length features "
                               f"plus Gaussian noise (σ {proto['noise_multiplier']:.3f}, sample rate 1, one release; "
                               "whitening fitted on public text)" + (", before DP-SGD and composed with it by the "
-                                                                    "accountant" if self.t.epochs else
+                                                                    "accountant" if t.epochs else
                                                                     ", the only private step")),
                 "prototype_noise_multiplier": proto["noise_multiplier"]} if proto else {}),
             "history": ledger["history"],
-        }}
+        }
 
 
 class _EveryStepSampler(DistributedUniformWithReplacementSampler):
@@ -486,44 +433,7 @@ class _EveryStepSampler(DistributedUniformWithReplacementSampler):
 
 
 def report(model_dir: str | Path) -> str:
-    """The model's privacy guarantee in plain words, from its card."""
-    from bot.card import audit_lines, private_steps
-    from bot.model import read_card
+    """The model's privacy guarantee in plain words, with its audits: the card's sections (bot/card.py)."""
+    from bot.card import privacy_report
 
-    card = read_card(model_dir)
-    if not card:
-        raise FileNotFoundError(f"{model_dir}: no candor.json here; is this a Candor model directory?")
-    p = card.get("privacy")
-    name = card.get("bot", {}).get("name", model_dir)
-    if not p or not p.get("dp"):
-        return "\n".join([f"{name}: trained WITHOUT differential privacy. No privacy guarantee: the model may have "
-                          "memorised its training utterances. Retrain with `candor train --dp` for one.",
-                          *audit_lines(card)])
-    return "\n".join([
-        f"{name}: trained with differential privacy ("
-        + ("DP-SGD, Opacus" if p.get("epochs", 1) else "one Gaussian release of noisy per-intent prototypes") + ").",
-        f"Guarantee: (ε = {p['epsilon']:.2f}, δ = {p['delta']:.2g})-differential privacy for each training record "
-        f"({p['unit']}).",
-        f"In plain words: adding or removing any one training utterance changes the probability of getting this "
-        f"model by at most a factor of e^{p['epsilon']:.2f} ≈ {math.exp(p['epsilon']):.1f}, except with probability "
-        f"{p['delta']:.2g}.",
-        *([f"ε = {p['epsilon_sgd']:.2f} for {private_steps(p)} + "
-           f"{p['epsilon_count']:g} for the noisy record count (about "
-           f"{p['records_noisy']} training utterances)."] if "records_noisy" in p else
-          ["This model was trained before Candor hardened its DP noise and counts (the noise may be reproducible "
-           "from the published seed; exact counts are published): retrain it for the full guarantee."]),
-        f"Covers: {p['covers']}.",
-        f"Public data (no guarantee needed): {p['public_data']}.",
-        f"Not covered: {p['not_covered']}.",
-        *([f"Randomness: {p['noise']}.", f"Published about the data: {p['published_counts']}."]
-          if "noise" in p else []),
-        *([f"Trained privately: {p['trained']}."] if p.get("trained") else []),
-        *([f"Intent head started from {p['head_init']}."] if p.get("head_init") else []),
-        (f"How: {p['accountant']} accountant; noise multiplier {p['noise_multiplier']:.3f}, sample rate "
-         f"{p['sample_rate']:.4f}, clipping norm {p['max_grad_norm']}, {p['steps']} steps over {p['epochs']} epochs "
-         f"({p['clipping']}; LM head {p['lm_head']})." if p["epochs"] else
-         f"How: {p['accountant']} accountant; no DP-SGD step: the prototype release is the only private step."),
-        "A record that repeats (the same person writing several utterances) is protected only "
-        "group-wise: k such records get at most k·ε.",
-        *audit_lines(card),
-    ])
+    return privacy_report(model_dir)

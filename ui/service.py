@@ -1,10 +1,10 @@
-"""One chat turn, served: guard → redact → classify → fallback → reply → explain → log.
+"""One chat turn, served: read → turn → log.
 
-The model is loaded once per process. Turns that arrive together are batched (`Batcher`): the turns
-that queued while the previous batch ran (at most `MAX_BATCH`; none waits for company) are classified in
-one forward pass, their replies generated in one batch (generate mode) and explained in one Captum call.
-All model work runs on the batcher's one thread (Captum hooks the shared embedding layer); redaction and
-the audit store run in each request's own thread.
+read: `safety.guard.read_message` (guard, then PII redaction), in the request's own thread. turn: bot/turn.py
+(classify → fallback → reply → explain), on the batcher's one thread (Captum hooks the shared embedding layer):
+the turns that queued while the previous batch ran (at most `MAX_BATCH`; none waits for company) are classified
+in one forward pass, their replies generated in one batch (generate mode) and explained in one Captum call. log:
+the audit store, in the request's thread.
 
 Conversations live in the audit store, not in the process: each turn reads its session's turns from
 the store, and its audit row is the new turn, so replicas on one database act as one bot.
@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import queue
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from bot.dialogue import Bot, Conversation
 from bot.model import model_version
 from bot.spec import Turn
 from bot.store import AuditStore
+from bot.turn import Answer, turns
 from explain.attribution import N_STEPS, IntentExplainer
 from safety.guard import MAX_CHARS, read_message
 from safety.pii import UNCHECKED, redact_text, warm_up
@@ -68,44 +68,21 @@ class Cancelled(Exception):
     """The client went away (its tab closed): the turn stops and nothing is logged."""
 
 
+def _gone(cancel: threading.Event | None) -> bool:
+    return cancel is not None and cancel.is_set()
+
+
 def _stream(on_text, cancel):
     """The reply-so-far callback of one turn; raises Cancelled between tokens once `cancel` is set."""
     if on_text is None and cancel is None:
         return None
 
     def text_out(so_far: str) -> None:
-        if cancel is not None and cancel.is_set():
+        if _gone(cancel):
             raise Cancelled()
         if on_text:
             on_text(so_far)
     return text_out
-
-
-@dataclass
-class Answer:
-    """What the app and the API return for one turn (all text already redacted)."""
-
-    turn_id: int
-    text: str  # the message as the bot read it: guarded and redacted
-    redacted: list[str]  # entity types replaced
-    reply: str
-    intent: str
-    confidence: float
-    fallback: bool
-    fallback_reason: str | None
-    ranking: list[tuple[str, float]]
-    attributions: list[tuple[str, float | None]]  # (word, score in [-1, 1]) for the chosen intent; None: not read
-    explanation_delta: float
-    model_version: str
-    distance: float | None = None  # to the training examples (bot/neighbours.py); None: the model has no index
-    distance_threshold: float | None = None
-    extra: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("turn_id", "text", "redacted", "reply", "intent", "confidence",
-                                              "fallback", "fallback_reason", "ranking", "attributions",
-                                              "explanation_delta", "model_version", "distance",
-                                              "distance_threshold")}
 
 
 class ChatService:
@@ -117,7 +94,7 @@ class ChatService:
         self.store = AuditStore(audit_db, redact_text, cacheable=lambda redacted: f"<{UNCHECKED}>" not in redacted)
         self.version = model_version(model_dir, self.bot.card)
         self.max_chars = max_chars
-        self.batcher = Batcher(self._model_batch)
+        self.batcher = Batcher(self._turns)
         warm_up()
 
     @property
@@ -137,53 +114,38 @@ class ChatService:
 
     def respond(self, message: str, session: str, on_text=None, cancel: threading.Event | None = None) -> Answer:
         """Raises safety.guard.Rejected for a message the bot will not read, Cancelled once `cancel` is set."""
-        red = read_message(message, self.max_chars)
-        conv = self.conversation(session)
-        result, explanation = self.batcher.submit((red.text, conv, on_text, cancel))
-        words = [(w.word, round(w.score, 4) if w.read else None) for w in explanation.words]  # None: never read
-        if explanation.context:  # the earlier turns the classifier read, as one item before the words
-            words.insert(0, (explanation.context.word, round(explanation.context.score, 4)))
-        turn_id = self.store.log(session=session, text=red.text, reply=result.reply, intent=result.intent,
-                                 confidence=result.confidence, fallback=result.fallback,
-                                 fallback_reason=result.fallback_reason, attributions=words,
-                                 model_version=self.version)
-        return Answer(turn_id, red.text, red.found, result.reply, result.intent, result.confidence, result.fallback,
-                      result.fallback_reason, result.ranking[:5], words, explanation.delta, self.version,
-                      result.distance, result.distance_threshold)
+        served = read_message(message, self.max_chars)
+        answer = self.batcher.submit((served, self.conversation(session), _stream(on_text, cancel), cancel))
+        answer.model_version = self.version
+        answer.turn_id = self.store.log(session=session, text=answer.text, reply=answer.reply, intent=answer.intent,
+                                        confidence=answer.confidence, fallback=answer.fallback,
+                                        fallback_reason=answer.fallback_reason, attributions=answer.attributions,
+                                        model_version=self.version)
+        return answer
 
-    def _model_batch(self, items: list) -> list:
-        """Model work for several turns: one classification pass, each reply, one Captum call.
-        Returns (TurnResult, Explanation) per item, or the exception for that item."""
-        out: list = [None] * len(items)
-        live = [i for i, (_, _, _, cancel) in enumerate(items) if not (cancel is not None and cancel.is_set())]
-        for i in set(range(len(items))) - set(live):
-            out[i] = Cancelled()
-        contexts = {i: self.bot.context(items[i][1]) for i in live}  # before the turn joins its conversation
+    def _turns(self, items: list) -> list:
+        """The batcher's work: the turns of several (served message, conversation, stream, cancel) in one batch
+        (bot/turn.py). An Answer or the exception for each item; a turn whose client went away (before or while
+        it ran) is Cancelled: a reply nobody received is no turn, neither logged nor kept."""
+        live = [i for i, (_, _, _, cancel) in enumerate(items) if not _gone(cancel)]
         try:
-            turns = self.bot.turns([items[i][0] for i in live], [items[i][1] for i in live],
-                                   [_stream(items[i][2], items[i][3]) for i in live]) if live else []
+            answers = self._run([items[i] for i in live]) if live else []
         except Exception:  # noqa: BLE001 - one turn's failure must not fail the others: one at a time
-            turns = [self._one_turn(*items[i]) for i in live]
-        results = {}
-        for i, turn in zip(live, turns):
-            if isinstance(turn, BaseException):  # this item's stream stopped (Cancelled); the others go on
-                out[i] = turn
-            else:
-                results[i] = turn
-        done = [i for i in live if i in results]
-        explanations = self.explainer.explain_batch([items[i][0] for i in done], [results[i].intent for i in done],
-                                                    [contexts[i] for i in done]) if done else []
-        for i, explanation in zip(done, explanations):
-            cancel = items[i][3]
-            if cancel is not None and cancel.is_set():
-                out[i] = Cancelled()  # a reply nobody received is no turn: neither logged nor kept
-            else:
-                out[i] = (results[i], explanation)
+            answers = [self._run_one(items[i]) for i in live]
+        out: list = [Cancelled() for _ in items]
+        for i, answer in zip(live, answers):
+            if not _gone(items[i][3]):
+                out[i] = answer
         return out
 
-    def _one_turn(self, text, conv, on_text, cancel):
+    def _run(self, items: list) -> list:
+        return turns(self.bot, [served.text for served, _, _, _ in items], [conv for _, conv, _, _ in items],
+                     [served.found for served, _, _, _ in items], explain=self.explainer.explain_batch,
+                     on_texts=[stream for _, _, stream, _ in items])
+
+    def _run_one(self, item):
         try:
-            return self.bot.turn(text, conv, on_text=_stream(on_text, cancel))
+            return self._run([item])[0]
         except Exception as e:  # noqa: BLE001 - handed to this turn's caller
             return e
 

@@ -15,14 +15,15 @@ from pathlib import Path
 
 import gradio as gr
 
-from bot.evaluate import other_rules
+from bot.card import Card, Privacy
 from bot.spec import EARLIER
 from bot.store import Filter
+from bot.turn import Answer
 from explain.render import LEGEND
 from safety.guard import Rejected
 from ui.auth import Access, gradio_user
 from ui.http import locked_message
-from ui.service import Answer, ChatService
+from ui.service import ChatService
 
 EXAMPLES = ["I want to cancel my order", "where is my package?", "how do I get a refund",
             "my card 4111 1111 1111 1111 was charged twice, email me at jo@example.com"]
@@ -58,8 +59,8 @@ def decision_markdown(a: Answer) -> str:
     if a.distance is not None:
         lines.append(f"**Distance to the training examples:** {a.distance:.3f} (the bot falls back as unfamiliar "
                      f"beyond {a.distance_threshold:.3f})")
-    if a.redacted:
-        lines.append(f"Redacted before logging: {', '.join(sorted(set(a.redacted)))}")
+    if a.redacted_types:
+        lines.append(f"Redacted before logging: {', '.join(sorted(set(a.redacted_types)))}")
     if a.attributions and a.attributions[0][0] == EARLIER:
         lines.append(f"**{EARLIER}:** the classifier read your earlier message(s) before this one; its colour is how "
                      "much it pushed toward the intent, on the same scale as the words.")
@@ -106,9 +107,8 @@ def _table(rows: list[dict]) -> list[list]:
 def build(service: ChatService, access: Access) -> gr.Blocks:
     name = service.card.get("bot", {}).get("name", "bot")
     with gr.Blocks(title=f"Candor · {name}", css=CSS, analytics_enabled=False) as app:
-        privacy = service.card.get("privacy") or {}
-        guarantee = (f" Trained with differential privacy: ε = {privacy['epsilon']:.2f}, δ = {privacy['delta']:.2g}."
-                     if privacy.get("dp") else "")
+        privacy = Privacy.of(service.card)  # the guarantee is worded by the card alone (bot/card.py)
+        guarantee = f" {privacy.headline()}." if privacy.dp else ""
         gr.Markdown(f"# Candor · {html.escape(name)}\nEvery reply comes with the words that chose its intent. "
                     f"{HEADER_PRIVACY}{guarantee}", elem_id="header")
         with gr.Tabs():
@@ -293,42 +293,15 @@ def _audit_tab(service: ChatService, access: Access) -> None:
     json_btn.click(None, filters, None, js=export_js("json"), api_name=False)
 
 
-def _eval_summary(reports: Path) -> str:
+def _lowest_f1(reports: Path, k: int = 5) -> str:
+    """The intents with the lowest test F1, from `candor eval`'s per-intent report (the card keeps no per-intent data)."""
     path = reports / "intent_report.json"
     if not path.is_file():
         return ""
     report = json.loads(path.read_text(encoding="utf-8"))
-    s = report.get("summary", {})
-    worst = sorted(((k, v["f1-score"]) for k, v in report.items() if isinstance(v, dict) and "confused_with" in v),
-                   key=lambda kv: kv[1])[:5]
-    rows = [f"| test examples | {s.get('test_examples', '?')} |",
-            f"| accuracy (intent, without fallback) | {s.get('accuracy', 0):.3f} |",
-            *([f"| answered correctly (with fallback) | {s['accuracy_with_fallback']:.3f} |"]
-              if "accuracy_with_fallback" in s else []),
-            f"| macro-F1 | {s.get('macro_f1', 0):.3f} |", f"| fallback rate | {s.get('fallback_rate', 0):.3f} |",
-            *([f"| expected calibration error | {s['ece']:.3f} |"] if "ece" in s else []),
-            *([f"| distance rule: threshold / in-scope share beyond it | {s['distance_threshold']:g} / "
-               f"{s['unfamiliar_rate']:.3f} |"] if "distance_threshold" in s else [])]
-    if s.get("oos_examples"):
-        rows.append(f"| out-of-scope recall ({s['oos_examples']} questions) | {s.get('oos_recall', 0):.2f} |")
-        if s.get("auroc") is not None:
-            rows.append(f"| AUROC, in scope vs out of scope | {s['auroc']:.3f} |")
-        if s.get("distance_auroc") is not None:
-            rows.append(f"| AUROC of the distance rule alone | {s['distance_auroc']:.3f} |")
-        sug = s.get("suggested_threshold")
-        if sug and not sug["confidence_threshold"]:
-            rows.append(f"| threshold for OOS recall ≥ {sug['target_oos_recall']:g} | none needed ({other_rules(s)} "
-                        f"{sug['oos_recall']:.2f}) |")
-        elif sug:
-            rows.append(f"| threshold for OOS recall ≥ {sug['target_oos_recall']:g} | {sug['confidence_threshold']:g} "
-                        f"({'applied' if sug.get('applied') else 'suggested'}; in-scope answered correctly "
-                        f"{sug['accuracy_with_fallback']:.3f}) |")
-    replies = s.get("replies")
-    if replies:
-        rows += [f"| replies, {way}: ROUGE-L / repetition ({replies['examples']} references) | "
-                 f"{m['rouge_l']:.3f} / {m['repetition']:.3f} |" for way, m in replies.items() if isinstance(m, dict)]
-    return ("## Evaluation (`candor eval`)\n| metric | value |\n|---|---|\n" + "\n".join(rows)
-            + "\n\nLowest F1: " + ", ".join(f"`{k}` {v:.2f}" for k, v in worst))
+    worst = sorted(((n, v["f1-score"]) for n, v in report.items() if isinstance(v, dict) and "confused_with" in v),
+                   key=lambda kv: kv[1])[:k]
+    return "Lowest F1: " + ", ".join(f"`{n}` {f1:.2f}" for n, f1 in worst) if worst else ""
 
 
 def _adversarial_examples(reports: Path, k: int = 8) -> str:
@@ -354,26 +327,22 @@ def _adversarial_examples(reports: Path, k: int = 8) -> str:
 
 
 def _model_tab(service: ChatService) -> None:
-    from bot.card import render, robustness_table
-    from safety.privacy import report
-
-    gr.Markdown(render(service.card, robustness=False) if service.card else "No model card found.",
-                elem_id="model-card")
-    gr.Markdown("## The privacy guarantee in plain words\n" + "\n\n".join(f"> {line}" for line in
-                                                                        report(service.model_dir).splitlines()),
-                elem_id="model-privacy")
-    reports = service.model_dir / "reports"
-    robustness = service.card.get("robustness")
-    gr.Markdown("## Robustness\n" + (robustness_table(robustness) + "\n\n" + _adversarial_examples(reports)
-                                     if robustness else "No robustness report for this model yet: run "
-                                     f"`candor attack {service.model_dir}`."), elem_id="model-robustness")
+    """The model card's sections (bot/card.py), each shown once: the card, the privacy guarantee with its audits,
+    robustness (with examples of the attacks that worked) and evaluation (with its plots)."""
+    if not service.card:
+        gr.Markdown("No model card found.", elem_id="model-card")
+        return
+    card, reports = Card.of(service.card), service.model_dir / "reports"
+    gr.Markdown(card.markdown(("model", "training", "limitations")), elem_id="model-card")
+    gr.Markdown(card.markdown(("privacy", "audits"), title=False), elem_id="model-privacy")
+    gr.Markdown(card.robustness.markdown() + ("\n\n" + _adversarial_examples(reports) if card.robustness.report else ""),
+                elem_id="model-robustness")
     plots = sorted(reports.glob("*.png")) if reports.is_dir() else []
-    summary = _eval_summary(reports)
-    if summary:
-        gr.Markdown(summary, elem_id="model-eval")
+    if card.evaluation.metrics:
+        gr.Markdown("\n\n".join(filter(None, [card.evaluation.markdown(), _lowest_f1(reports)])), elem_id="model-eval")
     if plots:
         with gr.Row():
             for p in plots:
                 gr.Image(str(p), label=p.stem.replace("_", " "), show_download_button=True, interactive=False)
-    if not summary:
+    if not card.evaluation.metrics:
         gr.Markdown(f"Run `candor eval {service.model_dir}` to add test metrics and plots here.")

@@ -11,6 +11,26 @@ from safety.recipes import UnavailableRecipe, check, table
 from ui.verbs.evaluate import bot_file_for
 
 
+def add_arguments(p) -> None:
+    from ui.verbs import add_model
+
+    add_model(p)
+    p.add_argument("--recipe", default="deepwordbug,pruthi,pwws",
+                   help="comma-separated recipes (default deepwordbug,pruthi,pwws; see --list)")
+    p.add_argument("-n", type=int, default=200, help="test messages to attack (default 200; the same for every recipe)")
+    p.add_argument("--time-budget", type=float, help="seconds for the whole run, shared by the recipes; stops cleanly "
+                                                     "and reports what was attacked")
+    p.add_argument("--query-budget", type=int, help="model queries per message at most (default: the recipe's own)")
+    p.add_argument("--bot", help="bot YAML whose 'test:' section to attack (default: the one it was trained from)")
+    p.add_argument("--seed", type=int, default=0, help="which test messages, and the recipes' random choices")
+    p.add_argument("--list", action="store_true", help="list TextAttack's recipes: which run offline, and why not")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def run(args) -> int:
+    return attack(args)
+
+
 def test_set(model: str | Path, given: str | None):
     """The test examples to attack: from `given`, else the bot file the model was trained from."""
     card = read_card(model)

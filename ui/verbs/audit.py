@@ -8,9 +8,37 @@ from pathlib import Path
 from bot import card as cards
 from bot.io import atomic_write_json
 from bot.spec import OUT_OF_SCOPE, load_bot, normalize
+from ui.verbs import add_model
 
 MEMBERSHIP_JSON, MEMBERSHIP_PNG = "membership.json", "membership.png"
 CANARIES_JSON, CANARIES_PNG = "canaries.json", "canaries.png"
+
+
+def add_arguments(p) -> None:
+    audits = p.add_subparsers(dest="audit_verb", required=True, metavar="AUDIT")
+    ca = audits.add_parser("canaries", help="plant random secrets, train with and without DP, measure their exposure")
+    ca.add_argument("bot", help="bot YAML to train from")
+    ca.add_argument("--repeats", default="0,1,4,16",
+                    help="times each canary is planted; 0: controls, never planted (default 0,1,4,16)")
+    ca.add_argument("--per-level", type=int, default=2, help="canaries per repeat count (default 2)")
+    ca.add_argument("--digits", type=int, default=7, help="digits in each secret (default 7: 10^7 possible)")
+    ca.add_argument("--candidates", type=int, default=5000, help="random secrets to rank against (default 5000)")
+    ca.add_argument("--modes", default="plain,dp", help="trainings to audit: plain, dp or both (default plain,dp)")
+    ca.add_argument("--epsilon", type=float, default=8.0, help="target ε of the DP training (default 8)")
+    ca.add_argument("--epochs", type=int, help="fine-tuning epochs (default: the bot file's)")
+    ca.add_argument("--intent", help="intent the canary records are labelled with (default: the first)")
+    ca.add_argument("-o", "--out", help="folder for the report and the two models (default audits/BOT-canaries)")
+    ca.add_argument("--card", help="model directory whose card gets the result")
+    ca.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    me = audits.add_parser("membership", help="loss-threshold membership inference on a trained model")
+    add_model(me)
+    me.add_argument("--bot", help="the bot file it was trained from (default: the one named in its card)")
+    me.add_argument("-n", type=int, default=1000, help="members and non-members scored, each (default 1000)")
+    me.add_argument("--seed", type=int, default=0)
+
+
+def run(args) -> int:
+    return canaries(args) if args.audit_verb == "canaries" else membership(args)
 
 
 # ---------------------------------------------------------------- canaries
@@ -20,7 +48,6 @@ def canaries(args) -> int:
     from bot.train import Trainer
     from safety import canaries as can
     from safety.guard import served_text
-    from safety.privacy import DPTrainer
 
     modes = args.modes.split(",")
     if not modes or set(modes) - {"plain", "dp"}:
@@ -56,7 +83,7 @@ def canaries(args) -> int:
               f"({sum(1 for c in secrets_ if c.repeats)} canaries, {sum(1 for c in secrets_ if not c.repeats)} controls): "
               f"{'DP-SGD at target ε ' + str(args.epsilon) if mode == 'dp' else 'no DP'} ==", flush=True)
         t0 = time.time()
-        trainer = (DPTrainer if mode == "dp" else Trainer)(
+        trainer = Trainer(  # DP-SGD when s.privacy.enabled
             s, out / mode, progress=not args.quiet, read=served_text, extra_records=can.planted(secrets_, planted_in),
             log=(lambda *a: None) if args.quiet else print)
         model_dir = trainer.run()
@@ -190,7 +217,3 @@ def plot_roc(results: list[dict], path: Path, labels: list[str] | None = None) -
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def audit(args) -> int:
-    return canaries(args) if args.audit_verb == "canaries" else membership(args)

@@ -4,9 +4,22 @@ from __future__ import annotations
 import sys
 
 from bot.dialogue import Bot, Conversation
+from bot.turn import turn
 from safety.guard import Rejected, read_message
 
 HELP = "Type a message. /reset starts a new conversation, /quit (or Ctrl-D) leaves."
+
+
+def add_arguments(p) -> None:
+    from ui.verbs import add_model
+
+    add_model(p)
+    p.add_argument("--mode", choices=["template", "generate"], help="override the bot's response mode")
+    p.add_argument("--device", default="cpu")
+
+
+def run(args) -> int:
+    return chat(args)
 
 
 def chat(args, stdin=None, stdout=None) -> int:
@@ -30,11 +43,11 @@ def chat(args, stdin=None, stdout=None) -> int:
             print("(new conversation)", file=stdout)
             continue
         try:
-            text = read_message(text).text  # as served: normalised, PII redacted
+            r = turn(bot, text, conversation, read=read_message)  # as served: normalised, PII redacted first
         except Rejected as e:
             print(f"     [not sent: {e}]", file=stdout, flush=True)
             continue
-        r = bot.turn(text, conversation)
+        conversation.turns.append(r.as_turn())
         print(f"bot> {r.reply}", file=stdout)
         flag = f"FALLBACK ({r.fallback_reason})" if r.fallback else "no fallback"
         far = "" if r.distance is None else f", distance {r.distance:.3f} (unfamiliar beyond {r.distance_threshold:.3f})"

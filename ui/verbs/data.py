@@ -5,6 +5,22 @@ from bot import importers
 from bot.spec import dump_bot, load_bot
 
 
+def add_arguments(p) -> None:
+    actions = p.add_subparsers(dest="data_verb", required=True, metavar="ACTION")
+    v = actions.add_parser("validate", help="check a bot file; problems are reported as FILE:LINE")
+    v.add_argument("file")
+    i = actions.add_parser("import", help="convert csv, banking77, bitext, sgd or rasa data into a bot file")
+    i.add_argument("format", choices=["csv", "banking77", "bitext", "sgd", "rasa"])
+    i.add_argument("source", nargs="+", help="file or folder (sgd: one or more folders; rasa: nlu.yml [domain.yml])")
+    i.add_argument("-o", "--out", required=True, help="bot YAML to write")
+    i.add_argument("--name", help="bot name")
+    i.add_argument("--services", help="sgd: comma-separated services to keep, e.g. Banks_1,Banks_2")
+
+
+def run(args) -> int:
+    return validate(args) if args.data_verb == "validate" else import_(args)
+
+
 def validate(args) -> int:
     spec, problems = load_bot(args.file, strict=False)
     for p in problems:

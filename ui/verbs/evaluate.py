@@ -1,4 +1,4 @@
-"""`candor eval [MODEL_DIR]`"""
+"""`candor eval [MODEL]`"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,6 +9,7 @@ from bot.evaluate import FILES, OOS_FILE, evaluate as run_eval, other_rules, rep
 from bot.io import atomic_write_json
 from bot.spec import Example, demo_bot_path, load_bot
 from safety.guard import served_text
+from ui.verbs import add_model, count
 
 
 def bot_file_for(card: dict, given: str | None) -> Path:
@@ -24,7 +25,25 @@ def bot_file_for(card: dict, given: str | None) -> Path:
 REPLY_FILE = "reply_report.json"
 
 
-def evaluate(args) -> int:
+def add_arguments(p) -> None:
+    add_model(p)
+    p.add_argument("--bot", help="bot YAML whose 'test:' section to use (default: the one it was trained from)")
+    p.add_argument("-o", "--out", help="report directory (default: <model>/reports)")
+    p.add_argument("--no-redact", action="store_true", help="read the test messages without PII redaction, to "
+                   "measure what redaction costs (reports go to <model>/reports/no-redaction; the card is untouched)")
+    p.add_argument("--target-oos-recall", type=float, default=0.8, metavar="R",
+                   help="suggest the confidence threshold at which this share of the out-of-scope test questions "
+                        "falls back (default 0.8); written to the report, applied only with --apply-threshold")
+    p.add_argument("--replies", action="store_true",
+                   help="also measure replies against the test set's held-out reference replies (`reply:`): ROUGE-L "
+                        "and repetition for template, grounded, generated and generate-mode replies")
+    p.add_argument("--reply-limit", type=count, default=200, metavar="N",
+                   help="with --replies: at most this many test examples (0: all of them; default 200)")
+    p.add_argument("--apply-threshold", action="store_true",
+                   help="serve with the suggested threshold: write it to the model's settings (its card)")
+
+
+def run(args) -> int:
     bot = Bot(args.model)
     source = bot_file_for(bot.card, args.bot)
     spec, _ = load_bot(source)

@@ -8,7 +8,13 @@ from safety.guard import Rejected, guard
 from safety.pii import NerUnavailable, ner_name, redact as run_redact
 
 
-def redact(args) -> int:
+def add_arguments(p) -> None:
+    p.add_argument("text", nargs="*", help="messages (default: one per line on standard input)")
+    p.add_argument("--json", action="store_true", help="one JSON object per message: stored text, types, spans")
+    p.add_argument("-v", "--verbose", action="store_true", help="also list the types found")
+
+
+def run(args) -> int:
     texts = args.text or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not texts:
         print("candor redact: give a message, or lines on standard input", file=sys.stderr)

@@ -1,29 +1,50 @@
-"""`candor serve [MODEL_DIR]` — the web app (trains the demo bot first when there is no model yet)."""
+"""`candor serve [MODEL]` — the web app (trains the demo bot first when there is no model yet)."""
 from __future__ import annotations
 
 import os
 import sys
-from argparse import Namespace
 from pathlib import Path
 
 from ui.auth import Access, AuthError, OneTimeSignIn, check_binding, checker, read_users
+from ui.verbs import DEFAULT_MODEL, add_model
 
 
-def serve(args) -> int:
+def add_arguments(p) -> None:
+    add_model(p, default=None, help=f"model directory (default: {DEFAULT_MODEL}, trained first if missing)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (anything but localhost needs --auth-file)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--auth-file", help="sign-in users, one user:password per line; enables the audit tab")
+    p.add_argument("--audit-db", help="SQLite file or SQLAlchemy URL (default: <model>.audit.sqlite)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--explain-steps", type=int, default=32, help="integration steps per explanation")
+    p.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
+
+
+def train_demo(out: Path) -> None:
+    """The bundled demo bot trained into `out` as `candor train -o OUT --resume` trains it (continuing from its
+    checkpoints after an interruption)."""
+    from bot.spec import demo_bot_path, load_bot
+    from bot.train import train
+    from safety.guard import served_text
+    from ui.verbs.train import views
+
+    spec, _ = load_bot(demo_bot_path())
+    train(spec, out, resume=True, views=views(spec), read=served_text)
+
+
+def run(args) -> int:
     try:
         users = read_users(args.auth_file) if args.auth_file else None
         check_binding(args.host, users)
     except AuthError as e:
         print(f"candor serve: {e}", file=sys.stderr)
         return 1
-    model = Path(args.model)
+    model = Path(args.model or DEFAULT_MODEL)
     if not (model / "model.safetensors").is_file():
-        if args.model_given:
+        if args.model is not None:
             raise FileNotFoundError(f"{model}: not a trained model directory (no model.safetensors)")
         print(f"{model} does not exist yet: training the demo bot first (a few minutes on a laptop CPU)")
-        from ui.verbs.train import train
-        train(Namespace(bot=None, out=str(model), resume=True, device="auto", epochs=None, pretrain_epochs=None,
-                        seed=None, base=None, checkpoint_every=None, keep_checkpoints=False, quiet=False, dp=False))
+        train_demo(model)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from starlette.middleware import Middleware
 

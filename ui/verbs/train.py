@@ -6,10 +6,94 @@ import sys
 from pathlib import Path
 
 from bot import distributed
-from bot.spec import OUT_OF_SCOPE, BotFileError, Problem, check_robustness, demo_bot_path, load_bot
+from bot.spec import OUT_OF_SCOPE, BotFileError, BotSpec, Problem, check_robustness, demo_bot_path, load_bot
 from bot.train import checkpoint_dir
 from bot.train import train as run_training
 from safety.guard import served_text
+
+# The bot-file settings the command line overrides: (section, field, help[, argparse keywords]). Each becomes
+# --field-name (or the keywords' "flag") of the field's type; "{default}" in a help shows the field's default.
+TRAINING = (("training", "epochs", "fine-tuning epochs (overrides the bot file)"),
+            ("training", "pretrain_epochs", "LM pre-training epochs (offline default only)"),
+            ("training", "seed", "random seed (overrides the bot file)"),
+            ("model", "base", "'scratch', a hub id (gpt2, distilgpt2, microsoft/DialoGPT-small) or a local directory"),
+            ("training", "checkpoint_every", "steps between checkpoints"))
+PRIVACY = (("privacy", "enabled", "train with DP-SGD", {"flag": "--dp"}),
+           ("privacy", "target_epsilon", "ε to reach over the planned epochs (default {default})"),
+           ("privacy", "delta", "δ (default: 1/(10·N), below 1/N)"),
+           ("privacy", "max_grad_norm", "per-record clipping norm C (default {default})"),
+           ("privacy", "logical_batch", "expected records per step (default {default})"),
+           ("privacy", "physical_batch", "records per forward pass, for memory (default {default})"),
+           ("privacy", "lora_rank", "train peft LoRA adapters of this rank (+ intent head) instead of all weights; "
+                                    "merged into the saved model (default {default}: off)"),
+           ("privacy", "head_init", "prototype: start the intent head from noisy per-intent prototypes of the public "
+                                    "base's features (one Gaussian release, accounted with DP-SGD; with --epochs 0 "
+                                    "the only private step); default {default}", {"choices": ["random", "prototype"]}),
+           ("privacy", "prototype_share", "share of the ε (after the count) the prototypes alone would spend "
+                                          "(default {default})"),
+           ("privacy", "public_corpus", "public text/CSV/bot file for the tokenizer and LM pre-training (default: "
+                                        "the bundled BANKING77 text)"))
+ROBUSTNESS = (("robustness", "augment", "augmented views of the training records, e.g. charswap,typo (charswap, typo, "
+                                        "deletion, swap, synonym, eda)"),
+              ("robustness", "augment_share", "chance that a record is seen augmented in a step (default {default})"),
+              ("robustness", "adversarial", "adversarial training: after the clean epochs, attack a share of the "
+                                            "training records each epoch and train on the adversarial examples that "
+                                            "succeed"),
+              ("robustness", "adversarial_recipe", "{default} (default), pruthi or pwws"))
+OVERRIDES = TRAINING + PRIVACY + ROBUSTNESS
+
+
+def _names(value: str) -> list[str]:
+    """argparse type of a list setting: comma-separated names."""
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _flag(override) -> str:
+    _, name, _, *keywords = override
+    return (keywords[0] if keywords else {}).get("flag", "--" + name.replace("_", "-"))
+
+
+def add_overrides(parser, overrides) -> None:
+    """A flag per (section, field, help[, keywords]), typed as the bot file's field (a list: comma-separated names; a
+    bool: a switch), None unless given."""
+    defaults = BotSpec(name="", intents={}, fallback="")
+    for override in overrides:
+        section, name, help, *keywords = override
+        keywords = {k: v for k, v in (keywords[0] if keywords else {}).items() if k != "flag"}
+        default = getattr(getattr(defaults, section), name)
+        if isinstance(default, bool):
+            keywords.update(action="store_true", default=None)
+        else:
+            keywords["type"] = _names if isinstance(default, list) else type(default)
+        parser.add_argument(_flag(override), **keywords,
+                            help=help.format(default=f"{default:g}" if isinstance(default, float) else default))
+
+
+def apply_overrides(spec: BotSpec, args, overrides=OVERRIDES) -> None:
+    """The flags given (not None) into the bot file's settings."""
+    for override in overrides:
+        value = getattr(args, _flag(override).lstrip("-").replace("-", "_"))
+        if value is not None:
+            setattr(getattr(spec, override[0]), override[1], value)
+
+
+def add_arguments(p) -> None:
+    p.add_argument("bot", nargs="?", help="bot YAML file (default: the bundled demo bot)")
+    p.add_argument("-o", "--out", help="model directory (default: models/<bot name>)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
+    add_overrides(p, TRAINING)
+    p.add_argument("--keep-checkpoints", action="store_true", help="keep <out>.checkpoints/ after success")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--nproc", type=int, default=1, help="data-parallel training processes on this machine (torchrun; "
+                                                       "same result as one process for the same batch; README)")
+    add_overrides(p.add_argument_group("differential privacy (DP-SGD with Opacus; or `privacy:` in the bot file)"),
+                  PRIVACY)
+    robustness = p.add_argument_group("robustness (TextAttack; or `robustness:` in the bot file)")
+    add_overrides(robustness, ROBUSTNESS)
+    robustness.add_argument("--attack-report", action="store_true",
+                            help="after training, attack the new model (deepwordbug, pruthi, pwws on 200 test "
+                                 "messages) and put the table in its model card")
 
 
 def launch(nproc: int, argv: list[str]) -> int:
@@ -27,11 +111,11 @@ def launch(nproc: int, argv: list[str]) -> int:
                             "-m", "ui.cli", *rest])
 
 
-def train(args) -> int:
-    if getattr(args, "nproc", 1) < 1:
+def run(args) -> int:
+    if args.nproc < 1:
         raise SystemExit("candor train: --nproc must be at least 1")
-    if getattr(args, "nproc", 1) > 1 and not distributed.requested():
-        return launch(args.nproc, getattr(args, "argv", sys.argv[1:]))
+    if args.nproc > 1 and not distributed.requested():
+        return launch(args.nproc, args.argv)
     main = distributed.is_main()
     say = print if main else (lambda *a, **k: None)
     path = Path(args.bot) if args.bot else demo_bot_path()
@@ -39,41 +123,18 @@ def train(args) -> int:
     warnings = [p for p in problems if p.severity == "warning"]
     if warnings:
         say(f"{path}: {len(warnings)} warning(s); first: {warnings[0]}  (see `candor data validate {path}`)")
-    for flag, section, key in (("epochs", "training", "epochs"), ("pretrain_epochs", "training", "pretrain_epochs"),
-                               ("seed", "training", "seed"), ("checkpoint_every", "training", "checkpoint_every"),
-                               ("base", "model", "base")):
-        if getattr(args, flag) is not None:
-            setattr(getattr(spec, section), key, getattr(args, flag))
-    for flag, key in (("target_epsilon", "target_epsilon"), ("delta", "delta"), ("max_grad_norm", "max_grad_norm"),
-                      ("logical_batch", "logical_batch"), ("physical_batch", "physical_batch"),
-                      ("public_corpus", "public_corpus"), ("lora_rank", "lora_rank"),
-                      ("head_init", "head_init"), ("prototype_share", "prototype_share")):
-        if getattr(args, flag, None) is not None:
-            setattr(spec.privacy, key, getattr(args, flag))
-    if args.dp:
-        spec.privacy.enabled = True
-    for flag, key in (("augment", "augment"), ("augment_share", "augment_share"),
-                      ("adversarial_recipe", "adversarial_recipe")):
-        if getattr(args, flag, None) is not None:
-            setattr(spec.robustness, key, [a.strip() for a in args.augment.split(",") if a.strip()]
-                    if flag == "augment" else getattr(args, flag))
-    if getattr(args, "adversarial", False):
-        spec.robustness.adversarial = True
+    apply_overrides(spec, args)
     problems = check_robustness(spec, file=f"{path} with the command line's options")
-    if getattr(args, "attack_report", False) and not any(e.intent != OUT_OF_SCOPE for e in spec.test):
+    if args.attack_report and not any(e.intent != OUT_OF_SCOPE for e in spec.test):
         problems.append(Problem(str(path), None, "error", "--attack-report needs in-scope examples under 'test:' "
                                                           "to attack"))
     if problems:
         raise BotFileError(problems)
-    trainer_cls = None
-    if spec.privacy.enabled:
-        from safety.privacy import DPTrainer
-        trainer_cls = DPTrainer
     out = Path(args.out or Path("models") / spec.name)
     say(f"training '{spec.name}': {len(spec.intents)} intents, {len(spec.examples)} examples -> {out} "
         f"(checkpoints in {checkpoint_dir(out)})")
     run_training(spec, out, resume=args.resume, device=args.device, progress=not args.quiet,
-                 keep_checkpoints=args.keep_checkpoints, trainer_cls=trainer_cls,
+                 keep_checkpoints=args.keep_checkpoints,
                  views=views(spec, progress=not args.quiet and main, log=say), read=served_text)
     if not main:
         return 0

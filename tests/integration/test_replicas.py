@@ -11,7 +11,7 @@ from bot.store import AuditStore
 from tests.conftest import free_port, start_server
 from ui.service import ChatService
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 KEY = "replicas-share-this-session-key"
 
 

@@ -85,11 +85,11 @@ def test_the_distance_rule_on_a_small_fixed_example(tmp_path):
     assert far > index.threshold
     probs = torch.tensor([0.9, 0.1])
     d = decide(probs, ["a", "b"], Settings(), distance=far, distance_threshold=index.threshold)
-    assert d.fallback and d.reason == "unfamiliar" and d.distance == pytest.approx(far)
+    assert d.fallback and d.fallback_reason == "unfamiliar" and d.distance == pytest.approx(far)
     near = decide(probs, ["a", "b"], Settings(), distance=0.0, distance_threshold=index.threshold)
     assert not near.fallback and near.distance_threshold == index.threshold
     assert decide(torch.tensor([0.2, 0.1, 0.7][:2]), ["a", "b"], Settings(), distance=far,
-                  distance_threshold=index.threshold).reason == "low_confidence"  # named first, as before
+                  distance_threshold=index.threshold).fallback_reason == "low_confidence"  # named first, as before
 
 
 def test_the_trained_distance_rule_is_fitted_served_and_evaluated(trained_tiny_distance, tmp_path, capsys):
@@ -132,7 +132,7 @@ def test_the_trained_distance_rule_is_fitted_served_and_evaluated(trained_tiny_d
     assert float(away.median()) > float(inside.median())
     d = bot.classify("what's the population of the moon colony")
     assert d.distance is not None and d.distance_threshold == bot.neighbours.threshold
-    assert d.fallback == (d.reason is not None) and (d.reason == "unfamiliar") == (
+    assert d.fallback == (d.fallback_reason is not None) and (d.fallback_reason == "unfamiliar") == (
         d.confidence >= spec.settings.confidence_threshold and d.distance > d.distance_threshold)
 
     source = tmp_path / "b.yaml"
@@ -192,7 +192,7 @@ def test_the_attack_report_decides_with_the_distance_rule(trained_tiny_distance)
 
     for text in ("cancel my order", "what's the population of the moon colony", "zzzz qqqq"):
         d, served = wrapper.decision(text, bot.settings), bot.classify(read_message(text).text)  # read as a turn is
-        assert (d.intent, d.fallback, d.reason) == (served.intent, served.fallback, served.reason)
+        assert (d.intent, d.fallback, d.fallback_reason) == (served.intent, served.fallback, served.fallback_reason)
         assert d.distance == pytest.approx(served.distance, abs=1e-6)
     assert wrapper.decision("   ", bot.settings) is None  # refused by the served input path: no decision
 

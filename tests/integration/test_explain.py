@@ -82,12 +82,36 @@ def test_cli_three_output_forms(trained_tiny, tmp_path, capsys):
     assert main(["explain", "cancel my order please", "-m", str(trained_tiny)]) == 0
     out = capsys.readouterr().out
     assert "intent: cancel_order" in out and "convergence delta" in out
+    assert main(["explain", str(trained_tiny), "cancel my order please"]) == 0  # MODEL positional, as every verb
+    assert capsys.readouterr().out == out
     assert main(["explain", "cancel my order please", "-m", str(trained_tiny), "--json", "--reply"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["intent"] == "cancel_order" and len(data["words"]) == 4 and data["reply"]["words"]
     page = tmp_path / "e.html"
     assert main(["explain", "cancel my order please", "-m", str(trained_tiny), "--html", str(page)]) == 0
     assert "Intent <code>cancel_order</code>" in page.read_text()
+
+
+def test_cli_explains_the_decision_the_served_bot_makes_on_the_redacted_text(bot, trained_tiny, tmp_path, capsys):
+    """`candor explain` reads a message as a served turn does (safety.guard.read_message: guard, then PII
+    redaction), so it explains the decision the served bot makes, never one on the raw text."""
+    from ui.service import ChatService
+
+    message = "hi, my name is Ngozi Okafor, my card 4111 1111 1111 1111 was charged twice"
+    served = ChatService(trained_tiny, str(tmp_path / "audit.sqlite")).respond(message, "s")
+    assert main(["explain", message, "-m", str(trained_tiny), "--json"]) == 0
+    out = capsys.readouterr().out
+    data = json.loads(out)
+    assert data["text"] == served.text == "hi, my name is <PERSON>, my card <CREDIT_CARD> was charged twice"
+    assert "Ngozi" not in out and "4111" not in out
+    assert data["intent"] == data["predicted"] == served.intent
+    assert data["confidence"] == pytest.approx(served.confidence, abs=1e-5)
+    assert [(w["word"], round(w["score"], 4)) for w in data["words"]] == [
+        (w, pytest.approx(s, abs=1e-3)) for w, s in served.attributions]
+    assert "Ngozi" in [w.word for w in IntentExplainer(bot.model, bot.enc).explain(message).words]  # the raw text
+    # would be another input, which the served bot never reads
+    assert main(["explain", message, "-m", str(trained_tiny), "--no-colour"]) == 0
+    assert "read as: hi, my name is <PERSON>, my card <CREDIT_CARD> was charged twice" in capsys.readouterr().out
 
 
 def test_cli_evaluate_prints_faithfulness_table(trained_tiny, tiny_bot_file, capsys):
@@ -150,7 +174,7 @@ def test_earlier_turns_the_classifier_read_are_explained_as_one_item(bot):
     e = ex.explain(text, context=earlier)
     p = predict_proba(bot.model, bot.enc, [text], contexts=[earlier])[0]
     assert e.predicted == bot.model.intents[int(p.argmax())] and e.confidence == pytest.approx(float(p.max()), abs=1e-5)
-    assert e.context is not None and e.context.word == EARLIER and abs(e.context.raw) > 1e-3 and e.delta < 0.05
+    assert e.earlier_turns is not None and e.earlier_turns.word == EARLIER and abs(e.earlier_turns.raw) > 1e-3 and e.delta < 0.05
     # F(baseline): every text token, the earlier turn's included, replaced by the mean embedding; role tokens kept
     ids = torch.tensor([bot.enc.classify(text, earlier)])
     x = bot.model.lm.get_input_embeddings()(ids).detach()
@@ -159,14 +183,14 @@ def test_earlier_turns_the_classifier_read_are_explained_as_one_item(bot):
     with torch.no_grad():
         base = bot.model.intent_probs(None, torch.ones_like(ids), x)[0, bot.model.intents.index(e.intent)]
     assert e.baseline_probability == pytest.approx(float(base), abs=1e-5)
-    assert sum(w.raw for w in e.words) + e.context.raw == pytest.approx(e.attribution_sum, abs=1e-5)
+    assert sum(w.raw for w in e.words) + e.earlier_turns.raw == pytest.approx(e.attribution_sum, abs=1e-5)
     assert abs(e.attribution_sum - (e.confidence - e.baseline_probability)) <= e.delta + 1e-5
-    assert max(abs(w.score) for w in [*e.words, e.context]) == pytest.approx(1.0)
+    assert max(abs(w.score) for w in [*e.words, e.earlier_turns]) == pytest.approx(1.0)
     # batched with and without earlier turns: each as one at a time
     alone = ex.explain(text)
     both = ex.explain_batch([text, text], contexts=[earlier, []])
-    assert alone.context is None and both[1].context is None
+    assert alone.earlier_turns is None and both[1].earlier_turns is None
     assert [w.raw for w in both[1].words] == pytest.approx([w.raw for w in alone.words], abs=1e-5)
-    assert both[0].context.raw == pytest.approx(e.context.raw, abs=1e-5)
+    assert both[0].earlier_turns.raw == pytest.approx(e.earlier_turns.raw, abs=1e-5)
     assert float(predict_proba(bot.model, bot.enc, [text])[0].max()) == pytest.approx(alone.confidence, abs=1e-5)
     assert EARLIER in render.terminal(e, colour=False) and EARLIER in render.html_report(e)

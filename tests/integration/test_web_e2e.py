@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import free_port, in_ci, start_server
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = Path(os.environ.get("CANDOR_SCREENSHOTS", ROOT / "test-artifacts" / "screenshots"))
 USER, PASSWORD = "reviewer", "correct-horse-battery"

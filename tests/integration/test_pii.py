@@ -158,7 +158,7 @@ def test_candor_redact_shows_what_would_be_stored():
     import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     res = subprocess.run([sys.executable, "-m", "ui.cli", "redact", "--json", "I'm Ann Lee, PIN 4821"], cwd=root,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr

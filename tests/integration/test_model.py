@@ -74,5 +74,5 @@ def test_damaged_or_pickled_model_files_are_refused_with_a_clear_message(trained
     with pytest.raises(ModelFileError, match="not a complete safetensors file"):
         load(model)
     res = subprocess.run([sys.executable, "-m", "ui.cli", "eval", str(model)], capture_output=True, text=True,
-                         timeout=300, cwd=Path(__file__).resolve().parents[1])
+                         timeout=300, cwd=Path(__file__).resolve().parents[2])
     assert res.returncode == 1 and "not a complete safetensors file" in res.stderr and "Traceback" not in res.stderr

@@ -7,7 +7,7 @@ import pytest
 
 from ui.auth import SIGNIN_COOKIE, Access, Account, AuthError, OneTimeSignIn, check_binding, checker, read_users
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_localhost_needs_no_sign_in_but_anywhere_else_does():

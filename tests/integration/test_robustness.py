@@ -21,11 +21,11 @@ from bot.spec import ADVERSARIAL_RECIPES, AUGMENTERS, load_bot
 from bot.train import Trainer
 from safety.attack_report import Outcome, summarise
 from safety.guard import read_message
-from safety.privacy import DPTrainer
+from safety.privacy import DPSGD
 from safety.recipes import offline
 from tests.conftest import tiny_bot_dict
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # Installed in a child process before anything else: any attempt to resolve a host name or open an
 # internet socket is recorded and refused; the child exits 3 if there was one.
@@ -246,14 +246,17 @@ def test_augmented_views_replace_records_one_for_one(tmp_path):
     assert trainer.state.batch == -(-len(seen) // spec.training.batch_size)
 
 
-class _Counting(DPTrainer):
-    """Records, for every DP batch, how many records were sampled and how many sequences were built, and
-    every text the batches were built from."""
+class _Counting(DPSGD):
+    """Records, for every DP batch, how many records were sampled and how many sequences were built."""
 
-    def _batch(self, idx):
-        b, pos, y = super()._batch(idx)
-        self.sizes.append((len(idx), b["input_ids"].shape[0]))
+    def batch(self, trainer, idx):
+        b, pos, y = super().batch(trainer, idx)
+        trainer.sizes.append((len(idx), b["input_ids"].shape[0]))
         return b, pos, y
+
+
+class _Seeing(Trainer):
+    """Records every text the DP batches were built from."""
 
     def view(self, index, record, rng):
         text = super().view(index, record, rng)
@@ -266,8 +269,8 @@ def _dp_run(tmp_path, **robustness):
 
     spec = _spec(tmp_path, dp=True, epochs=3, **robustness)
     logs = []
-    trainer = _Counting(spec, tmp_path / "m", progress=False, log=logs.append,
-                        views=views(spec, progress=False, log=logs.append))
+    trainer = _Seeing(spec, tmp_path / "m", progress=False, log=logs.append,
+                      views=views(spec, progress=False, log=logs.append), privacy=_Counting(spec, log=logs.append))
     trainer.sizes, trainer.seen = [], []
     out = trainer.run()
     return trainer, read_card(out), logs
@@ -316,8 +319,8 @@ def test_a_resumed_adversarial_epoch_trains_on_the_same_examples(tmp_path):
     spec.training.checkpoint_every = 1
 
     class Crash(Trainer):
-        def _step(self, loss, total):
-            super()._step(loss, total)
+        def _stepped(self):
+            super()._stepped()
             if self.state.stage == "finetune" and self.state.batch == 2:
                 raise RuntimeError("killed mid-epoch")
 

@@ -22,10 +22,12 @@ from bot.dialogue import Bot, Conversation
 from bot.model import read_card
 from bot.spec import ModelSettings, Turn, load_bot
 from safety.gpt2_dp import add_lora, conv1d_to_linear, linear_to_conv1d, merge_lora, position_ids, train_top, untie
-from safety.privacy import DPTrainer, default_delta
+from bot.spec import BotFileError
+from bot.train import Trainer
+from safety.privacy import DPSGD, default_delta, per_record_loss
 from tests.conftest import TINY_MODEL, dp_bot_file, tiny_bot_dict
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RECORDS = [Record("cancel my order", "a", "Sure, cancelled."), Record("where is my parcel now", "b", "On its way."),
            Record("refund", "c", "Refund started for you today."), Record("hi, cancel the order please", "a", "Done.")]
 
@@ -51,9 +53,7 @@ def _batch(enc, records):
 
 
 def _per_record_loss(module, b, pos, y):
-    trainer = DPTrainer.__new__(DPTrainer)  # only its loss function is used
-    trainer.dp_model, trainer.t = module, type("T", (), {"reply_weight": 0.5, "label_smoothing": 0.0})()
-    return trainer.per_record_loss(b, pos, y)
+    return per_record_loss(module, b, pos, y, reply_weight=0.5)
 
 
 def _oracle_grads(model, enc, records):
@@ -245,7 +245,7 @@ def _dp_bot(tmp_path, epochs=3):
 
 def test_reported_epsilon_is_opacus_accountants(tmp_path):
     spec, _ = load_bot(_dp_bot(tmp_path))
-    trainer = DPTrainer(spec, tmp_path / "m", progress=False, log=lambda *a: None)
+    trainer = Trainer(spec, tmp_path / "m", progress=False, log=lambda *a: None)
     out = trainer.run()
     p = read_card(out)["privacy"]
     steps = trainer.state.step
@@ -253,7 +253,7 @@ def test_reported_epsilon_is_opacus_accountants(tmp_path):
     acc.history = [(p["noise_multiplier"], p["sample_rate"], p["steps"])]
     # the stated ε = the accountant's ε for DP-SGD + the noisy count's ε (basic composition)
     assert p["epsilon_sgd"] == pytest.approx(acc.get_epsilon(p["delta"]), rel=1e-9)
-    assert p["epsilon_sgd"] == pytest.approx(trainer.engine.get_epsilon(p["delta"]), rel=1e-9)
+    assert p["epsilon_sgd"] == pytest.approx(trainer.privacy.engine.get_epsilon(p["delta"]), rel=1e-9)
     assert p["epsilon"] == pytest.approx(p["epsilon_sgd"] + p["epsilon_count"]) and p["epsilon_count"] == 0.05
     assert p["epsilon"] <= 8.0 + 0.05 and p["epsilon"] > 6.0
     assert p["steps"] == 3 * round(1 / p["sample_rate"]) and steps > p["steps"]  # pre-training steps come first
@@ -265,10 +265,30 @@ def test_reported_epsilon_is_opacus_accountants(tmp_path):
     assert (tmp_path / "public.txt").name in p["public_data"]
 
 
+def test_train_honours_privacy_enabled_in_the_bot_file(tmp_path, monkeypatch):
+    """`bot.train.train(spec)` on a DP bot file trains with DP-SGD (found through the `candor.privacy` entry point)
+    and states the accountant's ε; with no DP engine installed it refuses rather than train without DP."""
+    from bot import train as training
+
+    spec, _ = load_bot(_dp_bot(tmp_path, epochs=1))
+    assert spec.privacy.enabled
+    out = training.train(spec, tmp_path / "m", progress=False, log=lambda *a: None)
+    p = read_card(out)["privacy"]
+    acc = PRVAccountant()
+    acc.history = [tuple(h) for h in p["history"]]
+    assert p["dp"] and p["steps"] > 0
+    assert p["epsilon"] == pytest.approx(acc.get_epsilon(p["delta"]) + p["epsilon_count"], rel=1e-9)
+    assert 0 < p["epsilon"] <= spec.privacy.target_epsilon
+    monkeypatch.setattr(training, "entry_points", lambda **kw: [])
+    with pytest.raises(RuntimeError, match="no DP-SGD engine"):
+        training.train(spec, tmp_path / "m2", progress=False, log=lambda *a: None)
+    assert not (tmp_path / "m2").exists()
+
+
 def test_dp_card_publishes_no_exact_counts(tmp_path):
     spec, _ = load_bot(_dp_bot(tmp_path, epochs=1))
     spec.settings.distance_quantile = 0.99  # asked for: refused below
-    trainer = DPTrainer(spec, tmp_path / "m", progress=False, log=lambda *a: None)
+    trainer = Trainer(spec, tmp_path / "m", progress=False, log=lambda *a: None)
     card = read_card(trainer.run())
     assert all("examples" not in i for i in card["intents"].values())
     assert not {"train_examples", "validation_examples", "reply_examples"} & set(card["training"])
@@ -278,7 +298,7 @@ def test_dp_card_publishes_no_exact_counts(tmp_path):
     # each record is protected on its own: trained, and so served, without other records as earlier turns
     assert spec.settings.classify_context == 1 and card["settings"]["classify_context"] == 0
     assert card["training"]["conversation"] == {"earlier_turns_read": 0}
-    assert Bot(tmp_path / "m").context(Conversation([Turn("cancel my order", "ok", "cancel_order")])) == []
+    assert Bot(tmp_path / "m").earlier_turns(Conversation([Turn("cancel my order", "ok", "cancel_order")])) == []
     # no index of the private records' features for the distance rule (the guarantee covers the weights only)
     assert spec.settings.distance_quantile > 0 and not (tmp_path / "m" / "neighbours.safetensors").exists()
     assert card["training"]["distance_rule"]["enabled"] is False and "not cover" in card["training"]["distance_rule"]["why"]
@@ -300,7 +320,7 @@ def test_dp_noise_cannot_be_replayed_from_the_seed(tmp_path):
     spec, _ = load_bot(_dp_bot(tmp_path, epochs=1))
     weights = []
     for k in range(2):
-        trainer = DPTrainer(spec, tmp_path / f"m{k}", progress=False, log=lambda *a: None)
+        trainer = Trainer(spec, tmp_path / f"m{k}", progress=False, log=lambda *a: None)
         out = trainer.run()
         from safetensors.torch import load_file
         weights.append(load_file(str(out / "model.safetensors"))["score.weight"])
@@ -309,19 +329,21 @@ def test_dp_noise_cannot_be_replayed_from_the_seed(tmp_path):
 
 
 def test_reply_weight_zero_freezes_the_lm_head_under_dp(tmp_path):
-    class Spy(DPTrainer):
-        def start_finetune(self):
-            self.head_before = self.model.lm.get_output_embeddings().weight.detach().clone()
-            self.score_before = self.model.score.weight.detach().clone()
-            super().start_finetune()
+    before = {}
+
+    class Spy(DPSGD):
+        def start(self, trainer):
+            before["head"] = trainer.model.lm.get_output_embeddings().weight.detach().clone()
+            before["score"] = trainer.model.score.weight.detach().clone()
+            super().start(trainer)
 
     spec, _ = load_bot(_dp_bot(tmp_path, epochs=1))
     spec.training.reply_weight = 0.0
-    trainer = Spy(spec, tmp_path / "m", progress=False, log=lambda *a: None)
+    trainer = Trainer(spec, tmp_path / "m", progress=False, log=lambda *a: None, privacy=Spy(spec, log=lambda *a: None))
     trainer.run()
     head = trainer.model.lm.get_output_embeddings().weight
-    assert not head.requires_grad and torch.equal(head.detach(), trainer.head_before)  # no noise-only updates
-    assert not torch.equal(trainer.model.score.weight.detach(), trainer.score_before)  # the intent head did train
+    assert not head.requires_grad and torch.equal(head.detach(), before["head"])  # no noise-only updates
+    assert not torch.equal(trainer.model.score.weight.detach(), before["score"])  # the intent head did train
     assert "frozen" in read_card(tmp_path / "m")["privacy"]["lm_head"]
 
 
@@ -334,10 +356,10 @@ def test_an_empty_poisson_batch_is_a_noise_only_step(tmp_path, monkeypatch):
     monkeypatch.setattr(privacy, "noisy_count", lambda n, epsilon: n)
     spec, _ = load_bot(_dp_bot(tmp_path, epochs=1))
     spec.privacy.logical_batch, spec.privacy.physical_batch = 1, 16  # one physical batch per step
-    trainer = DPTrainer(spec, tmp_path / "m", progress=False, log=lambda *a: None)
+    trainer = Trainer(spec, tmp_path / "m", progress=False, log=lambda *a: None)
     empty = []
-    real = trainer._batch
-    trainer._batch = lambda idx: empty.append(False) or real(idx)
+    real = trainer.privacy.batch
+    trainer.privacy.batch = lambda trainer_, idx: empty.append(False) or real(trainer_, idx)
     trainer.run()
     p = read_card(tmp_path / "m")["privacy"]
     assert p["steps"] == round(1 / p["sample_rate"]) > len(empty)  # steps without a batch: the empty ones
@@ -345,16 +367,17 @@ def test_an_empty_poisson_batch_is_a_noise_only_step(tmp_path, monkeypatch):
 
 def test_resume_at_an_epochs_last_step_takes_no_extra_step(tmp_path):
     spec, _ = load_bot(_dp_bot(tmp_path, epochs=2))
-    trainer = DPTrainer(spec, tmp_path / "m", progress=False, log=lambda *a: None)
+    trainer = Trainer(spec, tmp_path / "m", progress=False, log=lambda *a: None)
     trainer._setup(resume=False)
     trainer.state.stage, trainer.state.epoch = "finetune", 0
-    trainer.prepare_model()
+    trainer._finetuned_model()
     trainer.opt = trainer._optimizer()
-    trainer.start_finetune()
-    trainer.state.batch = len(trainer.loader)  # a checkpoint taken right after the epoch's last step
-    step, history = trainer.state.step, list(trainer.engine.accountant.history)
+    trainer.privacy.start(trainer)
+    assert trainer.privacy.steps_per_epoch == len(trainer.privacy.loader)
+    trainer.state.batch = trainer.privacy.steps_per_epoch  # a checkpoint taken right after the epoch's last step
+    step, history = trainer.state.step, list(trainer.privacy.engine.accountant.history)
     trainer._finetune_epoch()
-    assert trainer.state.step == step and trainer.engine.accountant.history == history
+    assert trainer.state.step == step and trainer.privacy.engine.accountant.history == history
 
 
 def test_joint_sequence_keeps_the_served_prefix_when_the_utterance_is_long():
@@ -370,7 +393,7 @@ def test_joint_sequence_keeps_the_served_prefix_when_the_utterance_is_long():
 
 def test_tokenizer_and_pretraining_never_see_private_text(tmp_path):
     spec, _ = load_bot(_dp_bot(tmp_path))
-    trainer = DPTrainer(spec, tmp_path / "m", progress=False)
+    trainer = Trainer(spec, tmp_path / "m", progress=False)
     seen = " ".join(trainer.tokenizer_corpus() + trainer.pretrain_texts())
     private = [e.text for e in spec.examples]
     assert not any(t in seen for t in private if len(t) > 12)
@@ -396,13 +419,13 @@ def test_resume_continues_the_privacy_ledger(tmp_path):
                 state = json.loads((ckpt / json.loads(pointer.read_text())["dir"] / "state.json").read_text())
             except (FileNotFoundError, json.JSONDecodeError):
                 continue
-            if state["stage"] == "finetune" and state["extra"].get("privacy", {}).get("history"):
+            if state["stage"] == "finetune" and state["privacy"].get("history"):
                 break
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not out.exists()
-    done_before = sum(h[2] for h in state["extra"]["privacy"]["history"])
+    done_before = sum(h[2] for h in state["privacy"]["history"])
     assert done_before > 0
     res = subprocess.run(cmd + ["-o", str(out), "--resume"], env=env, cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
@@ -414,7 +437,7 @@ def test_resume_continues_the_privacy_ledger(tmp_path):
         acc.history = [tuple(h) for h in p["history"]]
         assert p["epsilon"] == pytest.approx(acc.get_epsilon(p["delta"]) + p["epsilon_count"], rel=1e-9)
     a, b = read_card(tmp_path / "ref")["privacy"], read_card(out)["privacy"]
-    ledger = state["extra"]["privacy"]
+    ledger = state["privacy"]
     # the resumed run keeps the checkpoint's noisy count, noise and sample rate (the count is released once)
     assert b["records_noisy"] == ledger["records_noisy"] and b["noise_multiplier"] == ledger["noise_multiplier"]
     assert b["sample_rate"] == ledger["sample_rate"]
@@ -432,18 +455,18 @@ def test_privacy_report_says_when_there_is_no_guarantee(trained_tiny, capsys):
     assert "WITHOUT differential privacy" in capsys.readouterr().out
 
 
-class _NoNoise(DPTrainer):
+class _NoNoise(DPSGD):
     """The DP data path with σ = 0 (no guarantee at all): isolates the plumbing from the noise."""
 
-    def start_finetune(self):
-        super().start_finetune()
+    def start(self, trainer):
+        super().start(trainer)
         self.opt.noise_multiplier = 0.0
         self.engine.get_epsilon = lambda *a: 0.0
 
-    def _update_ledger(self):
-        pass
+    def ledger(self):
+        return self.record
 
-    def card_sections(self):
+    def card(self, trainer):
         return {}
 
 
@@ -458,7 +481,8 @@ def test_dp_plumbing_without_noise_learns_the_intents(tmp_path, monkeypatch):
     spec, _ = load_bot(path)
     spec.privacy.enabled, spec.privacy.logical_batch, spec.privacy.physical_batch = True, 16, 16
     spec.privacy.public_corpus = str(path)
-    trainer = _NoNoise(spec, tmp_path / "m", progress=False, log=lambda *a: None)
+    trainer = Trainer(spec, tmp_path / "m", progress=False, log=lambda *a: None,
+                      privacy=_NoNoise(spec, log=lambda *a: None))
     trainer.run()
     accuracy = [h["val_accuracy"] for h in trainer.state.history]
     assert accuracy[-1] >= 0.75, accuracy  # 4 intents: chance is 0.25
@@ -489,7 +513,7 @@ def test_imported_responses_are_private_under_dp_unless_declared_public(tmp_path
         intent.responses_source = "response column of rows.csv"
     replies = [r for i in spec.intents.values() for r in i.responses]
     logged = []
-    trainer = DPTrainer(spec, tmp_path / "m", progress=False, log=logged.append)
+    trainer = Trainer(spec, tmp_path / "m", progress=False, log=logged.append)
     assert not set(replies) & set(trainer.tokenizer_corpus())  # not authored text: not for the tokenizer
     assert not any(r.reply for r in trainer.train_records)  # nor reply training
     card = read_card(trainer.run())
@@ -499,9 +523,9 @@ def test_imported_responses_are_private_under_dp_unless_declared_public(tmp_path
 
     spec.privacy.imported_responses = "public"
     logged.clear()
-    public = DPTrainer(spec, tmp_path / "p", progress=False, log=logged.append)
+    public = Trainer(spec, tmp_path / "p", progress=False, log=logged.append)
     assert set(replies) <= set(public.tokenizer_corpus())
-    assert any("DECLARED PUBLIC" in line for line in logged) and "declared public" in public.responses_note
+    assert any("DECLARED PUBLIC" in line for line in logged) and "declared public" in public.privacy.responses_note
 
 
 def test_importers_mark_responses_taken_from_data(tmp_path):
@@ -562,7 +586,7 @@ def test_prototype_only_dp_model_is_accounted_and_says_so(tmp_path, monkeypatch)
 
     monkeypatch.setattr(safety.prototypes, "prototype_head", spy)
     spec, _ = load_bot(dp_bot_file(tmp_path, {"epochs": 0}, head_init="prototype"))
-    trainer = DPTrainer(spec, tmp_path / "m", progress=False, log=lambda *a: None)
+    trainer = Trainer(spec, tmp_path / "m", progress=False, log=lambda *a: None)
     out = trainer.run()
     from safetensors.torch import load_file
     assert torch.allclose(load_file(str(out / "model.safetensors"))["score.weight"], seen["weight"])
@@ -586,14 +610,14 @@ def test_prototype_only_dp_model_is_accounted_and_says_so(tmp_path, monkeypatch)
     # without prototypes, zero epochs cannot be private training
     spec.privacy.head_init = "random"
     with pytest.raises(ValueError, match="head_init: prototype"):
-        DPTrainer(spec, tmp_path / "m2", progress=False, log=lambda *a: None)
+        Trainer(spec, tmp_path / "m2", progress=False, log=lambda *a: None)
 
 
 def test_prototypes_then_dp_sgd_compose_within_the_target(tmp_path):
     """Prototypes, then DP-SGD with the σ that the composition of both allows: the accountant's ε over the whole
     history (the Gaussian release first) is the stated ε, within the target."""
     spec, _ = load_bot(dp_bot_file(tmp_path, {"epochs": 2}, head_init="prototype", prototype_share=0.5))
-    trainer = DPTrainer(spec, tmp_path / "m", progress=False, log=lambda *a: None)
+    trainer = Trainer(spec, tmp_path / "m", progress=False, log=lambda *a: None)
     p = read_card(trainer.run())["privacy"]
     assert p["history"][0][1:] == [1.0, 1] and len(p["history"]) >= 2
     acc = PRVAccountant()
@@ -605,7 +629,7 @@ def test_prototypes_then_dp_sgd_compose_within_the_target(tmp_path):
     for share in (0.0, 1.5):
         spec.privacy.prototype_share = share
         with pytest.raises(ValueError, match="prototype_share"):
-            DPTrainer(spec, tmp_path / "bad", progress=False, log=lambda *a: None)
+            Trainer(spec, tmp_path / "bad", progress=False, log=lambda *a: None)
 
 
 def test_dp_training_refuses_what_it_does_not_do_yet(tmp_path):
@@ -615,11 +639,14 @@ def test_dp_training_refuses_what_it_does_not_do_yet(tmp_path):
     for setting, value in (("rdrop", 1.0), ("weight_average", 0.99), ("pretrain_corpus", str(tmp_path / "p.txt")),
                            ("precision", "bf16")):
         (tmp_path / "p.txt").write_text("some public text\n")
-        spec, _ = load_bot(dp_bot_file(tmp_path, {setting: value}))
-        with pytest.raises(ValueError, match=f"training.{setting}"):
-            DPTrainer(spec, tmp_path / "m", progress=False, log=lambda *a: None)
+        with pytest.raises(BotFileError, match=f"training.{setting}"):  # by the bot file's checks ...
+            load_bot(dp_bot_file(tmp_path, {setting: value}))
+        spec, _ = load_bot(dp_bot_file(tmp_path))
+        setattr(spec.training, setting, value)
+        with pytest.raises(ValueError, match=f"training.{setting}"):  # ... which training runs again
+            Trainer(spec, tmp_path / "m", progress=False, log=lambda *a: None)
     spec, _ = load_bot(dp_bot_file(tmp_path, {"label_smoothing": 0.1}))
-    out = DPTrainer(spec, tmp_path / "m", progress=False, log=lambda *a: None).run()
+    out = Trainer(spec, tmp_path / "m", progress=False, log=lambda *a: None).run()
     assert read_card(out)["training"]["regularisation"] == {"label_smoothing": 0.1}
     card = (out / "model_card.md").read_text(encoding="utf-8")
     assert "- Intent fine-tuning: label smoothing 0.1" in card and "moving average" not in card

@@ -1,8 +1,9 @@
-"""One served chat turn: guard → redact → classify → fallback → reply → explain → log."""
+"""One served chat turn: read (guard → redact) → turn (classify → fallback → reply → explain) → log."""
 import pytest
 
+from bot.turn import Answer
 from safety.guard import Rejected
-from ui.service import Answer, ChatService
+from ui.service import ChatService
 
 
 @pytest.fixture(scope="module")
@@ -12,7 +13,7 @@ def service(trained_tiny, tmp_path_factory):
 
 def test_a_turn_is_redacted_classified_explained_and_logged(service):
     a = service.respond("cancel my order, card 4111 1111 1111 1111", "s1")
-    assert a.text == "cancel my order, card <CREDIT_CARD>" and a.redacted == ["CREDIT_CARD"]
+    assert a.text == "cancel my order, card <CREDIT_CARD>" and a.redacted_types == ["CREDIT_CARD"]
     assert a.intent == "cancel_order" and not a.fallback and 0.3 <= a.confidence <= 1
     assert [w for w, _ in a.attributions] == ["cancel", "my", "order", ",", "card", "<", "CREDIT_CARD", ">"]
     assert max(abs(s) for _, s in a.attributions) == pytest.approx(1.0)
@@ -207,6 +208,7 @@ def test_explaining_a_batch_equals_explaining_each(service):
 def test_generated_replies_are_batched_and_equal_one_at_a_time(service):
     from bot.dialogue import Conversation
     from bot.generate import fill
+    from bot.turn import turns
     from ui.service import Cancelled
 
     bot = service.bot
@@ -224,13 +226,14 @@ def test_generated_replies_are_batched_and_equal_one_at_a_time(service):
             return on_text
 
         convs = [Conversation() for _ in texts]
-        together = bot.turns(texts, convs, [stream(i) for i in range(len(texts))])
+        together = turns(bot, texts, convs, on_texts=[stream(i) for i in range(len(texts))])
     finally:
         bot.settings.response_mode = "template"
-    assert isinstance(together[1], Cancelled) and convs[1].turns == []
+    assert isinstance(together[1], Cancelled)
+    assert all(c.turns == [] for c in convs)  # the caller keeps (or logs) a turn, not bot/turn.py
     for i in (0, 2, 3):
         assert together[i].reply == single[i]  # one batch, the same replies as one at a time
-        assert [t.bot for t in convs[i].turns] == [single[i]]
+        assert together[i].as_turn().bot == single[i]
         if streamed[i]:  # the generated text as it grew; the reply is it, or (the model's own score says it is
             # poor) the authored response that replaces it
             authored = [fill(r, bot.placeholders) for r in bot.responses[together[i].intent]]

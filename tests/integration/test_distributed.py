@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from tests.conftest import dp_bot_file, free_port, tiny_bot_dict
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 
@@ -125,26 +125,28 @@ def _dp_rank(rank: int, world: int, port: int, bot: str, out: str) -> None:
 
     from bot import distributed
     from bot.spec import load_bot
-    from safety.privacy import DPTrainer
+    from bot.train import Trainer
+    from safety.privacy import per_record_loss
 
     spec, _ = load_bot(Path(bot))
-    trainer = DPTrainer(spec, Path(out) / "m", device="cpu", progress=False, log=lambda *a: None)
+    trainer = Trainer(spec, Path(out) / "m", device="cpu", progress=False, log=lambda *a: None)
+    dp = trainer.privacy
     trainer._setup(resume=False)
     trainer.state.stage = "finetune"
-    trainer.prepare_model()
+    trainer._finetuned_model()
     trainer.opt = trainer._optimizer()
-    trainer.start_finetune()
+    dp.start(trainer)
     seen = {}
     trainer.opt.original_optimizer.step = lambda *a, **k: seen.update(
         {n: p.grad.detach().clone().contiguous() for n, p in trainer.model.named_parameters() if p.grad is not None})
-    b, pos, y = trainer._batch(list(range(rank, 12, world)))  # some records on every rank
-    DPTensorFastGradientClipping(trainer.dp_model, trainer.opt, trainer.per_record_loss(b, pos, y) * 0.0,
+    b, pos, y = dp.batch(trainer, list(range(rank, 12, world)))  # some records on every rank
+    DPTensorFastGradientClipping(dp.dp_model, trainer.opt, per_record_loss(dp.dp_model, b, pos, y, 0.5) * 0.0,
                                  "mean").backward()
     trainer.opt.step()
     save_file(seen, f"{out}/noise{rank}.safetensors")
-    batch = max(1, round(trainer.n_noisy / round(1 / trainer.sample_rate)))  # the public expected logical batch
+    batch = max(1, round(dp.n_noisy / round(1 / dp.sample_rate)))  # the public expected logical batch
     (Path(out) / f"meta{rank}.json").write_text(json.dumps(
-        {"sigma": trainer.opt.noise_multiplier, "clip": trainer.p.max_grad_norm, "batch": batch}))
+        {"sigma": trainer.opt.noise_multiplier, "clip": spec.privacy.max_grad_norm, "batch": batch}))
     distributed.finish()
 
 

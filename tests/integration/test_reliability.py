@@ -21,7 +21,7 @@ from safety.pii import UNCHECKED, redact_text
 from tests.conftest import free_port, in_ci, start_server
 from ui.service import ChatService
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 PAYLOADS = [
     '<script>alert(1)</script>', '<img src=x onerror="alert(1)">', '"><svg onload=alert(1)>', "javascript:alert(1)",
@@ -63,7 +63,7 @@ HOSTILE_TURNS = 2_400 if in_ci() else 10_000
 @pytest.mark.slow
 def test_thousands_of_hostile_messages_through_the_service(trained_tiny, tmp_path, monkeypatch):
     # Rules-only redaction here to keep the turns within CI's time (NER would triple it); the spaCy NER
-    # path meets hostile text in the HTTP test below and in tests/test_pii.py.
+    # path meets hostile text in the HTTP test below and in tests/integration/test_pii.py.
     monkeypatch.setenv("CANDOR_NER", "none")
     service = ChatService(trained_tiny, str(tmp_path / "audit.sqlite"), explain_steps=2)
     intents = set(service.bot.model.intents)
