@@ -183,6 +183,7 @@ class DPSGD:
         self.tokenizer_texts = self.pretrain_texts + (  # ... and, for the tokenizer, the bot's authored text
             [r for i in self.spec.intents.values() for r in i.responses] + list(self.spec.intents) + [self.spec.fallback])
         self.engine = self.bk = None
+        self.last_loss = math.nan  # the last non-empty Poisson sample's mean loss, for the progress bar
 
     # ---------------------------------------------------------------- before fine-tuning
     def setup(self, trainer) -> None:
