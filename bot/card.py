@@ -127,7 +127,7 @@ class Training(Section):
 
     @classmethod
     def of(cls, card: dict) -> Training:
-        return cls(card["training"], bool((card.get("privacy") or {}).get("dp")))
+        return cls(card["training"], Privacy.of(card).dp)
 
     def lines(self) -> list[str]:
         t, counts = self.training, not self.private
@@ -258,7 +258,7 @@ class Audits(Section):
 
     @classmethod
     def of(cls, card: dict) -> Audits:
-        return cls(card.get("audits") or {}, bool((card.get("privacy") or {}).get("dp")))
+        return cls(card.get("audits") or {}, Privacy.of(card).dp)
 
     def lines(self) -> list[str]:
         out = []

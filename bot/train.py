@@ -860,7 +860,7 @@ def refit_distance_rule(spec: BotSpec, model_dir: str | Path, read=None, log=pri
     not touched. Refused for a model trained under DP (the rule is never fitted on private records)."""
     model_dir = Path(model_dir)
     card = models.read_card(model_dir)
-    if card.get("privacy", {}).get("dp"):
+    if cards.Privacy.of(card).dp:
         raise ValueError(f"{model_dir}: trained under DP; the distance rule is never fitted on private records")
     spec = dataclasses.replace(spec, privacy=dataclasses.replace(spec.privacy, enabled=False))  # no private step here
     trainer = Trainer(spec, model_dir.with_name(model_dir.name + ".refit"), progress=False, log=log, read=read)

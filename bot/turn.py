@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from bot.classify import Decision, decide_each, predict
+from bot.classify import Decision
 from bot.generate import fill
 from bot.spec import Turn
 
@@ -80,11 +80,9 @@ def turns(bot: Bot, texts: list[str], conversations: list[Conversation], redacte
     each, the same as one at a time. `on_texts[i](reply_so_far)` streams reply i (generate mode); if it raises,
     item i's result is that exception (and it is not explained)."""
     on_texts = on_texts or [None] * len(texts)
-    # classify: one forward pass, each message read after the earlier user turns the classifier reads
-    earlier = [bot.earlier_turns(c) for c in conversations]
-    probs, distances = predict(bot.model, bot.enc, texts, bot.neighbours, contexts=earlier)
-    # fallback: the rule of bot/classify.py (low confidence, unfamiliar, ambiguous)
-    decisions = decide_each(probs, bot.model.intents, bot.settings, distances, bot.neighbours)
+    # classify and fall back (bot/classify.py: low confidence, unfamiliar, ambiguous): one forward pass, each
+    # message read after the earlier user turns the classifier reads
+    decisions = bot.classify_batch(texts, conversations)
     # reply: the answered messages in one batch, each after its last `context_turns` turns; a fallback gets the
     # bot's fallback text
     k = bot.settings.context_turns
@@ -96,7 +94,8 @@ def turns(bot: Bot, texts: list[str], conversations: list[Conversation], redacte
     # explain: the decided intent of each message that got its reply, in one call, as the classifier read it
     done = [i for i, reply in enumerate(out) if not isinstance(reply, BaseException)]
     explanations = dict(zip(done, explain([texts[i] for i in done], [decisions[i].intent for i in done],
-                                          [earlier[i] for i in done]))) if explain and done else {}
+                                          [bot.earlier_turns(conversations[i]) for i in done]))) \
+        if explain and done else {}
     for i in done:
         out[i] = Answer(**vars(decisions[i]), text=texts[i], reply=out[i], response_mode=bot.settings.response_mode,
                         redacted_types=list(redacted_types[i]) if redacted_types else [],
