@@ -32,6 +32,7 @@ import functools
 import hashlib
 import json
 import math
+import os
 import random
 import shutil
 import tempfile
@@ -292,6 +293,11 @@ class Trainer:
         bfloat16 natively (a GPU with it; a CPU with AVX512-BF16 or AMX) and fp32 elsewhere and under DP."""
         cpu = self.device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
         native = torch.cuda.is_bf16_supported(including_emulation=False) if self.device.type == "cuda" else cpu
+        forced = os.environ.get("CANDOR_TRAINING_PRECISION", "")
+        if forced in ("fp32", "bf16") and self.training.precision != "bf16" and not self.privacy:
+            # The test suite's `--training-precision`: every run the bot file leaves in fp32/auto, except DP (fp32).
+            self.log(f"training.precision {forced}: set by CANDOR_TRAINING_PRECISION")
+            return forced
         if self.training.precision == "auto":
             return "bf16" if native and not self.privacy else "fp32"
         if self.training.precision == "bf16" and self.device.type == "cuda" and not native:

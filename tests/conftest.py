@@ -140,9 +140,18 @@ def start_server(args: list[str], cwd: Path, env: dict | None = None) -> tuple[s
     return proc, "".join(seen)
 
 
+def pytest_addoption(parser):
+    parser.addoption("--training-precision", choices=("fp32", "bf16"), default=None,
+                     help="train every model the bot file leaves in fp32 (the default) in this precision instead, "
+                          "in this process and the `candor` subprocesses alike (DP training stays fp32)")
+
+
 def pytest_configure(config):
     """Under pytest-xdist (the README's `-n 2`) two workers share the cores: each trains its in-process models on
-    one thread, so the two do not oversubscribe them (subprocesses, such as the demo bot's training, keep theirs)."""
+    one thread, so the two do not oversubscribe them (subprocesses, such as the demo bot's training, keep theirs).
+    `--training-precision` reaches every training run through the environment, subprocesses included."""
+    if config.getoption("--training-precision"):
+        os.environ["CANDOR_TRAINING_PRECISION"] = config.getoption("--training-precision")
     if os.environ.get("PYTEST_XDIST_WORKER"):
         import torch
 

@@ -364,6 +364,7 @@ def test_bf16_precision_autocasts_the_forward_passes_learns_and_ships_float32_we
             lambda m, i, o: seen.append((torch.is_grad_enabled(), o.dtype)))
         return model
 
+    monkeypatch.delenv("CANDOR_TRAINING_PRECISION", raising=False)  # this test chooses each precision itself
     monkeypatch.setattr(models, "build", probed)
     bot = tiny_bot_dict(precision="bf16")
     spec = parse_bot(yaml.safe_dump(bot), str(tmp_path / "b.yaml"))
@@ -400,5 +401,17 @@ def test_bf16_precision_autocasts_the_forward_passes_learns_and_ships_float32_we
     native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     assert Trainer(spec, tmp_path / "a", device="cpu", progress=False).precision == ("bf16" if native else "fp32")
 
+    # The suite's --training-precision (CANDOR_TRAINING_PRECISION) replaces fp32 and auto, never bf16 or DP's fp32.
+    for forced, written, want in (("bf16", "fp32", "bf16"), ("bf16", "auto", "bf16"), ("fp32", "auto", "fp32"),
+                                  ("fp32", "bf16", "bf16")):
+        monkeypatch.setenv("CANDOR_TRAINING_PRECISION", forced)
+        spec.training.precision = written
+        assert Trainer(spec, tmp_path / "a", device="cpu", progress=False).precision == want, (forced, written)
+    spec.training.precision = "auto"
     spec.privacy.enabled = True
-    assert Trainer(spec, tmp_path / "a", device="cpu", progress=False).precision == "fp32"
+    for forced in (None, "bf16"):
+        if forced:
+            monkeypatch.setenv("CANDOR_TRAINING_PRECISION", forced)
+        else:
+            monkeypatch.delenv("CANDOR_TRAINING_PRECISION")
+        assert Trainer(spec, tmp_path / "a", device="cpu", progress=False).precision == "fp32"
