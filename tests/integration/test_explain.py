@@ -103,7 +103,13 @@ def test_cli_explains_the_decision_the_served_bot_makes_on_the_redacted_text(bot
     out = capsys.readouterr().out
     data = json.loads(out)
     assert data["text"] == served.text == "hi, my name is <PERSON>, my card <CREDIT_CARD> was charged twice"
-    assert "Ngozi" not in out and "4111" not in out
+    strings = []  # every text in the output (a number such as 0.004111 may contain "4111" by chance)
+    walk = [data]
+    while walk:
+        x = walk.pop()
+        walk += list(x.values()) if isinstance(x, dict) else list(x) if isinstance(x, list) else []
+        strings += [x] if isinstance(x, str) else []
+    assert strings and not any("Ngozi" in s or "Okafor" in s or "4111" in s for s in strings)
     assert data["intent"] == data["predicted"] == served.intent
     assert data["confidence"] == pytest.approx(served.confidence, abs=1e-5)
     assert [(w["word"], round(w["score"], 4)) for w in data["words"]] == [
