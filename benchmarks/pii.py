@@ -50,11 +50,13 @@ def load(path: Path) -> list[dict]:
 
 
 def stored(text: str) -> str:
-    """What the audit store keeps of a typed message: guarded, redacted, then redacted again by the store."""
-    from safety.guard import read_message
-    from safety.pii import redact_text
+    """What the audit store keeps of a typed message: guarded, redacted, then redacted again by the store. Without
+    the spelling front end that `read_message` runs after redaction: it could turn a missed value into a nearby
+    word, which would hide a leak from this count rather than prevent it."""
+    from safety.guard import guard
+    from safety.pii import redact, redact_text
 
-    return redact_text(read_message(text).text)
+    return redact_text(redact(guard(text)).text)
 
 
 STOPWORDS = frozenset((HERE.parent / "safety" / "data" / "nltk" / "corpora" / "stopwords" / "english")

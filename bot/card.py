@@ -445,7 +445,7 @@ def robustness_table(report: dict) -> str:
                     f"{_pct(r['words_perturbed'])} | {queries} | {_pct(r['wrong_without_fallback'])} |")
     nn = report.get("natural_noise") or {}
     notes = [f"Attacked {report['model_version']} on {report['created'][:10]} through the served input path "
-             f"(normalisation, length cap, PII redaction); test messages from {report.get('test_source') or 'the bot file'}."]
+             f"({report.get('input_path', 'normalisation, length cap, PII redaction').removeprefix('as served: ')}); test messages from {report.get('test_source') or 'the bot file'}."]
     if nn.get("examples"):
         notes.append(f"Random typos, no attacker ({nn['description']}): accuracy {_pct(nn['clean_accuracy'])} → "
                      f"{_pct(nn['noisy_accuracy'])} on the same {nn['examples']} messages.")

@@ -66,10 +66,10 @@ def predict(model: DialogueModel, enc: Encoder, texts: list[str], neighbours: Ne
 
 def _probs_and_features(model, enc, texts, batch_size, contexts=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(calibrated probabilities, intent features) from one pass."""
-    features = _batched(model, enc, texts, batch_size, model.intent_features, model.score.in_features, contexts)
-    with torch.no_grad():
-        logits = model.score(features.to(model.device)).float().cpu()
-    return model.calibrated(logits), features
+    n = len(model.intents)
+    both = _batched(model, enc, texts, batch_size, lambda ids, mask: torch.cat(
+        [x.float() for x in model.intent_logits_and_features(ids, mask)], 1), n + model.score.in_features, contexts)
+    return model.calibrated(both[:, :n]), both[:, n:]
 
 
 @dataclass

@@ -1,10 +1,11 @@
 """The dialogue model: a causal LM (GPT-2 by default) with an intent head.
 
 The intent head reads the hidden state of the last token of `<|user|> text<|intent|>`, exactly as
-`GPT2ForSequenceClassification` pools, and is saved as `score.weight` beside the LM weights. So the
-saved directory loads with plain transformers both ways:
-`AutoModelForCausalLM.from_pretrained(d)` (replies) and
-`AutoModelForSequenceClassification.from_pretrained(d)` (intents).
+`GPT2ForSequenceClassification` pools, and is saved as `score.weight` beside the LM weights; to its logits it
+adds those of the message's hashed character n-grams (bot/ngrams.py; `ngrams.weight`, one row per bucket;
+`ngram_buckets` in config.json, 0 = none). So the saved directory loads with plain transformers both ways:
+`AutoModelForCausalLM.from_pretrained(d)` (replies) and `AutoModelForSequenceClassification.from_pretrained(d)`
+(intents from GPT-2's features alone: without the n-gram logits unless `ngram_buckets` is 0).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from torch import nn
 from transformers import logging as hf_logging
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase
 
+from bot import ngrams
 from bot import tokenizer as tokenizers
 from bot.io import ModelFileError
 from bot.spec import ModelSettings
@@ -26,7 +28,9 @@ CARD_JSON = "candor.json"
 
 
 class DialogueModel(nn.Module):
-    def __init__(self, lm: nn.Module, intents: list[str]):
+    def __init__(self, lm: nn.Module, intents: list[str], tokenizer: PreTrainedTokenizerBase | None = None,
+                 ngram_buckets: int = 0):
+        """`ngram_buckets` > 0 adds the n-gram logits (bot/ngrams.py), read through `tokenizer`'s tokens."""
         super().__init__()
         self.lm = lm
         if getattr(lm, "loss_type", None) is None:
@@ -37,6 +41,13 @@ class DialogueModel(nn.Module):
         cfg = lm.config
         cfg.id2label = dict(enumerate(self.intents))
         cfg.label2id = {n: i for i, n in enumerate(self.intents)}
+        cfg.ngram_buckets = ngram_buckets
+        # n-gram logits per bucket, zero at the start (so adding them changes nothing until trained)
+        self.ngrams = nn.Embedding(ngram_buckets, len(intents), padding_idx=0) if ngram_buckets else None
+        if self.ngrams is not None:
+            nn.init.zeros_(self.ngrams.weight)
+        self.words = ngrams.Buckets(tokenizer, ngram_buckets) if ngram_buckets else None
+        self.user_id = tokenizer.convert_tokens_to_ids(tokenizers.USER) if ngram_buckets else None
 
     @property
     def device(self) -> torch.device:
@@ -50,10 +61,54 @@ class DialogueModel(nn.Module):
         last = attention_mask.sum(1) - 1
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
+    def bucket_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, intent_pos: torch.Tensor | None = None,
+                   per_token: bool = False) -> torch.Tensor | None:
+        """The n-gram buckets of each row's message: the tokens after the last `<|user|>` before the row's
+        `<|intent|>` (at `intent_pos`, else the last real token). (B, M) with the message's buckets packed, or with
+        `per_token` (B, T, ngrams.PER_WORD) with each word's on its first token (for explanations); 0 = none. None
+        for a model without n-grams."""
+        if self.words is None:
+            return None
+        ends = (attention_mask.sum(1) - 1 if intent_pos is None else intent_pos).tolist()
+        rows = []
+        for row, end in zip(input_ids.tolist(), ends):
+            start = max((k for k in range(end) if row[k] == self.user_id), default=-1) + 1
+            rows.append([[]] * start + self.words.of(row, start, end))
+        if per_token:
+            return ngrams.batch(rows, input_ids.shape[1]).to(input_ids.device)
+        packed = [[b for token in row for b in token] for row in rows]
+        out = torch.zeros(len(packed), max(1, max(map(len, packed))), dtype=torch.long)
+        for i, ids in enumerate(packed):
+            out[i, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+        return out.to(input_ids.device)
+
+    def ngram_logits(self, bucket_ids: torch.Tensor, word_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """The n-gram part of the intent logits: the rows of the message's buckets summed, over the square root of
+        their number (a long message does not outvote GPT-2 by length alone). `word_weights` (B, T), with per-token
+        `bucket_ids`: each token's rows scaled (1 = as read; 0 = the explanation's baseline)."""
+        per_token = self.ngrams(bucket_ids)  # (B, M, I) or (B, T, PER_WORD, I)
+        if word_weights is not None:
+            per_token = per_token.sum(2) * word_weights.unsqueeze(-1).to(per_token.dtype)
+        n = (bucket_ids != 0).flatten(1).sum(1, keepdim=True).clamp(min=1)
+        return per_token.flatten(1, -2).sum(1) / n.sqrt()
+
     def intent_logits(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor,
-                      inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits over intents; from token ids or, for explanations, from their input embeddings."""
-        return self.score(self.intent_features(input_ids, attention_mask, inputs_embeds))
+                      inputs_embeds: torch.Tensor | None = None, bucket_ids: torch.Tensor | None = None,
+                      word_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits over intents; from token ids or, for explanations, from their input embeddings with the message's
+        per-token `bucket_ids` and `word_weights` (`ngram_logits`)."""
+        return self.intent_logits_and_features(input_ids, attention_mask, inputs_embeds, bucket_ids, word_weights)[0]
+
+    def intent_logits_and_features(self, input_ids, attention_mask, inputs_embeds=None, bucket_ids=None,
+                                   word_weights=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(intent logits, the GPT-2 features the head read: `intent_features`) from one pass."""
+        features = self.intent_features(input_ids, attention_mask, inputs_embeds)
+        logits = self.score(features)
+        if self.ngrams is not None:
+            if bucket_ids is None:
+                bucket_ids = self.bucket_ids(input_ids, attention_mask)
+            logits = logits + self.ngram_logits(bucket_ids, word_weights).to(logits.dtype)
+        return logits, features
 
     @property
     def temperature(self) -> float:
@@ -70,10 +125,10 @@ class DialogueModel(nn.Module):
         return (logits.float() / self.temperature).softmax(-1)
 
     def intent_probs(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor,
-                     inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+                     inputs_embeds: torch.Tensor | None = None, bucket_ids: torch.Tensor | None = None,
+                     word_weights: torch.Tensor | None = None) -> torch.Tensor:
         """Calibrated probabilities over intents: what the bot decides with and what explanations explain."""
-        return self.calibrated(self.intent_logits(input_ids, attention_mask) if inputs_embeds is None
-                               else self.intent_logits(None, attention_mask, inputs_embeds))
+        return self.calibrated(self.intent_logits(input_ids, attention_mask, inputs_embeds, bucket_ids, word_weights))
 
     def forward(self, input_ids, attention_mask, position_ids, intent_pos):
         """Both heads from one pass over `<|user|> text<|intent|> name<|bot|> reply`: intent logits at
@@ -81,7 +136,10 @@ class DialogueModel(nn.Module):
         hidden = self.lm.base_model(input_ids=input_ids, attention_mask=attention_mask,
                                     position_ids=position_ids).last_hidden_state
         rows = torch.arange(hidden.shape[0], device=hidden.device)
-        return self.score(hidden[rows, intent_pos]), self.lm.get_output_embeddings()(hidden)
+        logits = self.score(hidden[rows, intent_pos])
+        if self.ngrams is not None:
+            logits = logits + self.ngram_logits(self.bucket_ids(input_ids, attention_mask, intent_pos)).to(logits.dtype)
+        return logits, self.lm.get_output_embeddings()(hidden)
 
     def lm_loss(self, input_ids, attention_mask, labels) -> torch.Tensor:
         return self.lm(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
@@ -92,6 +150,8 @@ class DialogueModel(nn.Module):
                                         else type(self.lm).__name__]
         state = {k: v.contiguous() for k, v in self.lm.state_dict().items()}
         state["score.weight"] = self.score.weight.detach().contiguous()
+        if self.ngrams is not None:
+            state["ngrams.weight"] = self.ngrams.weight.detach().contiguous()
         self.lm.save_pretrained(directory, state_dict=state, safe_serialization=True)
         tokenizer.save_pretrained(directory)
 
@@ -114,7 +174,7 @@ def build(settings: ModelSettings, tokenizer: PreTrainedTokenizerBase, intents: 
         lm = _causal_lm(settings.base)
         lm.resize_token_embeddings(len(tokenizer))
         lm.config.pad_token_id = tokenizer.pad_token_id
-    model = DialogueModel(lm, intents)
+    model = DialogueModel(lm, intents, tokenizer, settings.ngram_buckets)
     model.temperature = 1.0  # a base that was itself a Candor model brings its own: this model is not calibrated yet
     return model
 
@@ -167,9 +227,11 @@ def load(directory: str | Path, device: str | torch.device = "cpu"):
     tok = AutoTokenizer.from_pretrained(directory)
     lm = _causal_lm(directory)
     intents = [lm.config.id2label[i] for i in range(len(lm.config.id2label))]
-    model = DialogueModel(lm, intents)
+    model = DialogueModel(lm, intents, tok, int(getattr(lm.config, "ngram_buckets", 0) or 0))
     with safe_open(str(directory / "model.safetensors"), framework="pt") as f:
         model.score.weight.data.copy_(f.get_tensor("score.weight"))
+        if model.ngrams is not None:
+            model.ngrams.weight.data.copy_(f.get_tensor("ngrams.weight"))
     return model.to(device).eval(), tok
 
 

@@ -95,6 +95,9 @@ class ModelSettings:
     vocab_size: int = 4096
     max_length: int = 256
     dropout: float = 0.1
+    # Hashed character n-grams of the message's words beside GPT-2's features in the intent head (bot/ngrams.py);
+    # 0 = none (GPT-2's features alone, as models before them)
+    ngram_buckets: int = 32768
 
 
 @dataclass
@@ -335,7 +338,7 @@ def parse_bot(text: str, file: str = "<memory>", problems: list[Problem] | None 
         return BotSpec(name="invalid", intents={}, fallback="", path=file)
 
     known = {"name", "description", "fallback", "settings", "model", "training", "privacy", "robustness",
-             "placeholders", "intents", "out_of_scope", "test", "dialogues"}
+             "placeholders", "intents", "out_of_scope", "test", "dialogues", "corrections"}
     for key in doc:
         if key not in known:
             problems.append(Problem(file, _line(key), "error", f"unknown top-level key '{key}' (known: {', '.join(sorted(known))})"))
@@ -396,6 +399,20 @@ def parse_bot(text: str, file: str = "<memory>", problems: list[Problem] | None 
             problems.append(Problem(file, _line(ex), "error", f"out_of_scope: empty or non-text example {ex!r}"))
             continue
         spec.out_of_scope.append(Example(str(ex).strip(), OUT_OF_SCOPE, _line(ex)))
+
+    # Auditors' corrections of served turns (`candor data corrections`): training examples like the others, kept
+    # apart with where each came from
+    for item in doc.get("corrections") or []:
+        if not isinstance(item, dict) or not str(item.get("text") or "").strip() or "intent" not in item:
+            problems.append(Problem(file, _line(item), "error", "each corrections entry needs 'text' and 'intent'"))
+            continue
+        intent_name, text = str(item["intent"]), str(item["text"]).strip()
+        if intent_name != OUT_OF_SCOPE and intent_name not in spec.intents:
+            problems.append(Problem(file, _line(item["text"]), "error", f"corrections: unknown intent '{intent_name}' "
+                                    f"(an intent of this bot file or {OUT_OF_SCOPE})"))
+            continue
+        example = Example(text, intent_name, _line(item["text"]))
+        (spec.out_of_scope if intent_name == OUT_OF_SCOPE else spec.intents[intent_name].examples).append(example)
 
     for item in doc.get("test") or []:
         if not isinstance(item, dict) or "text" not in item or "intent" not in item:

@@ -49,7 +49,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from bot.spec import EARLIER
 
 COLUMNS = ("id", "time", "session", "text", "intent", "confidence", "fallback", "fallback_reason", "reply",
-           "model_version", "attributions")
+           "model_version", "attributions", "correct_intent", "corrected_by", "corrected_at")
+CORRECTION_COLUMNS = {"correct_intent": "VARCHAR(128)", "corrected_by": "VARCHAR(128)", "corrected_at": "TIMESTAMP"}
 
 
 class _Base(DeclarativeBase):
@@ -71,11 +72,17 @@ class TurnRow(_Base):
     model_version: Mapped[str] = mapped_column(String(128))
     attributions: Mapped[list] = mapped_column(JSON)  # [[word, score or null (not read)], ...] on the redacted text
     in_conversation: Mapped[bool] = mapped_column(Boolean, default=True)  # cleared by undo and reset
+    # An auditor's correction (the Audit tab): the intent the turn should have had, or "out_of_scope"
+    correct_intent: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
+    corrected_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    corrected_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
     def to_dict(self) -> dict:
         d = {c: getattr(self, c) for c in COLUMNS}
-        d["time"] = self.time.astimezone(timezone.utc).isoformat(timespec="seconds") if self.time.tzinfo \
-            else self.time.replace(tzinfo=timezone.utc).isoformat(timespec="seconds")
+        for c in ("time", "corrected_at"):
+            if d[c] is not None:
+                d[c] = (d[c].astimezone(timezone.utc) if d[c].tzinfo else d[c].replace(tzinfo=timezone.utc)).isoformat(
+                    timespec="seconds")
         return d
 
 
@@ -142,10 +149,14 @@ class AuditStore:
             if c.dialect.name == "postgresql":
                 c.execute(sql("SELECT pg_advisory_xact_lock(72430012)"))
             _Base.metadata.create_all(c)
-            if "in_conversation" not in {col["name"] for col in inspect_db(c).get_columns(TurnRow.__tablename__)}:
+            have = {col["name"] for col in inspect_db(c).get_columns(TurnRow.__tablename__)}
+            if "in_conversation" not in have:
                 # a store written before conversations lived here: its old turns are no live conversation
                 c.execute(sql(f"ALTER TABLE {TurnRow.__tablename__} ADD COLUMN in_conversation BOOLEAN "
                               "NOT NULL DEFAULT FALSE"))
+            for name, kind in CORRECTION_COLUMNS.items():  # a store written before corrections: none yet
+                if name not in have:
+                    c.execute(sql(f"ALTER TABLE {TurnRow.__tablename__} ADD COLUMN {name} {kind}"))
 
     def _redact_reply(self, reply: str) -> str:
         """Replies repeat (templates): each distinct one is redacted once. Keyed by an HMAC, not the text."""
@@ -236,6 +247,24 @@ class AuditStore:
         with Session(self.engine) as s:
             row = s.get(TurnRow, turn_id)
             return row.to_dict() if row else None
+
+    def correct(self, turn_id: int, intent: str, by: str) -> dict:
+        """Record an auditor's correction of a turn: the intent it should have had (or "out_of_scope"). A later
+        correction of the same turn replaces it. Returns the turn. The text stays the stored (redacted) text."""
+        with Session(self.engine) as s, s.begin():
+            row = s.get(TurnRow, turn_id)
+            if row is None:
+                raise KeyError(f"no turn #{turn_id}")
+            row.correct_intent, row.corrected_by = intent, by
+            row.corrected_at = datetime.now(timezone.utc)
+            s.flush()
+            return row.to_dict()
+
+    def corrections(self) -> list[dict]:
+        """Every corrected turn, oldest first."""
+        with Session(self.engine) as s:
+            q = select(TurnRow).where(TurnRow.correct_intent.is_not(None)).order_by(TurnRow.id)
+            return [row.to_dict() for row in s.scalars(q)]
 
     def intents(self) -> list[str]:
         with Session(self.engine) as s:

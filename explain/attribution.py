@@ -1,10 +1,13 @@
-"""Which words made the bot choose an intent: Captum IntegratedGradients on GPT-2's input embeddings.
+"""Which words made the bot choose an intent: Captum IntegratedGradients on GPT-2's input embeddings and on the
+weight of each word's n-grams.
 
 F is the calibrated probability (`DialogueModel.intent_probs`) of the explained intent for the classifier's input,
 `<|user|> earlier <|user|> text<|intent|>` (the earlier user turns it reads, if any: `Encoder.classify`).
-Baseline: the embedding of every text token replaced by one baseline vector (`BASELINES`), role tokens and
-positions kept, so the role tokens get exactly zero and the words, with the earlier turns as one more item
-(`EARLIER`), share out F(input) − F(baseline).
+The intent head adds to GPT-2's logits those of the message's hashed character n-grams (bot/ngrams.py), each
+word's on its first token, scaled by a per-token weight: 1 as read. Baseline: the embedding of every text token
+replaced by one baseline vector (`BASELINES`) and every weight 0 (no n-gram logits), role tokens and positions
+kept, so the role tokens get exactly zero and the words, with the earlier turns as one more item (`EARLIER`),
+share out F(input) − F(baseline); a token's attribution is its embedding's plus its n-gram weight's.
 The default, the mean of the trained token embeddings, was chosen by faithfulness (BENCHMARKS.md): the
 `<|pad|>` row is never trained as an input (pads are masked); its only updates come from the tied LM head.
 Integration: `n_steps` Gauss-Legendre points, all in one batch by default (`internal_batch_size`).
@@ -32,7 +35,7 @@ DEFAULT_BASELINE = "mean"
 
 
 def describe_baseline(name: str) -> str:
-    return "every text token's embedding replaced by " + BASELINES[name]
+    return "every text token's embedding replaced by " + BASELINES[name] + ", and no n-gram logits"
 
 
 @dataclass
@@ -55,7 +58,7 @@ class Explanation:
     baseline_probability: float  # F(baseline)
     attribution_sum: float
     delta: float  # |sum of attributions − (F(text) − F(baseline))|
-    method: str = "IntegratedGradients(input embeddings)"
+    method: str = "IntegratedGradients(input embeddings, n-gram weights)"
     baseline: str = describe_baseline(DEFAULT_BASELINE)
     n_steps: int = N_STEPS
     internal_batch_size: int = INTERNAL_BATCH_SIZE
@@ -89,8 +92,8 @@ class IntentExplainer:
         self.embed = model.lm.get_input_embeddings()
         self.ig = IntegratedGradients(self._probability)
 
-    def _probability(self, inputs_embeds, attention_mask):
-        return self.model.intent_probs(None, attention_mask, inputs_embeds)
+    def _probability(self, inputs_embeds, word_weights, attention_mask, bucket_ids):
+        return self.model.intent_probs(None, attention_mask, inputs_embeds, bucket_ids, word_weights)
 
     def baseline_vector(self) -> torch.Tensor:
         w = self.embed.weight.detach()
@@ -119,21 +122,27 @@ class IntentExplainer:
             mask[i, :len(r)] = 1
         ids, mask = ids.to(self.model.device), mask.to(self.model.device)
         roles = torch.tensor([self.enc.user, self.enc.intent], device=ids.device)
+        buckets = self.model.bucket_ids(ids, mask, per_token=True)
+        if buckets is None:  # a model without n-grams: a zero bucket is padding, so they add nothing
+            buckets = torch.zeros(*ids.shape, 1, dtype=torch.long, device=ids.device)
         with torch.no_grad():
             x = self.embed(ids)
             base = x.clone()
             vec = self.baseline_vector().to(x.dtype)
             text_tokens = (mask.bool() & ~torch.isin(ids, roles))  # every text token, earlier turns' included
             base[text_tokens] = vec  # role tokens and padding stay as they are
-            probs = self._probability(torch.cat([x, base]), torch.cat([mask, mask]))
+            w, w0 = torch.ones(ids.shape, device=ids.device), torch.zeros(ids.shape, device=ids.device)
+            probs = self._probability(torch.cat([x, base]), torch.cat([w, w0]), torch.cat([mask, mask]),
+                                      torch.cat([buckets, buckets]))
         predicted = probs[: len(texts)].argmax(-1).tolist()
         targets = [self.model.intents.index(it) if it else p for it, p in zip(intents, predicted)]
-        attr, delta = self.ig.attribute(x, baselines=base, target=targets, additional_forward_args=(mask,),
-                                        n_steps=self.n_steps, internal_batch_size=self.internal_batch_size * len(texts),
-                                        return_convergence_delta=True)
+        (attr, attr_w), delta = self.ig.attribute(
+            (x, w), baselines=(base, w0), target=targets, additional_forward_args=(mask, buckets),
+            n_steps=self.n_steps, internal_batch_size=self.internal_batch_size * len(texts),
+            return_convergence_delta=True)
         out = []
         for i, (text, seg, head, target) in enumerate(zip(texts, segs, heads, targets)):
-            per_token = attr[i].sum(-1).detach().cpu()
+            per_token = (attr[i].sum(-1) + attr_w[i]).detach().cpu()
             own = per_token[head + 1:head + len(seg.token_ids) + 1]
             raw = word_scores(seg, own.tolist())
             earlier = float(per_token[:head].sum())  # its role tokens score exactly 0

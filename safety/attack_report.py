@@ -142,7 +142,7 @@ def run(model_dir: str | Path, test: list[Example], recipes: list[str] = DEFAULT
     report = {"model_version": model_version(model_dir, bot.card),
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "test_source": source,
               "requested": n, "seed": seed, "query_budget": query_budget, "time_budget": time_budget,
-              "input_path": "as served: Unicode normalisation, length cap, PII redaction, then the intent head",
+              "input_path": "as served: Unicode normalisation, length cap, PII redaction, spelling correction, then the intent head",
               "natural_noise": None, "recipes": []}
     outcomes: list[Outcome] = []
     stop = None

@@ -76,6 +76,7 @@ def train_top(model: nn.Module, blocks: int, lm_head: bool, freeze_rest: bool = 
         return [n for n, _ in model.named_parameters()]
     body = model.lm.transformer
     keep = [body.h[i] for i in range(max(0, len(body.h) - blocks), len(body.h))] + [body.ln_f, model.score]
+    keep += [model.ngrams] if model.ngrams is not None else []  # the intent head's n-gram logits
     if lm_head:
         keep.append(model.lm.get_output_embeddings())
     for m in keep:

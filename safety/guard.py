@@ -26,28 +26,32 @@ def guard(text: str, max_chars: int = MAX_CHARS) -> str:
 
 
 def read_message(message: str, max_chars: int = MAX_CHARS):
-    """The input path of every turn, the `read` of bot/turn.py: guard, then redact. The web app and its API
+    """The input path of every turn, the `read` of bot/turn.py: guard, redact, then correct misspelt words
+    (safety/spelling.py). The web app and its API
     (ui/service.py), `candor chat`, `candor explain` and `candor attack` (safety/attacks.py) all read a message
     here, so an explanation is of the decision the served bot makes, and whatever defence sits in this path is
     measured by the attacks. Returns the `safety.pii.Redaction` whose `.text` (the served text) is what the model,
     the explanation and the audit log see, and `.found` the entity types replaced."""
     from safety.pii import UNCHECKED, redact
+    from safety.spelling import correct
 
     r = redact(guard(message, max_chars))
     if r.found == [UNCHECKED]:
         raise Rejected("the message could not be checked for personal data in time; please shorten or rephrase it")
+    r.text = correct(r.text)  # after redaction: placeholders are left alone, and no raw value is ever "corrected"
     return r
 
 
 def served_text(text: str, redact: bool = True) -> str:
-    """`text` as a served turn reads it (normalised, PII redacted), for training and evaluation: the
-    model learns and is measured on what it will see. No length cap (a long training text is kept);
-    a text with nothing left after normalisation is returned unchanged. `redact=False` only
-    normalises (to measure what redaction costs)."""
+    """`text` as a served turn reads it (normalised, PII redacted, misspellings corrected), for training and
+    evaluation: the model learns and is measured on what it will see. No length cap (a long training text is kept);
+    a text with nothing left after normalisation is returned unchanged. `redact=False` only normalises (to measure
+    what redaction costs)."""
     from safety.pii import redact_text
+    from safety.spelling import correct
 
     try:
         text = guard(text, max_chars=sys.maxsize)
     except Rejected:
         return text  # nothing left after normalisation
-    return redact_text(text) if redact else text  # a text too slow to check becomes "<UNCHECKED>", never raw
+    return correct(redact_text(text)) if redact else text  # a text too slow to check becomes "<UNCHECKED>"

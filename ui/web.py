@@ -16,7 +16,7 @@ from pathlib import Path
 import gradio as gr
 
 from bot.card import Card, Privacy
-from bot.spec import EARLIER
+from bot.spec import EARLIER, OUT_OF_SCOPE
 from bot.store import Filter
 from bot.turn import Answer
 from explain.render import LEGEND
@@ -247,6 +247,13 @@ def _audit_tab(service: ChatService, access: Access) -> None:
                 "keyed hash, not the chat's session id.</small>")
     detail_words = gr.HighlightedText(label="Attributions of this turn", combine_adjacent=False,
                                       show_inline_category=False, elem_id="audit-words")
+    with gr.Row():
+        right = gr.Dropdown([*service.bot.model.intents, OUT_OF_SCOPE], label="Right intent for this turn",
+                            elem_id="audit-right-intent")
+        correct_btn = gr.Button("Save correction", elem_id="audit-correct")
+    corrected = gr.Markdown("", elem_id="audit-corrected")
+    gr.Markdown("<small>Corrections stay in the audit store with the turn's redacted text; `candor data corrections "
+                "BOT.yaml --audit-db DB` adds them to the bot file for the next training.</small>")
     detail = gr.JSON(label="Turn", elem_id="audit-detail")
     filters = [intent, lo, hi, fallback, since, until]
 
@@ -286,7 +293,18 @@ def _audit_tab(service: ChatService, access: Access) -> None:
                 "const a = document.createElement('a'); a.href = 'audit/export?' + q.toString(); a.download = ''; "
                 "document.body.appendChild(a); a.click(); a.remove(); return []; }")
 
+    def do_correct(value, intent_, request: gr.Request):
+        require_auditor(request)
+        if not value or not intent_:
+            raise gr.Error("Open a turn and choose its right intent first.")
+        try:
+            row = service.store.correct(int(value), intent_, gradio_user(request) or "auditor")
+        except KeyError:
+            raise gr.Error(f"no turn #{value}") from None
+        return f"Turn #{row['id']}: corrected from {row['intent']} to **{row['correct_intent']}**.", row
+
     search.click(do_search, [*filters, page], [intent, table, matched, page], api_name=False)
+    correct_btn.click(do_correct, [turn_id, right], [corrected, detail], api_name=False)
     open_btn.click(do_open, turn_id, [detail_words, detail], api_name=False)
     table.select(do_select, None, [turn_id, detail_words, detail], api_name=False)
     csv_btn.click(None, filters, None, js=export_js("csv"), api_name=False)

@@ -198,3 +198,17 @@ def test_a_text_too_slow_to_check_is_neither_served_nor_learned_raw(monkeypatch)
     with pytest.raises(Rejected, match="could not be checked for personal data"):
         read_message("my name is Ann Lee and my card is 4111 1111 1111 1111 " * 5)
     assert served_text("my name is Ann Lee " * 5) == "<UNCHECKED>"
+
+
+def test_the_served_text_is_redacted_then_spelled_and_training_reads_it_the_same_way():
+    """read_message: guard, redact, then the spelling front end (safety/spelling.py), which corrects the misspelt
+    words and leaves the placeholders, the numbers and the rest alone; served_text (training, evaluation) agrees."""
+    from safety.guard import read_message, served_text
+
+    message = "Hi, I am Ngozi Okafor, pls cancle my ordr 4432, my card 4111 1111 1111 1111 was chargd twise"
+    r = read_message(message)
+    assert r.text == served_text(message)
+    assert r.found == ["PERSON", "CREDIT_CARD"]
+    assert "<PERSON>" in r.text and "<CREDIT_CARD>" in r.text and "4432" in r.text and "pls" in r.text
+    assert "cancel my order 4432" in r.text and "twice" in r.text
+    assert not any(s in r.text for s in ("Ngozi", "Okafor", "4111", "cancle", "ordr", "twise"))

@@ -253,3 +253,37 @@ def test_words_past_the_length_limit_are_served_and_logged_as_not_read(service):
     assert [s for _, s in row["attributions"]] == scores  # null in the audit log, not a 0 that looks measured
     assert highlights(a.attributions)[-1] == ("w79", None)  # shown unmarked
     assert f"the last {scores.count(None)} word(s) were cut" in decision_markdown(a)
+
+
+def test_an_auditors_correction_goes_into_the_bot_file_and_training_without_raw_pii(trained_tiny, tmp_path):
+    """Audit store → `candor data corrections` → the bot file's `corrections:` section → training records: the text
+    travels redacted all the way; the same turn corrected again replaces its entry; the rest of the file is kept."""
+    import shutil
+
+    from bot.spec import OUT_OF_SCOPE, load_bot
+    from bot.train import Trainer
+    from ui.cli import main
+
+    db = tmp_path / "audit.sqlite"
+    service = ChatService(trained_tiny, str(db))
+    a = service.respond("hi, I'm Margaret Okonkwo, card 4111 1111 1111 1111, where is my money back", "s")
+    b = service.respond("recommend a good novel", "s")
+    assert "<PERSON>" in a.text and "<CREDIT_CARD>" in a.text
+    service.store.correct(a.turn_id, "track_order", "alice")
+    service.store.correct(b.turn_id, OUT_OF_SCOPE, "alice")
+    bot = tmp_path / "bot.yaml"
+    shutil.copy(trained_tiny.parent / "tiny.yaml", bot)
+    with bot.open("a", encoding="utf-8") as f:
+        f.write("# a comment the export keeps\n")
+    assert main(["data", "corrections", str(bot), "--audit-db", str(db)]) == 0
+    service.store.correct(a.turn_id, "get_refund", "bob")  # changed mind: the entry is replaced, not added
+    assert main(["data", "corrections", str(bot), "--audit-db", str(db)]) == 0
+    text = bot.read_text(encoding="utf-8")
+    assert "Okonkwo" not in text and "4111" not in text and "# a comment the export keeps" in text
+    assert text.count("turn: ") == 2 and "corrected_by: bob" in text and f"model_version: {service.version}" in text
+    spec, _ = load_bot(bot)
+    assert [e.text for e in spec.intents["get_refund"].examples].count(a.text) == 1
+    assert a.text not in [e.text for e in spec.intents["track_order"].examples]
+    assert b.text in [e.text for e in spec.out_of_scope]
+    trainer = Trainer(spec, tmp_path / "m", progress=False, log=lambda *a: None)
+    assert any(r.text == a.text and r.intent == "get_refund" for r in trainer.train_records + trainer.val_records)

@@ -415,3 +415,19 @@ def test_bf16_precision_autocasts_the_forward_passes_learns_and_ships_float32_we
         else:
             monkeypatch.delenv("CANDOR_TRAINING_PRECISION")
         assert Trainer(spec, tmp_path / "a", device="cpu", progress=False).precision == "fp32"
+
+
+def test_the_ngram_rows_train_and_ship_with_the_model(tmp_path):
+    """The intent head's n-gram rows (bot/ngrams.py) start at zero, are trained with the rest of the model, and the
+    saved model carries them (config `ngram_buckets`, `ngrams.weight`; row 0, padding, stays zero)."""
+    import torch
+
+    from bot.model import load
+    from bot.spec import parse_bot
+    from bot.train import train
+
+    spec = parse_bot(yaml.safe_dump(tiny_bot_dict()), str(tmp_path / "b.yaml"))
+    spec.training.epochs, spec.training.pretrain_epochs = 1, 0
+    model, _ = load(train(spec, tmp_path / "m", progress=False, log=lambda *a: None))
+    assert model.ngrams is not None and model.ngrams.num_embeddings == spec.model.ngram_buckets
+    assert model.ngrams.weight.abs().sum() > 0 and torch.all(model.ngrams.weight[0] == 0)

@@ -146,6 +146,14 @@ def test_audit_needs_the_printed_password_and_shows_only_redacted_text(page, ser
     exported = Path(dl.value.path()).read_text(encoding="utf-8")
     assert exported.startswith("id,time,session,text,intent") and "<PERSON>" in exported
     assert "4111" not in exported and "Okonkwo" not in exported
+    # the auditor corrects the turn: kept in the store beside its redacted text (`candor data corrections` exports it)
+    page.locator("#audit-right-intent input").fill("track_order")
+    page.keyboard.press("Enter")
+    page.locator("#audit-correct").click()
+    expect(page.locator("#audit-corrected")).to_contain_text("to track_order", timeout=30_000)
+    from bot.store import AuditStore
+    (row,) = AuditStore(str(server[1]), redact=lambda t: t).corrections()
+    assert row["id"] == 2 and row["correct_intent"] == "track_order" and row["corrected_by"]
     page.screenshot(path=str(SHOTS / "audit.png"), full_page=True)
     raw = b"".join(p.read_bytes() for p in server[1].parent.iterdir() if p.name.startswith("audit"))
     assert b"<PERSON>" in raw and b"4111" not in raw and b"jo.smith" not in raw and b"Okonkwo" not in raw

@@ -189,6 +189,25 @@ def test_serve_trains_the_demo_bot_with_a_plain_training_call(tmp_path, monkeypa
     assert Path(out) == Path(DEFAULT_MODEL) and kw["resume"] is True and kw["read"] is served_text
 
 
+def test_the_demo_bot_is_measured_after_training_so_its_model_tab_shows_numbers(tmp_path, monkeypatch):
+    """`train_demo` (what `candor serve` runs without a model) trains, then runs `candor eval` and a short
+    `candor attack` on the model, in that order."""
+    import bot.train
+    import ui.verbs.attack
+    import ui.verbs.evaluate
+    from ui.verbs.serve import DEMO_ATTACK, train_demo
+
+    calls = []
+    monkeypatch.setattr(bot.train, "train", lambda spec, out, **kw: calls.append(("train", str(out))))
+    monkeypatch.setattr(ui.verbs.evaluate, "run", lambda args: calls.append(("eval", args.model)) or 0)
+    monkeypatch.setattr(ui.verbs.attack, "run", lambda args: calls.append(("attack", args.model, args.n,
+                                                                           args.time_budget)) or 0)
+    train_demo(tmp_path / "demo")
+    n, budget = int(DEMO_ATTACK[DEMO_ATTACK.index("-n") + 1]), float(DEMO_ATTACK[DEMO_ATTACK.index("--time-budget") + 1])
+    assert calls == [("train", str(tmp_path / "demo")), ("eval", str(tmp_path / "demo")),
+                     ("attack", str(tmp_path / "demo"), n, budget)]
+
+
 def test_serve_refuses_a_named_directory_without_a_model(tmp_path, capsys):
     assert cli.main(["serve", str(tmp_path / "nomodel"), "--no-browser"]) == 1
     assert "not a trained model directory" in capsys.readouterr().err

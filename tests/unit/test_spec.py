@@ -100,3 +100,31 @@ def test_bad_setting_type_and_mode():
     msgs = " | ".join(p.message for p in problems)
     assert "'settings.context_turns' must be a int" in msgs
     assert "response_mode must be 'template' or 'generate'" in msgs
+
+
+def test_corrections_are_examples_of_their_intent_and_a_bad_one_is_located(tmp_path):
+    """`corrections:` (written by `candor data corrections`): each entry becomes an example of its intent, or of
+    out_of_scope, with its extra keys (where it came from) allowed; an unknown intent or a missing text is an
+    error at its line."""
+    bot = tiny_bot_dict()
+    bot["corrections"] = [
+        {"text": "scrap the order, <PERSON> does not want it", "intent": "cancel_order", "turn": 7,
+         "served_intent": "track_order", "model_version": "tiny@abc", "corrected_by": "alice"},
+        {"text": "book me a table for two", "intent": "out_of_scope", "turn": 8},
+    ]
+    spec, problems = load_bot(_write(tmp_path, bot), strict=False)
+    assert not [p for p in problems if p.severity == "error"], problems
+    assert "scrap the order, <PERSON> does not want it" in [e.text for e in spec.intents["cancel_order"].examples]
+    assert "book me a table for two" in [e.text for e in spec.out_of_scope]
+    bot["corrections"] += [{"text": "where is it", "intent": "track_parcel"}, {"intent": "cancel_order"}]
+    path = _write(tmp_path, bot)
+    _, problems = load_bot(path, strict=False)
+    errors = [p for p in problems if p.severity == "error"]
+    assert any("unknown intent 'track_parcel'" in p.message and p.line for p in errors), errors
+    assert any("each corrections entry needs 'text' and 'intent'" in p.message for p in errors), errors
+
+
+def _write(tmp_path, bot) -> str:
+    path = tmp_path / "bot.yaml"
+    path.write_text(yaml.safe_dump(bot, sort_keys=False), encoding="utf-8")
+    return str(path)

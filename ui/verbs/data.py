@@ -1,8 +1,15 @@
-"""`candor data validate FILE` and `candor data import FORMAT SOURCE -o BOT.yaml`."""
+"""`candor data validate FILE`, `candor data import FORMAT SOURCE -o BOT.yaml` and
+`candor data corrections BOT.yaml --audit-db DB`."""
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
+import yaml
+
 from bot import importers
-from bot.spec import dump_bot, load_bot
+from bot.io import atomic_write_text
+from bot.spec import OUT_OF_SCOPE, dump_bot, load_bot
 
 
 def add_arguments(p) -> None:
@@ -15,10 +22,15 @@ def add_arguments(p) -> None:
     i.add_argument("-o", "--out", required=True, help="bot YAML to write")
     i.add_argument("--name", help="bot name")
     i.add_argument("--services", help="sgd: comma-separated services to keep, e.g. Banks_1,Banks_2")
+    c = actions.add_parser("corrections", help="add the auditors' corrections (Audit tab) to a bot file's "
+                                               "'corrections:' section, for the next `candor train`")
+    c.add_argument("file", help="bot YAML the model was trained from (rewritten in place unless -o)")
+    c.add_argument("--audit-db", required=True, help="the audit store: a SQLite file or an SQLAlchemy URL")
+    c.add_argument("-o", "--out", help="bot YAML to write instead (default: FILE)")
 
 
 def run(args) -> int:
-    return validate(args) if args.data_verb == "validate" else import_(args)
+    return {"validate": validate, "import": import_, "corrections": corrections}[args.data_verb](args)
 
 
 def validate(args) -> int:
@@ -48,4 +60,39 @@ def import_(args) -> int:
     print(f"wrote {args.out}: {len(spec.intents)} intents, {len(spec.examples)} examples, "
           f"{len(spec.out_of_scope)} out-of-scope, {len(spec.test)} test, "
           f"{len(spec.dialogues)} dialogues; {len(problems)} problem(s) — run `candor data validate {args.out}`")
+    return 0
+
+
+def corrections(args) -> int:
+    """The corrected turns of the audit store as the bot file's `corrections:` entries: the stored text (redacted
+    when it was logged, and redacted again here), the right intent, and where it came from (turn, model version,
+    auditor, time). An entry of the same turn is replaced; the rest of the file is kept as written."""
+    from bot.store import AuditStore
+    from safety.pii import redact_text
+
+    if "://" not in args.audit_db and not Path(args.audit_db).is_file():
+        raise FileNotFoundError(f"{args.audit_db}: no audit store there")
+    spec, _ = load_bot(args.file)
+    rows = AuditStore(args.audit_db, redact=redact_text).corrections()
+    unknown = sorted({r["correct_intent"] for r in rows} - set(spec.intents) - {OUT_OF_SCOPE})
+    if unknown:
+        print(f"candor data corrections: {args.file} has no intent {', '.join(unknown)} (corrected in the audit "
+              "store); add it to the bot file first")
+        return 1
+    text = Path(args.file).read_text(encoding="utf-8")
+    written = (yaml.safe_load(text) or {}).get("corrections") or []
+    kept = {e.get("turn") or ("by hand", i): e for i, e in enumerate(written) if isinstance(e, dict)}
+    before = len(kept)
+    for r in rows:
+        kept[r["id"]] = {"text": redact_text(r["text"]), "intent": r["correct_intent"], "turn": r["id"],
+                         "served_intent": r["intent"], "model_version": r["model_version"],
+                         "corrected_by": r["corrected_by"], "corrected_at": r["corrected_at"]}
+    # the file without its old section (up to the next top-level key), then the section written anew
+    rest = re.sub(r"(?ms)^corrections:.*?(?=^[^\s#-]|\Z)", "", text).rstrip("\n")
+    section = yaml.safe_dump({"corrections": list(kept.values())}, sort_keys=False, allow_unicode=True, width=1000)
+    out = args.out or args.file
+    atomic_write_text(out, rest + "\n" + section)
+    load_bot(out)  # still a valid bot file (raises BotFileError with FILE:LINE otherwise)
+    print(f"wrote {out}: {len(kept)} corrections, {len(kept) - before} of them new ({len(rows)} corrected turns in "
+          f"the audit store); `candor train {out}` learns from them")
     return 0

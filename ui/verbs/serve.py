@@ -20,16 +20,24 @@ def add_arguments(p) -> None:
     p.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
 
 
+DEMO_ATTACK = ["-n", "50", "--recipe", "pruthi,deepwordbug", "--time-budget", "60", "-q"]  # `candor attack`'s
+
+
 def train_demo(out: Path) -> None:
     """The bundled demo bot trained into `out` as `candor train -o OUT --resume` trains it (continuing from its
-    checkpoints after an interruption)."""
+    checkpoints after an interruption), then measured so that its Model tab shows its numbers: `candor eval` (test
+    metrics and plots) and a short `candor attack` (two character-level recipes on 50 test messages, at most a
+    minute; `candor attack MODEL` runs the full one)."""
     from bot.spec import demo_bot_path, load_bot
     from bot.train import train
     from safety.guard import served_text
+    from ui.cli import main
     from ui.verbs.train import views
 
     spec, _ = load_bot(demo_bot_path())
     train(spec, out, resume=True, views=views(spec), read=served_text)
+    main(["eval", str(out)])
+    main(["attack", str(out), *DEMO_ATTACK])
 
 
 def run(args) -> int:
