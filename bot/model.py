@@ -42,8 +42,10 @@ class DialogueModel(nn.Module):
         cfg.id2label = dict(enumerate(self.intents))
         cfg.label2id = {n: i for i, n in enumerate(self.intents)}
         cfg.ngram_buckets = ngram_buckets
-        # n-gram logits per bucket, zero at the start (so adding them changes nothing until trained)
-        self.ngrams = nn.Embedding(ngram_buckets, len(intents), padding_idx=0) if ngram_buckets else None
+        # n-gram logits per bucket, zero at the start (so adding them changes nothing until trained); bucket 0 is
+        # padding, masked out of the logits (`ngram_logits`) so that no per-record gradient, Opacus' included,
+        # ever reaches its row (nn.Embedding's padding_idx is not honoured by Opacus' per-sample gradients)
+        self.ngrams = nn.Embedding(ngram_buckets, len(intents)) if ngram_buckets else None
         if self.ngrams is not None:
             nn.init.zeros_(self.ngrams.weight)
         self.words = ngrams.Buckets(tokenizer, ngram_buckets) if ngram_buckets else None
@@ -86,7 +88,7 @@ class DialogueModel(nn.Module):
         """The n-gram part of the intent logits: the rows of the message's buckets summed, over the square root of
         their number (a long message does not outvote GPT-2 by length alone). `word_weights` (B, T), with per-token
         `bucket_ids`: each token's rows scaled (1 = as read; 0 = the explanation's baseline)."""
-        per_token = self.ngrams(bucket_ids)  # (B, M, I) or (B, T, PER_WORD, I)
+        per_token = self.ngrams(bucket_ids) * (bucket_ids != 0).unsqueeze(-1)  # (B, M, I) or (B, T, PER_WORD, I)
         if word_weights is not None:
             per_token = per_token.sum(2) * word_weights.unsqueeze(-1).to(per_token.dtype)
         n = (bucket_ids != 0).flatten(1).sum(1, keepdim=True).clamp(min=1)
@@ -106,6 +108,9 @@ class DialogueModel(nn.Module):
         logits = self.score(features)
         if self.ngrams is not None:
             if bucket_ids is None:
+                if input_ids is None:
+                    raise ValueError("a model with n-grams reads input embeddings with the message's per-token "
+                                     "bucket_ids (bucket_ids(input_ids, attention_mask, per_token=True))")
                 bucket_ids = self.bucket_ids(input_ids, attention_mask)
             logits = logits + self.ngram_logits(bucket_ids, word_weights).to(logits.dtype)
         return logits, features

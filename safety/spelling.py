@@ -8,7 +8,8 @@ service/shop terms such as "signup"; public, authored here, never the bot's exam
 
 A word is corrected only when all of these hold, so what is left alone is left byte for byte:
 - it is letters only (a word with an apostrophe is left alone), not touching a digit, `<`/`>` (a redaction placeholder such as
-  `<PERSON>`) or another word character; at least `MIN_LENGTH` letters;
+  `<PERSON>`), markup or an address (`=`, `/`, `@`, `_`, `-`, `.` inside a name), or another word character; at least
+  `MIN_LENGTH` letters;
 - lower case, or capitalised as the first word of the message (a capitalised word later on is likely a name, a
   word in capitals an acronym);
 - it is in neither word list, and the closest known word is within 1 edit (2 for words of 7 letters or more;
@@ -22,7 +23,9 @@ from pathlib import Path
 
 MIN_LENGTH = 4
 EXTRA_WORDS = Path(__file__).resolve().parent / "data" / "spelling_words.txt"
-_WORD = re.compile(r"(?<![\w<>'])[A-Za-z]+(?:'[A-Za-z]+)?(?![\w<>])")
+# a word not part of a placeholder, markup, an address, a path or a name with digits: no word character, < > ' = / @
+# _ - \ & # next to it, and no "." before it or before a word character after it ("example.com", "v1.2")
+_WORD = re.compile(r"(?<![\w<>'=/@\\&#.-])[A-Za-z]+(?:'[A-Za-z]+)?(?![\w<>'=/@\\&#-]|\.\w)")
 
 
 class Speller:

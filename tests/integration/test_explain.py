@@ -181,13 +181,16 @@ def test_earlier_turns_the_classifier_read_are_explained_as_one_item(bot):
     p = predict_proba(bot.model, bot.enc, [text], contexts=[earlier])[0]
     assert e.predicted == bot.model.intents[int(p.argmax())] and e.confidence == pytest.approx(float(p.max()), abs=1e-5)
     assert e.earlier_turns is not None and e.earlier_turns.word == EARLIER and abs(e.earlier_turns.raw) > 1e-3 and e.delta < 0.05
-    # F(baseline): every text token, the earlier turn's included, replaced by the mean embedding; role tokens kept
+    # F(baseline): every text token, the earlier turn's included, replaced by the mean embedding, and no n-gram
+    # logits (every word's weight 0); role tokens kept
     ids = torch.tensor([bot.enc.classify(text, earlier)])
     x = bot.model.lm.get_input_embeddings()(ids).detach()
     roles = torch.isin(ids, torch.tensor([bot.enc.user, bot.enc.intent]))
     x[~roles] = bot.model.lm.get_input_embeddings().weight.detach().mean(0)
+    mask = torch.ones_like(ids)
     with torch.no_grad():
-        base = bot.model.intent_probs(None, torch.ones_like(ids), x)[0, bot.model.intents.index(e.intent)]
+        base = bot.model.intent_probs(None, mask, x, bot.model.bucket_ids(ids, mask, per_token=True),
+                                      torch.zeros(ids.shape))[0, bot.model.intents.index(e.intent)]
     assert e.baseline_probability == pytest.approx(float(base), abs=1e-5)
     assert sum(w.raw for w in e.words) + e.earlier_turns.raw == pytest.approx(e.attribution_sum, abs=1e-5)
     assert abs(e.attribution_sum - (e.confidence - e.baseline_probability)) <= e.delta + 1e-5

@@ -86,7 +86,8 @@ def test_conv1d_linear_round_trip_keeps_the_function():
 def test_train_top_freezes_everything_below_the_top_blocks():
     model, enc = _tiny()
     names = train_top(model, 1, lm_head=False)
-    assert names and all(n.startswith(("lm.transformer.h.1.", "lm.transformer.ln_f.", "score.")) for n in names)
+    assert names and all(n.startswith(("lm.transformer.h.1.", "lm.transformer.ln_f.", "score.", "ngrams.")) for n in names)
+    assert "ngrams.weight" in names  # the intent head's n-gram rows train with it
     assert any(n.startswith("lm.transformer.h.1.") for n in names) and "score.weight" in names
     b, pos, y = _batch(enc, RECORDS)
     _per_record_loss(model, b, pos, y).sum().backward()
@@ -145,7 +146,7 @@ def test_lora_under_ghost_clipping_matches_the_oracle_and_merges_for_saving():
     names = add_lora(model, rank=4)
     trainable = train_top(model, 0, lm_head=False, freeze_rest=False)
     assert set(names) < set(trainable) and "score.weight" in trainable
-    assert all("lora_" in n or n.startswith(("lm.transformer.ln_f.", "score.")) for n in trainable)
+    assert all("lora_" in n or n.startswith(("lm.transformer.ln_f.", "score.", "ngrams.")) for n in trainable)
     with torch.no_grad():  # peft starts B at zero; give the adapters a real effect
         for n, p in model.named_parameters():
             if "lora_B" in n:

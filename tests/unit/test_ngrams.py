@@ -31,7 +31,7 @@ def tiny_model(tok, buckets=BUCKETS, seed=0) -> DialogueModel:
     model = DialogueModel(GPT2LMHeadModel(cfg), INTENTS, tok, buckets).eval()
     with torch.no_grad():
         model.ngrams.weight.normal_(0, 0.5)  # as if trained (it starts at zero)
-        model.ngrams.weight[0] = 0  # padding
+        model.ngrams.weight[0] = 3.0  # padding: masked out, so this must change nothing
     return model
 
 
@@ -72,6 +72,9 @@ def test_packed_and_per_token_layouts_and_the_joint_pass_give_the_same_logits(to
         no_ngrams = model.score(model.intent_features(ids, mask))
     torch.testing.assert_close(packed, per_token)
     assert (packed - no_ngrams).abs().max() > 0.1  # the n-grams do count
+    with torch.no_grad():
+        model.ngrams.weight[0] = 0.0
+        torch.testing.assert_close(model.intent_logits(ids, mask), packed)  # the padding row never counted
     # the training pass (`forward`, message + reply) reads the same n-grams at the intent position
     rows = [enc.classify(t) + tok.encode(" track_order<|bot|> sure") for t in texts]
     full = enc.pad_batch(rows)
@@ -135,3 +138,4 @@ def test_dp_clips_the_ngram_layer_per_record(tok, dtype):
         return torch.nn.functional.cross_entropy(logits, y, reduction="none")
 
     _check(model, loss, (b["input_ids"], b["attention_mask"], buckets, y), dtype)
+    assert (buckets == 0).any() and torch.all(model.ngrams.weight.grad[0] == 0)  # padding gets no gradient

@@ -24,6 +24,7 @@ def test_a_misspelt_word_becomes_the_known_word_closest_to_it(typed, meant):
     "it's the item I didn't order",  # apostrophes
     "ur order pls",  # shorter than MIN_LENGTH
     "where is my parcel? I want a refund!",  # every word known
+    '<img src=x onerror="alert(1)"> see www.exampel.com/ordr or mail jo_smiht@exampel.org',  # markup, addresses
 ])
 def test_placeholders_numbers_names_and_known_words_are_left_byte_for_byte(text):
     assert correct(text) == text
