@@ -76,22 +76,18 @@ class DialogueModel(nn.Module):
         for row, end in zip(input_ids.tolist(), ends):
             start = max((k for k in range(end) if row[k] == self.user_id), default=-1) + 1
             rows.append([[]] * start + self.words.of(row, start, end))
-        if per_token:
-            return ngrams.batch(rows, input_ids.shape[1]).to(input_ids.device)
-        packed = [[b for token in row for b in token] for row in rows]
-        out = torch.zeros(len(packed), max(1, max(map(len, packed))), dtype=torch.long)
-        for i, ids in enumerate(packed):
-            out[i, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+        out = ngrams.batch(rows, input_ids.shape[1]) if per_token else ngrams.pack(rows)
         return out.to(input_ids.device)
 
     def ngram_logits(self, bucket_ids: torch.Tensor, word_weights: torch.Tensor | None = None) -> torch.Tensor:
         """The n-gram part of the intent logits: the rows of the message's buckets summed, over the square root of
         their number (a long message does not outvote GPT-2 by length alone). `word_weights` (B, T), with per-token
         `bucket_ids`: each token's rows scaled (1 = as read; 0 = the explanation's baseline)."""
-        per_token = self.ngrams(bucket_ids) * (bucket_ids != 0).unsqueeze(-1)  # (B, M, I) or (B, T, PER_WORD, I)
+        real = bucket_ids != 0
+        per_token = self.ngrams(bucket_ids) * real.unsqueeze(-1)  # (B, M, I) or (B, T, PER_WORD, I)
         if word_weights is not None:
             per_token = per_token.sum(2) * word_weights.unsqueeze(-1).to(per_token.dtype)
-        n = (bucket_ids != 0).flatten(1).sum(1, keepdim=True).clamp(min=1)
+        n = real.flatten(1).sum(1, keepdim=True).clamp(min=1)
         return per_token.flatten(1, -2).sum(1) / n.sqrt()
 
     def intent_logits(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor,

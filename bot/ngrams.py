@@ -63,6 +63,12 @@ class Buckets:
         return out
 
 
+def pack(rows: list[list[list[int]]]) -> torch.Tensor:
+    """Each row's buckets (`Buckets.of`) in one list, right-padded with 0: (B, M), M at least 1."""
+    packed = [torch.tensor([b for token in row for b in token] or [0], dtype=torch.long) for row in rows]
+    return torch.nn.utils.rnn.pad_sequence(packed, batch_first=True)
+
+
 def batch(rows: list[list[list[int]]], width: int) -> torch.Tensor:
     """Per-token buckets of each row (`Buckets.of`, placed from position 0) as a (B, width, PER_WORD) tensor of
     bucket ids, 0 where there are none."""

@@ -34,8 +34,9 @@ BASELINES = {  # what a text token's embedding is replaced by at the baseline
 DEFAULT_BASELINE = "mean"
 
 
-def describe_baseline(name: str) -> str:
-    return "every text token's embedding replaced by " + BASELINES[name] + ", and no n-gram logits"
+def describe_baseline(name: str, ngrams: bool = False) -> str:
+    """The explanation's baseline in words; `ngrams`: the model adds n-gram logits, which the baseline leaves out."""
+    return "every text token's embedding replaced by " + BASELINES[name] + (", and no n-gram logits" if ngrams else "")
 
 
 @dataclass
@@ -154,5 +155,6 @@ class IntentExplainer:
                                    self.model.intents[predicted[i]], words, float(probs[len(texts) + i, target]),
                                    float(own.sum()) + earlier, abs(float(delta[i])), n_steps=self.n_steps,
                                    internal_batch_size=self.internal_batch_size,
-                                   baseline=describe_baseline(self.baseline), earlier_turns=earlier_turns))
+                                   baseline=describe_baseline(self.baseline, self.model.ngrams is not None),
+                                   earlier_turns=earlier_turns))
         return out
