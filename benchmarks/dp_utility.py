@@ -1,11 +1,12 @@
 """Privacy–utility: intent accuracy without DP and at ε = 1, 3, 8, for the demo bot and BANKING77.
 
-Each bot is trained once without DP (Candor's default recipe) and once per ε with DP-SGD
-(`safety/privacy.py`, public pre-training, private fine-tuning), same model size, and tested on
-its held-out test set (demo: the bot file's in-scope test utterances; BANKING77: the official
-test split). Prints a table, writes benchmarks/out/dp_utility.{json,png}.
+Each bot is trained once without DP (Candor's default recipe) and once per ε with what `candor train --dp` does
+with no other flags (`safety/privacy.py`: public pre-training, then the noisy prototypes; the flags below change
+it), same model size, and tested on its held-out test set (demo: the bot file's in-scope test utterances;
+BANKING77: the official test split). Each DP row carries the accuracy the trainer expected before training (its
+public stand-in estimate). Prints a table, writes benchmarks/out/dp_utility.{json,png}.
 
-    python benchmarks/dp_utility.py                                  # both bots, ε = 1 3 8
+    python benchmarks/dp_utility.py                                  # both bots, ε = 1 3 8, the --dp defaults
     python benchmarks/dp_utility.py --bots demo --epsilons 8 --dp-epochs 10
     python benchmarks/dp_utility.py --bots demo --epsilons 8 --dp-lora-rank 8 --dp-lr 1e-2
     python benchmarks/dp_utility.py --bots demo --dp-base benchmarks/out/banking77 --dp-blocks 0
@@ -68,7 +69,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bots", nargs="+", default=["demo", "banking77"], choices=["demo", "banking77"])
     p.add_argument("--epsilons", nargs="+", type=float, default=[1, 3, 8])
-    p.add_argument("--dp-epochs", type=int, default=None, help="DP fine-tuning epochs (default: privacy defaults)")
+    p.add_argument("--dp-epochs", type=int, default=None, help="privacy.epochs: DP-SGD epochs after the prototypes "
+                                                                "(default: the bot's, 0)")
+    p.add_argument("--dp-ngram-share", type=float, default=None, help="privacy.ngram_share (default: the bot's)")
     p.add_argument("--dp-reply-weight", type=float, default=None,
                    help="reply loss weight under DP (0: intent head only, ~5x cheaper per step on CPU)")
     p.add_argument("--dp-lora-rank", type=int, default=0, help="train LoRA adapters of this rank under DP (0: off)")
@@ -76,9 +79,9 @@ def main() -> None:
                    help="start DP fine-tuning from this model trained on public data only (e.g. the BANKING77 "
                         "model benchmarks/intent_accuracy.py writes), instead of the offline default")
     p.add_argument("--dp-blocks", type=int, default=None, help="privacy.train_blocks under DP (0: heads only)")
-    p.add_argument("--dp-head-init", choices=["random", "prototype"], default="random",
+    p.add_argument("--dp-head-init", choices=["random", "prototype"], default=None,
                    help="privacy.head_init: prototype starts the intent head from noisy per-intent prototypes")
-    p.add_argument("--dp-prototype-share", type=float, default=0.5, help="privacy.prototype_share (default 0.5)")
+    p.add_argument("--dp-prototype-share", type=float, default=None, help="privacy.prototype_share (default: the bot's)")
     p.add_argument("--dp-lr", type=float, default=None, help="DP fine-tuning learning rate (default: the bot's)")
     p.add_argument("--banking-epochs", type=int, default=6, help="non-private BANKING77 epochs (default 6)")
     p.add_argument("--plain-model", nargs="*", default=[], metavar="BOT=DIR",
@@ -119,9 +122,12 @@ def main() -> None:
             dp_spec = copy.deepcopy(spec)
             dp_spec.privacy.enabled, dp_spec.privacy.target_epsilon = True, eps
             dp_spec.privacy.public_corpus = public
-            if args.dp_epochs is not None:
-                dp_spec.training.epochs = args.dp_epochs
-            dp_spec.privacy.head_init, dp_spec.privacy.prototype_share = args.dp_head_init, args.dp_prototype_share
+            for field, value in (("epochs", args.dp_epochs), ("head_init", args.dp_head_init),
+                                 ("prototype_share", args.dp_prototype_share), ("ngram_share", args.dp_ngram_share)):
+                if value is not None:
+                    setattr(dp_spec.privacy, field, value)
+            if name != "demo":  # the estimate's stand-in must not be the private data itself
+                dp_spec.privacy.standin = public
             if args.dp_reply_weight is not None:
                 dp_spec.training.reply_weight = args.dp_reply_weight
             if args.dp_lr:
@@ -137,22 +143,27 @@ def main() -> None:
             trainer.run()
             acc = accuracy(trainer, texts, intents)
             ledger = read_card(trainer.out_dir)["privacy"]
+            p = dp_spec.privacy
             results.append(dict(bot=name, dp=True, target_epsilon=eps, epsilon=ledger["epsilon"],
                                 delta=ledger["delta"], accuracy=acc, seconds=time.time() - t0,
-                                epochs=dp_spec.training.epochs, noise_multiplier=ledger["noise_multiplier"],
+                                epochs=p.epochs, noise_multiplier=ledger["noise_multiplier"],
+                                ngram_share=p.ngram_share if "head_init" in ledger else None,
+                                estimate=(ledger.get("estimate") or {}).get("accuracy"),
                                 reply_weight=dp_spec.training.reply_weight, lora_rank=args.dp_lora_rank,
                                 base=dp_spec.model.base, train_blocks=dp_spec.privacy.train_blocks,
-                                learning_rate=dp_spec.training.learning_rate, head_init=args.dp_head_init,
-                                prototype_share=args.dp_prototype_share if dp_spec.training.epochs else 1.0,
+                                learning_rate=dp_spec.training.learning_rate, head_init=p.head_init,
+                                prototype_share=p.prototype_share if p.epochs else 1.0,
                                 steps=ledger["steps"],
                                 prototype_sigma=ledger["history"][0][0] if "head_init" in ledger else None))
-            print(f"{name} ε={eps:g}: accuracy {acc:.4f} (ε from the accountant {ledger['epsilon']:.2f})", flush=True)
+            est = results[-1]["estimate"]
+            print(f"{name} ε={eps:g}: accuracy {acc:.4f} (ε from the accountant {ledger['epsilon']:.2f}"
+                  + (f"; expected before training {est:.4f}" if est is not None else "") + ")", flush=True)
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu" \
         else f"CPU, {torch.get_num_threads()} threads"
     print(f"\nintent accuracy on held-out test sets; {platform.node()}, {device}")
-    print("| bot | training | ε (accountant) | δ | accuracy | vs non-private (points) | minutes |")
-    print("|---|---|---|---|---|---|---|")
+    print("| bot | training | ε (accountant) | δ | accuracy | vs non-private (points) | expected before training | minutes |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in results:
         base = next(b["accuracy"] for b in results if b["bot"] == r["bot"] and not b["dp"])
         if r["dp"]:
@@ -162,9 +173,10 @@ def main() -> None:
                   f"reply weight {r['reply_weight']:g}, "
                   + (f"prototype σ {r['prototype_sigma']:.2f}, " if r.get("prototype_sigma") else "")
                   + (f"σ {r['noise_multiplier']:.2f}" if r["epochs"] else "no DP-SGD") + f" | {r['epsilon']:.2f} | {r['delta']:.1e} | {r['accuracy']:.4f} | "
-                  f"{100 * (r['accuracy'] - base):+.1f} | {r['seconds'] / 60:.1f} |")
+                  f"{100 * (r['accuracy'] - base):+.1f} | "
+                  + (f"{r['estimate']:.4f}" if r.get("estimate") is not None else "–") + f" | {r['seconds'] / 60:.1f} |")
         else:
-            print(f"| {r['bot']} | no DP, {r['epochs']} epochs | ∞ | – | {r['accuracy']:.4f} | 0 | {r['seconds'] / 60:.1f} |")
+            print(f"| {r['bot']} | no DP, {r['epochs']} epochs | ∞ | – | {r['accuracy']:.4f} | 0 | – | {r['seconds'] / 60:.1f} |")
     (args.out / "dp_utility.json").write_text(json.dumps(results, indent=2))
     plot(results, args.out / "dp_utility.png")
     print(f"\nwrote {args.out / 'dp_utility.json'} and {args.out / 'dp_utility.png'}")
@@ -172,10 +184,11 @@ def main() -> None:
 
 def trained(r: dict) -> str:
     proto = r.get("head_init") == "prototype"
+    share = f", n-gram share {r['ngram_share']:g}" if r.get("ngram_share") is not None else ""
     if proto and not r["epochs"]:
-        return "prototype head only"
+        return "prototype head only" + share
     if proto:
-        return f"prototype head ({r['prototype_share']:g} of ε), then " + trained({**r, "head_init": "random"})
+        return f"prototype head{share} ({r['prototype_share']:g} of ε), then " + trained({**r, "head_init": "random"})
     if r.get("lora_rank"):
         return f"LoRA r{r['lora_rank']}"
     blocks = r.get("train_blocks", -1)

@@ -234,6 +234,8 @@ class Privacy(Section):
             *([f"Published about the data: {p['published_counts']}."] if "published_counts" in p else []),
             *([f"Trained privately: {p['trained']}."] if p.get("trained") else []),
             *([f"Intent head started from {p['head_init']}."] if p.get("head_init") else []),
+            *([f"Expected before training, measured on public stand-in data of this bot's size: "
+               f"{p['estimate']['line']}."] if p.get("estimate") else []),
             *([f"Prototype release: noise multiplier {p['prototype_noise_multiplier']:.3f}, sample rate 1, one step"
                + ("." if epochs else "; the prototype release is the only private step (no DP-SGD step).")]
               if "prototype_noise_multiplier" in p else []),

@@ -102,13 +102,26 @@ def read_corpus(path: str | Path) -> list[str]:
         from bot.spec import load_bot
         return corpus(load_bot(path)[0])
     if path.suffix == ".csv":
-        with open(path, encoding="utf-8", newline="") as fh:
-            rows = list(csv.DictReader(fh))
-        col = next((c for c in ("text", "utterance", "instruction") if rows and c in rows[0]), None)
-        if col is None:
-            raise ValueError(f"{path}: a text corpus in CSV needs a 'text' column")
-        return [r[col].strip() for r in rows if r[col].strip()]
+        return [text for text, _ in _csv_rows(path)]
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def read_labelled(path: str | Path) -> list[tuple[str, str]]:
+    """(text, intent) of each row of a CSV with a text column (as `read_corpus`) and an 'intent' (or 'category')
+    column."""
+    return [(text, label) for text, label in _csv_rows(Path(path), labelled=True)]
+
+
+def _csv_rows(path: Path, labelled: bool = False) -> list[tuple[str, str | None]]:
+    with open(path, encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    col = next((c for c in ("text", "utterance", "instruction") if rows and c in rows[0]), None)
+    if col is None:
+        raise ValueError(f"{path}: a text corpus in CSV needs a 'text' column")
+    label = next((c for c in ("intent", "category") if rows and c in rows[0]), None)
+    if labelled and label is None:
+        raise ValueError(f"{path}: labelled stand-in data in CSV needs an 'intent' column beside '{col}'")
+    return [(r[col].strip(), r[label].strip() if label else None) for r in rows if r[col].strip()]
 
 
 def outlier_texts(spec: BotSpec, near: float = 0.5) -> tuple[list[str], int]:

@@ -150,8 +150,11 @@ class PrivacySettings:
     lora_rank: int = 0  # > 0: train peft LoRA adapters of this rank (+ intent head, final norm) instead of blocks
     count_epsilon: float = 0.05  # part of target_epsilon spent on the one noisy count of training records
     imported_responses: str = "private"  # responses imported from data: "private" (not used, not shipped) or "public"
-    head_init: str = "random"  # "prototype": start the intent head from noisy per-intent prototypes (safety/prototypes.py)
+    head_init: str = "prototype"  # the intent head (and n-gram rows) from noisy per-intent prototypes (safety/prototypes.py); "random"
     prototype_share: float = 0.5  # of the ε left after the count, the share the prototypes alone would spend
+    ngram_share: float = 0.5  # the prototypes' vector: this share of a record's length on its n-grams, the rest on GPT-2's features
+    standin: str = ""  # labelled public CSV (text, intent) the expected accuracy is measured on ("" = bundled BANKING77)
+    epochs: int = 0  # DP-SGD epochs after the prototypes (0: the prototypes are the whole private step); training.epochs is non-private training's
 
 
 @dataclass
@@ -518,6 +521,13 @@ def validate(spec: BotSpec) -> list[Problem]:
     if not 0 < spec.privacy.prototype_share < 1:
         out.append(Problem(f, None, "error", "privacy.prototype_share must be above 0 and below 1 (with no DP-SGD "
                                              "epochs the prototypes get the whole budget whatever it says)"))
+    if spec.privacy.standin and not Path(spec.privacy.standin).is_file():
+        out.append(Problem(f, None, "error", f"privacy.standin: no such file '{spec.privacy.standin}' (a labelled CSV "
+                                             "with text and intent columns, or leave it out for the bundled one)"))
+    if not 0 <= spec.privacy.ngram_share <= 1:
+        out.append(Problem(f, None, "error", f"privacy.ngram_share must be between 0 and 1, got {spec.privacy.ngram_share}"))
+    if spec.privacy.epochs < 0:
+        out.append(Problem(f, None, "error", f"privacy.epochs {spec.privacy.epochs} must be 0 or more"))
     if spec.training.epochs < 0:
         out.append(Problem(f, None, "error", f"training.epochs {spec.training.epochs} must be 0 or more"))
     if spec.privacy.enabled:  # what DP-SGD (safety/privacy.py) does not do yet: refused, never silently ignored
@@ -531,10 +541,10 @@ def validate(spec: BotSpec) -> list[Problem]:
                                                              "name the public text there instead")):
             if on:
                 out.append(Problem(f, None, "error", f"training.{key} is not available under DP yet ({why})"))
-        if t.epochs < 1 and spec.privacy.head_init != "prototype":
-            out.append(Problem(f, None, "error", "training.epochs must be 1 or more under DP (0 only with "
-                                                 "privacy.head_init: prototype, where the prototypes are the only "
-                                                 "private step)"))
+        if spec.privacy.epochs < 1 and spec.privacy.head_init != "prototype":
+            out.append(Problem(f, None, "error", "privacy.epochs must be 1 or more with privacy.head_init: random "
+                                                 "(0 only with privacy.head_init: prototype, where the prototypes are "
+                                                 "the only private step)"))
 
     seen: dict[str, Example] = {}
     for intent in spec.intents.values():

@@ -580,7 +580,7 @@ class Trainer:
             if dp:
                 if not dp.step(self, batch):
                     continue  # one physical part of a Poisson sample: the step comes with its last part
-                shown = {"loss": f"{dp.last_loss:.3f}", "eps": f"{dp.epsilon():.2f}"}
+                shown = {"loss": f"{dp.last_loss:.3f}", "ε spent": f"{dp.spent():.2f}"}
             else:
                 loss, shown = self._loss(batch)
                 self._step(loss)
@@ -661,7 +661,8 @@ class Trainer:
             metrics = {"epoch": self.state.epoch + 1, "step": self.state.step, **self.validate()}
         self.state.history.append(metrics)
         self.log("epoch {epoch}: ".format(**metrics) + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()
-                                                                  if k.startswith("val")))
+                                                                  if k.startswith("val"))
+                 + (f", ε spent {self.privacy.spent():.2f} of {self.spec.privacy.target_epsilon:g}" if self.privacy else ""))
         loss = metrics.get("val_loss", -self.state.epoch) if self.policy.use_validation else -self.state.epoch
         if not all(v.may_keep(self.state.epoch) for v in self.views):  # e.g. before adversarial training began
             return False

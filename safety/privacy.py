@@ -33,6 +33,7 @@ import copy
 import math
 import random
 import secrets
+import time
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +48,8 @@ from opacus.utils.uniform_sampler import DistributedUniformWithReplacementSample
 from torch.utils.data import TensorDataset
 
 from bot import distributed
-from bot.data import read_corpus
+from bot.classify import predict_features
+from bot.data import read_corpus, read_labelled
 from bot.pretrain import base_provenance
 from bot.train import Policy
 from safety.bookkeeping import BookKeeping
@@ -63,8 +65,9 @@ from safety.gpt2_dp import (
 )
 
 ACCOUNTANT = "prv"
-BUNDLED_PUBLIC = Path(__file__).resolve().parents[1] / "bot" / "demo" / "public_banking77.txt"
+BUNDLED_PUBLIC = Path(__file__).resolve().parents[1] / "bot" / "demo" / "public_banking77.csv"
 PROTOTYPE_PUBLIC = 5000  # public texts the prototypes' whitening is fitted on (the first of the public corpus)
+POOR = 0.75  # an expected accuracy below this is called poor before training, with what would help
 
 
 COUNT_NOTE = ("no exact count of the private data is published: the number of training records is released once "
@@ -176,7 +179,11 @@ class DPSGD:
                     outlier_exposure=False)
 
     def __init__(self, spec, log=print):
-        self.spec, self.responses_note = private_spec(spec, log)
+        spec, self.responses_note = private_spec(spec, log)
+        if spec.training.epochs != spec.privacy.epochs:  # the loop's epochs under DP: DP-SGD's (privacy.epochs)
+            spec = copy.deepcopy(spec)
+            spec.training.epochs = spec.privacy.epochs
+        self.spec = spec
         self.settings, self.log = self.spec.privacy, log
         self.public_path = Path(self.settings.public_corpus) if self.settings.public_corpus else BUNDLED_PUBLIC
         self.pretrain_texts = read_corpus(self.public_path)  # what may see private data instead: public text ...
@@ -244,6 +251,7 @@ class DPSGD:
         if before and total_steps and "history" not in self.record:
             sigma_after = noise_for(budget, self.delta, 1 / self.steps_per_epoch, total_steps, before)
         if before and "prototype" not in self.record:
+            self._expect(trainer, before[0][0], total_steps)
             self._prototype_head(trainer, before[0][0])
         secure = secure_mode()
         self.engine = PrivacyEngine(accountant=ACCOUNTANT, secure_mode=secure)
@@ -289,21 +297,78 @@ class DPSGD:
                  f"the noisy record count) at δ {self.delta:.1e} over {epochs} epochs of about "
                  f"{self.n_noisy} records")
 
+    def _expect(self, trainer, sigma: float, sgd_steps: int) -> None:
+        """Before anything private is read: the plan, and the accuracy the prototypes reach at σ on public stand-in data
+        of the bot's size (safety/prototypes.py: `standin_estimate`); when that is poor, what would help. It reads
+        public text, the public base and public numbers only (the bot file's intents, the noisy record count)."""
+        from safety.prototypes import standin_estimate
+
+        p, model = self.settings, trainer.model
+        path = Path(p.standin) if p.standin else BUNDLED_PUBLIC
+        rows = read_labelled(path)
+        public = [served_text(t, redact=False) for t in self.pretrain_texts[:PROTOTYPE_PUBLIC]]
+        rows = [(served_text(t, redact=False), i) for t, i in rows]
+        k, n = len(model.intents), self.n_noisy
+
+        def estimate(sigma=sigma, n_intents=k, n_records=n):
+            return standin_estimate(model, trainer.enc, rows, n_intents, n_records, sigma, p.ngram_share, public,
+                                    path.name)
+
+        started = time.time()
+        predict_features(model, trainer.enc, public[:256])
+        per_text = (time.time() - started) / len(public[:256])  # one forward pass, this machine
+        # a DP-SGD step: forward and backward of a logical batch (about 3 forward passes, plus the clipping's share)
+        minutes = (n * per_text * 2 + sgd_steps * p.logical_batch * per_text * 3.5) / 60
+        self.log(f"DP plan: ε {p.target_epsilon:g} at δ {self.delta:.1e} for about {n} records and {k} intents; the "
+                 f"prototypes (noise multiplier {sigma:.3f}, one release)"
+                 + (f", then {sgd_steps} DP-SGD steps ({trainer.training.epochs} epochs)" if sgd_steps else
+                    ", the whole private step")
+                 + f"; about {max(1, round(minutes))} minute(s) from here on this machine (a rough guide)")
+        if not trainer.main:
+            return
+        expected = estimate()
+        self.log("DP expected accuracy" + (" of the prototypes alone (DP-SGD after them may add some)" if sgd_steps
+                                           else "") + ": " + expected.line())
+        self.record["estimate"] = {"accuracy": expected.accuracy, "low": expected.low, "high": expected.high,
+                                   "intents": expected.intents, "per_intent": expected.per_intent,
+                                   "source": expected.source, "line": expected.line(), "sgd_steps": sgd_steps}
+        if expected.per_intent < round(n / max(k, 1)) or expected.intents < k:
+            self.log(f"  (the stand-in has fewer intents or records than this bot: the estimate is for "
+                     f"{expected.intents} intents with {expected.per_intent} records each)")
+        if expected.accuracy < POOR:
+            budget = p.target_epsilon - p.count_epsilon
+            more = {f"ε {2 * p.target_epsilon:g}": estimate(sigma=noise_for(2 * budget, self.delta, 1.0, 1)),
+                    "twice the records per intent": estimate(n_records=2 * n)}
+            if k >= 4:
+                more["half the intents"] = estimate(n_intents=k // 2, n_records=n / 2)
+            self.log(f"DP WARNING: {100 * expected.accuracy:.0f}% is a poor expected accuracy. What would help, on the "
+                     "same stand-in: " + "; ".join(f"{what}: {100 * e.accuracy:.0f}%" for what, e in more.items())
+                     + ". Stop now (Ctrl-C) to change the plan, or let it train.")
+            self.record["estimate"]["would_help"] = {what: e.accuracy for what, e in more.items()}
+
     def _prototype_head(self, trainer, sigma: float) -> None:
         """The intent head from noisy per-intent prototypes (safety/prototypes.py), noise multiplier σ."""
         from safety.prototypes import prototype_head
 
         model, records = trainer.model, trainer.train_records
         intent_id = {n: i for i, n in enumerate(model.intents)}
-        weight = distributed.from_main(prototype_head(
+        head, grams = distributed.from_main(prototype_head(
             model, trainer.enc, [r.text for r in records], [intent_id[r.intent] for r in records],
             [served_text(t, redact=False) for t in self.pretrain_texts[:PROTOTYPE_PUBLIC]], sigma,
-            os_seeded_generator("cpu")) if trainer.main else None)
+            os_seeded_generator("cpu"), self.settings.ngram_share) if trainer.main else None)
         with torch.no_grad():
-            model.score.weight.copy_(weight.to(model.score.weight))
-        self.record["prototype"] = {"noise_multiplier": sigma}  # in the history as (σ, 1.0, 1)
-        self.log(f"DP prototypes: intent head from per-intent sums of unit feature vectors plus Gaussian noise "
-                 f"(σ {sigma:.3f}, ε {epsilon_for([(sigma, 1.0, 1)], self.delta):.2f} alone at δ {self.delta:.1e})")
+            model.score.weight.copy_(head.to(model.score.weight))
+            if grams is not None:
+                model.ngrams.weight.copy_(grams.to(model.ngrams.weight))
+        self.record["prototype"] = {"noise_multiplier": sigma,  # in the history as (σ, 1.0, 1)
+                                    "ngram_share": self.settings.ngram_share if grams is not None else 0.0}
+        val = trainer.validate()  # held-out records, outside the guarantee: only their accuracy is reported
+        spent = epsilon_for([(sigma, 1.0, 1)], self.delta) + self.settings.count_epsilon
+        self.log(f"DP prototypes: intent head{' and n-gram rows' if grams is not None else ''} from per-intent sums "
+                 f"of unit feature vectors plus Gaussian noise (σ {sigma:.3f}, ε "
+                 f"{epsilon_for([(sigma, 1.0, 1)], self.delta):.2f} alone at δ {self.delta:.1e}); ε spent {spent:.2f} of "
+                 f"{self.settings.target_epsilon:g}"
+                 + (f", validation accuracy {val['val_accuracy']:.4f}" if val else ""))
         trainer.checkpoint()
 
     # ---------------------------------------------------------------- each step
@@ -349,9 +414,10 @@ class DPSGD:
         self.opt.zero_grad()
         return not self.opt._is_last_step_skipped
 
-    def epsilon(self) -> float:
-        """ε spent by DP-SGD so far (the accountant's; without the noisy count's)."""
-        return self.engine.get_epsilon(self.delta)
+    def spent(self) -> float:
+        """ε spent so far, all of it: the accountant's over what ran (the prototypes, DP-SGD's steps) + the count's."""
+        history = self.engine.accountant.history if self.engine else []
+        return (epsilon_for(history, self.delta) if history else 0.0) + self.settings.count_epsilon
 
     def ledger(self) -> dict:
         """What a checkpoint keeps: the noisy count, the prototypes' σ, and the accountant's plan and history."""
@@ -394,7 +460,8 @@ class DPSGD:
             "published_counts": COUNT_NOTE,
             "clipping": "per record, flat, ghost clipping" + (" (book-keeping: one backward pass)" if self.bk else ""),
             "lm_head": "untied from the input embeddings" + ("; frozen (no reply loss)" if t.reply_weight <= 0 else ""),
-            "trained": ("the intent head only (the prototypes); every other weight is the public base's, unchanged"
+            "trained": ("the intent head " + ("and n-gram rows " if proto and proto.get("ngram_share") else "")
+                        + "only (the prototypes); every other weight is the public base's, unchanged"
                         if not t.epochs else
                         f"LoRA adapters of rank {p.lora_rank} on every attention and MLP projection "
                         "(merged into the saved weights), final norm and intent head; the rest is frozen at its "
@@ -411,12 +478,16 @@ class DPSGD:
             "not_covered": "validation utterances (held out by the keyed hash; only their accuracy is reported) and "
                            "test utterances; dialogue turns that are not also examples, and multi-turn context (not used under DP)"
                            + (f"; {self.responses_note}" if self.responses_note else ""),
-            **({"head_init": (f"noisy per-intent prototypes: the sums of each record's whitened, unit-length features "
-                              f"plus Gaussian noise (σ {proto['noise_multiplier']:.3f}, sample rate 1, one release; "
+            **({"head_init": ("noisy per-intent prototypes: the sums of each record's whitened, unit-length features "
+                              + (f"and hashed n-grams (weights √{1 - proto['ngram_share']:g} and "
+                                 f"√{proto['ngram_share']:g}: one vector of length 1 per record) "
+                                 if proto.get("ngram_share") else "")
+                              + f"plus Gaussian noise (σ {proto['noise_multiplier']:.3f}, sample rate 1, one release; "
                               "whitening fitted on public text)" + (", before DP-SGD and composed with it by the "
                                                                     "accountant" if t.epochs else
                                                                     ", the only private step")),
                 "prototype_noise_multiplier": proto["noise_multiplier"]} if proto else {}),
+            **({"estimate": ledger["estimate"]} if "estimate" in ledger else {}),
             "history": ledger["history"],
         }
 

@@ -10,8 +10,19 @@ direction, mapped back through the whitening: the head scores a message by the c
 features and each intent's prototype (the nearest-class-mean rule). Noise hardly moves that rule: each
 intent's sum grows with its examples, the noise (about σ·√d long) does not, and a message's score sees only
 the noise along its own direction (about σ).
+
+With n-grams (`DialogueModel.ngrams`, bot/ngrams.py) a record's vector has a second part: the indicator of its
+message's hashed n-gram buckets, scaled to length 1. The two parts are weighted √(1 − s) and √s (s =
+`privacy.ngram_share`), so the joint vector still has length 1 and one release covers both: the first part's sums
+make the head's rows, the second's the n-gram rows. Each part's rows are divided by an estimate of its signal's
+length, ‖noisy sum‖² − σ²·(its dimension) (the noise's expected share removed), not by the noisy sum's length:
+over 32,767 buckets the noise is most of that length, and dividing by it would rank the intents by their noise.
+Everything after the release is computed from the noisy sums and public text alone (post-processing).
 """
 from __future__ import annotations
+
+import random
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -55,18 +66,133 @@ def noisy_sums(units: torch.Tensor, labels: torch.Tensor, n_classes: int, sigma:
     return (sums + noise).float()
 
 
-def head_weights(sums: torch.Tensor, transform: torch.Tensor, typical_norm: float) -> torch.Tensor:
+def denoised(sums: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Each noisy sum over an estimate of its signal's length: √(‖sum‖² − σ²·d), floored at twice that estimate's
+    noise (σ²·√(2d)), so that an intent with little signal does not get a large row from noise alone. With σ = 0,
+    each sum scaled to length 1."""
+    d = sums.shape[1]
+    power = sums.double().pow(2).sum(1) - sigma ** 2 * d
+    floor = max(2 * sigma ** 2 * (2 * d) ** 0.5, 1e-12)
+    return (sums.double() / power.clamp_min(floor).sqrt().unsqueeze(1)).float()
+
+
+def head_weights(sums: torch.Tensor, transform: torch.Tensor, typical_norm: float, sigma: float = 0.0) -> torch.Tensor:
     """Head rows whose logits are LOGIT_SCALE × cos(whitened features, prototype) at the typical feature length:
-    W = scale · normalise(sums) · Aᵀ, so that W h = scale · ⟨prototype, A h⟩."""
-    return LOGIT_SCALE / max(typical_norm, 1e-12) * F.normalize(sums, dim=1) @ transform.T
+    W = scale · denoised(sums) · Aᵀ, so that W h = scale · ⟨prototype, A h⟩."""
+    return LOGIT_SCALE / max(typical_norm, 1e-12) * denoised(sums, sigma) @ transform.T
+
+
+def bucket_units(model: DialogueModel, enc: Encoder, texts: list[str], batch_size: int = 256) -> list[torch.Tensor]:
+    """Each text's n-gram buckets as the served model reads them (`DialogueModel.bucket_ids`), a bucket as often
+    as the message has it (`ngram_sums` makes the unit vector)."""
+    out = []
+    for k in range(0, len(texts), batch_size):
+        b = enc.pad_batch([enc.classify(t) for t in texts[k:k + batch_size]])
+        ids = model.bucket_ids(b["input_ids"], b["attention_mask"])
+        out += [row[row != 0] for row in ids]
+    return out
+
+
+def ngram_sums(buckets: list[torch.Tensor], labels: torch.Tensor, n_classes: int, n_buckets: int,
+               weight: float) -> torch.Tensor:
+    """Per-class sums of the records' n-gram unit vectors × `weight`, (n_classes, n_buckets), float64. A record's
+    unit vector is its bucket counts c over ‖c‖; the model reads a message as Σ c_b·row_b / √(Σ c_b), the same
+    direction, so its n-gram logits are a positive multiple (‖c‖ / √Σc, 1 when no bucket repeats) of the cosine."""
+    sums = torch.zeros(n_classes * n_buckets, dtype=torch.float64)
+    for row, c in zip(buckets, labels.tolist()):
+        if len(row):
+            ids, counts = row.unique(return_counts=True)
+            sums.index_add_(0, c * n_buckets + ids, weight * counts.double() / counts.double().norm())
+    return sums.view(n_classes, n_buckets)
+
+
+def release(feats: torch.Tensor, buckets: list[torch.Tensor] | None, labels: torch.Tensor, n_classes: int,
+            n_buckets: int, public_feats: torch.Tensor, sigma: float, generator: torch.Generator | None,
+            share: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The Gaussian release (module docstring) from the records' GPT-2 features and n-gram buckets (None: no
+    n-grams, share 0): (head weight (n_classes, hidden), n-gram rows (n_buckets, n_classes) or None)."""
+    transform, typical = fit_whitening(public_feats)
+    units = unit_vectors(feats, transform) * (1 - share) ** 0.5
+    sums = noisy_sums(units, labels, n_classes, sigma, generator)
+    head = head_weights(sums, transform, typical, sigma) if share < 1 else torch.zeros(n_classes, feats.shape[1])
+    if buckets is None or not share:
+        return head, None
+    grams = ngram_sums(buckets, labels, n_classes, n_buckets, share ** 0.5)
+    grams = grams + torch.randn(grams.shape, generator=generator, dtype=torch.float64) * sigma
+    grams[:, 0] = 0.0  # the padding bucket: no record has it, and the logits mask it out
+    # the n-gram logits are Σ rows / √k over a message's k buckets: LOGIT_SCALE × the cosine with the prototype
+    return head, (LOGIT_SCALE * denoised(grams, sigma)).T.contiguous()
+
+
+def scores(feats: torch.Tensor, buckets: list[torch.Tensor] | None, head: torch.Tensor,
+           grams: torch.Tensor | None) -> torch.Tensor:
+    """Intent logits of messages as the model computes them from a release: head · features + the n-gram logits
+    (Σ rows of a message's buckets / √their number)."""
+    logits = feats @ head.T
+    if grams is not None:
+        logits = logits + torch.stack([grams[row].sum(0) / max(len(row), 1) ** 0.5 for row in buckets])
+    return logits
 
 
 @torch.no_grad()
 def prototype_head(model: DialogueModel, enc: Encoder, texts: list[str], labels: list[int], public_texts: list[str],
-                   sigma: float, generator: torch.Generator | None) -> torch.Tensor:
-    """The intent head's new weight from the private `texts` (one per record) and their intent indices, with
-    the whitening fitted on `public_texts`; σ is the Gaussian mechanism's noise multiplier."""
-    transform, typical = fit_whitening(predict_features(model, enc, public_texts))
-    units = unit_vectors(predict_features(model, enc, texts), transform)
-    sums = noisy_sums(units, torch.tensor(labels, dtype=torch.long), len(model.intents), sigma, generator)
-    return head_weights(sums, transform, typical)
+                   sigma: float, generator: torch.Generator | None,
+                   ngram_share: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(the intent head's new weight, the n-gram rows' new weight or None) from the private `texts` (one per
+    record) and their intent indices, with the whitening fitted on `public_texts`; σ is the Gaussian mechanism's
+    noise multiplier; `ngram_share` the s of the module docstring (0 without n-grams)."""
+    share = ngram_share if model.ngrams is not None else 0.0
+    buckets = bucket_units(model, enc, texts) if share else None
+    n_buckets = model.ngrams.num_embeddings if share else 0
+    return release(predict_features(model, enc, texts), buckets, torch.tensor(labels, dtype=torch.long),
+                   len(model.intents), n_buckets, predict_features(model, enc, public_texts), sigma, generator, share)
+
+
+@dataclass
+class Estimate:
+    """The accuracy the prototypes reach on public stand-in data of the bot's size (`standin_estimate`)."""
+    accuracy: float  # mean over the draws
+    low: float
+    high: float
+    intents: int  # stand-in intents used (the bot's number, or all the stand-in has)
+    per_intent: int  # stand-in records per intent used (the bot's, or all the stand-in has)
+    source: str
+
+    def line(self) -> str:
+        return (f"{100 * self.accuracy:.0f}% (draws {100 * self.low:.0f}–{100 * self.high:.0f}%) on {self.source}, "
+                f"{self.intents} of its intents with {self.per_intent} records each")
+
+
+@torch.no_grad()
+def standin_estimate(model: DialogueModel, enc: Encoder, rows: list[tuple[str, str]], n_intents: int,
+                     n_records: float, sigma: float, share: float, public_texts: list[str], source: str,
+                     draws: int = 3, seed: int = 0) -> Estimate:
+    """The accuracy to expect from the release at σ, measured on public labelled `rows` (text, intent) shaped like the
+    bot: `n_intents` of their intents drawn at random, `n_records` / `n_intents` records each (as many as there
+    are when fewer), a fifth of each intent's other rows as its test; the mean over `draws` draws. It reads
+    public text, the public base and the bot's public numbers (intents, the noisy record count) only."""
+    share = share if model.ngrams is not None else 0.0
+    by_intent: dict[str, list[str]] = {}
+    for text, intent in rows:
+        by_intent.setdefault(intent, []).append(text)
+    k = min(n_intents, len(by_intent))
+    per_intent = max(1, round(n_records / max(n_intents, 1)))
+    rng, generator = random.Random(seed), torch.Generator().manual_seed(seed)
+    public_feats = predict_features(model, enc, public_texts)
+    accs, used = [], per_intent
+    for _ in range(draws):
+        train, test = [], []
+        for c, name in enumerate(rng.sample(sorted(by_intent), k)):
+            texts = rng.sample(by_intent[name], len(by_intent[name]))
+            n_test = max(1, len(texts) // 5)
+            test += [(t, c) for t in texts[:n_test]]
+            train += [(t, c) for t in texts[n_test:n_test + per_intent]]
+            used = min(used, len(texts) - n_test)
+        feats = predict_features(model, enc, [t for t, _ in train + test])
+        buckets = bucket_units(model, enc, [t for t, _ in train + test]) if share else None
+        n = len(train)
+        head, grams = release(feats[:n], buckets[:n] if buckets else None, torch.tensor([c for _, c in train]), k,
+                              model.ngrams.num_embeddings if share else 0, public_feats, sigma, generator, share)
+        pred = scores(feats[n:], buckets[n:] if buckets else None, head, grams).argmax(1)
+        accs.append(float((pred == torch.tensor([c for _, c in test])).float().mean()))
+    return Estimate(sum(accs) / len(accs), min(accs), max(accs), k, used, source)

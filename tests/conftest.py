@@ -68,8 +68,10 @@ def dp_bot_file(tmp_path: Path, training: dict | None = None, **privacy) -> Path
     pub = tmp_path / "public.txt"
     pub.write_text("\n".join(["where is my parcel", "cancel the order", "money back please", "talk to someone"] * 30))
     bot = tiny_bot_dict(**{"epochs": 3, "reply_batch_size": 4, **(training or {})})
+    # the DP-SGD epochs are the training dict's (3 unless given), the head random unless asked: DP-SGD as the
+    # tests of its mechanics expect it; the product's defaults (prototypes only) are tested by name
     bot["privacy"] = {"enabled": True, "target_epsilon": 8.0, "logical_batch": 16, "physical_batch": 8,
-                      "public_corpus": str(pub), **privacy}
+                      "public_corpus": str(pub), "epochs": bot["training"]["epochs"], "head_init": "random", **privacy}
     path = tmp_path / "dp.yaml"
     path.write_text(yaml.safe_dump(bot, sort_keys=False))
     return path

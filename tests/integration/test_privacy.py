@@ -580,17 +580,20 @@ def test_prototype_only_dp_model_is_accounted_and_says_so(tmp_path, monkeypatch)
     seen = {}
     real = safety.prototypes.prototype_head
 
-    def spy(model, enc, texts, labels, public_texts, sigma, generator):
-        seen["public"], seen["private"] = public_texts, texts
-        seen["weight"] = real(model, enc, texts, labels, public_texts, sigma, generator)
-        return seen["weight"]
+    def spy(model, enc, texts, labels, public_texts, sigma, generator, ngram_share):
+        seen["public"], seen["private"], seen["share"] = public_texts, texts, ngram_share
+        seen["weight"], seen["ngrams"] = out = real(model, enc, texts, labels, public_texts, sigma, generator,
+                                                    ngram_share)
+        return out
 
     monkeypatch.setattr(safety.prototypes, "prototype_head", spy)
     spec, _ = load_bot(dp_bot_file(tmp_path, {"epochs": 0}, head_init="prototype"))
     trainer = Trainer(spec, tmp_path / "m", progress=False, log=lambda *a: None)
     out = trainer.run()
     from safetensors.torch import load_file
-    assert torch.allclose(load_file(str(out / "model.safetensors"))["score.weight"], seen["weight"])
+    saved = load_file(str(out / "model.safetensors"))
+    assert torch.allclose(saved["score.weight"], seen["weight"])
+    assert seen["share"] == 0.5 and torch.allclose(saved["ngrams.weight"], seen["ngrams"])  # the default share
     public = set((tmp_path / "public.txt").read_text().splitlines())
     assert seen["public"] and set(seen["public"]) <= public and not set(seen["private"]) & set(seen["public"])
     p = read_card(out)["privacy"]
@@ -600,7 +603,7 @@ def test_prototype_only_dp_model_is_accounted_and_says_so(tmp_path, monkeypatch)
     acc.history = [(sigma, 1.0, 1)]
     assert p["epsilon_sgd"] == pytest.approx(acc.get_epsilon(p["delta"]), rel=1e-9)
     assert 7.9 <= p["epsilon"] <= 8.0 + 1e-9  # σ is the smallest that keeps the stated ε within the target
-    assert "prototypes" in p["head_init"] and "intent head only" in p["trained"]
+    assert "prototypes" in p["head_init"] and "only (the prototypes)" in p["trained"]
     from safety.privacy import report
     text = report(out)
     assert "prototype release is the only private step" in text and "Intent head started from noisy" in text
@@ -651,3 +654,55 @@ def test_dp_training_refuses_what_it_does_not_do_yet(tmp_path):
     assert read_card(out)["training"]["regularisation"] == {"label_smoothing": 0.1}
     card = (out / "model_card.md").read_text(encoding="utf-8")
     assert "- Intent fine-tuning: label smoothing 0.1" in card and "moving average" not in card
+
+
+def test_candor_train_dp_with_no_other_flags_releases_prototypes_after_a_public_estimate(tmp_path, capsys):
+    """`candor train --dp` with nothing else: a public base (tokenizer and LM pre-training on public text only),
+    the expected accuracy measured on the bundled public stand-in before any private record is read, then the
+    prototypes of the GPT-2 features and n-grams as the whole private step, at the accountant's ε; the progress
+    shows ε spent beside validation accuracy."""
+    import safety.privacy
+    from ui.cli import main
+
+    pub = tmp_path / "public.txt"
+    pub.write_text("\n".join(["where is my parcel", "cancel the order", "money back please", "talk to someone"] * 30))
+    bot = tiny_bot_dict(epochs=6)
+    bot["privacy"] = {"public_corpus": str(pub)}  # the bot file says nothing else about privacy
+    path = tmp_path / "bot.yaml"
+    path.write_text(yaml.safe_dump(bot, sort_keys=False))
+    order = []
+    real_expect, real_release = safety.privacy.DPSGD._expect, safety.privacy.DPSGD._prototype_head
+
+    def expect(self, trainer, sigma, steps):
+        assert trainer.state.stage == "finetune"  # after the public pre-training, before anything private
+        order.append("estimate")
+        return real_expect(self, trainer, sigma, steps)
+
+    def release(self, trainer, sigma):
+        order.append("release")
+        return real_release(self, trainer, sigma)
+
+    out = tmp_path / "m"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(safety.privacy.DPSGD, "_expect", expect)
+        mp.setattr(safety.privacy.DPSGD, "_prototype_head", release)
+        assert main(["train", str(path), "--dp", "--device", "cpu", "-o", str(out)]) == 0
+    assert order == ["estimate", "release"]
+    printed = capsys.readouterr()
+    text = printed.out + printed.err
+    assert "DP plan: ε 8 at δ" in text and "the whole private step" in text
+    assert "DP expected accuracy: " in text and "public_banking77.csv" in text
+    assert "ε spent" in text and "validation accuracy" in text
+    card = read_card(out)
+    p = card["privacy"]
+    sigma = p["history"][0][0]
+    assert p["history"] == [[sigma, 1.0, 1]] and p["steps"] == 0  # the prototypes only: one Gaussian release
+    acc = PRVAccountant()
+    acc.history = [(sigma, 1.0, 1)]
+    assert p["epsilon"] == pytest.approx(acc.get_epsilon(p["delta"]) + p["epsilon_count"], rel=1e-9)
+    assert p["epsilon"] <= 8.0 + 1e-9 and "n-grams" in p["head_init"] and "n-gram rows" in p["trained"]
+    assert 0 <= p["estimate"]["accuracy"] <= 1 and p["estimate"]["intents"] == len(bot["intents"])
+    assert "public.txt" in p["public_data"]  # the base: public text only, named on the card
+    from safetensors.torch import load_file
+    grams = load_file(str(out / "model.safetensors"))["ngrams.weight"]
+    assert grams.abs().sum() > 0 and (grams[0] == 0).all()  # released n-gram rows; padding stays 0

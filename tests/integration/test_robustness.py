@@ -214,7 +214,7 @@ def _spec(tmp_path, dp=False, epochs=2, **robustness):
         pub.write_text("\n".join(["where is my parcel", "cancel the order", "money back please", "talk to someone"] * 30))
         # little noise on few parameters (intent head + final norm): it learns enough in 2 epochs to be attacked
         bot["privacy"] = {"enabled": True, "target_epsilon": 50.0, "logical_batch": 40, "physical_batch": 8,
-                          "public_corpus": str(pub), "train_blocks": 0}
+                          "public_corpus": str(pub), "train_blocks": 0, "epochs": epochs, "head_init": "random"}
         bot["training"]["learning_rate"] = 0.1
     path = tmp_path / "bot.yaml"
     path.write_text(yaml.safe_dump(bot, sort_keys=False))

@@ -118,6 +118,7 @@ FLAGS = {"--epochs": ("training", "epochs"), "--pretrain-epochs": ("training", "
          "--max-grad-norm": ("privacy", "max_grad_norm"), "--logical-batch": ("privacy", "logical_batch"),
          "--physical-batch": ("privacy", "physical_batch"), "--lora-rank": ("privacy", "lora_rank"),
          "--head-init": ("privacy", "head_init"), "--prototype-share": ("privacy", "prototype_share"),
+         "--dp-epochs": ("privacy", "epochs"), "--ngram-share": ("privacy", "ngram_share"),
          "--public-corpus": ("privacy", "public_corpus"), "--augment": ("robustness", "augment"),
          "--augment-share": ("robustness", "augment_share"), "--adversarial": ("robustness", "adversarial"),
          "--adversarial-recipe": ("robustness", "adversarial_recipe")}
@@ -125,7 +126,8 @@ FLAGS = {"--epochs": ("training", "epochs"), "--pretrain-epochs": ("training", "
 GIVEN = {"--epochs": ("7", 7), "--pretrain-epochs": ("0", 0), "--seed": ("11", 11), "--checkpoint-every": ("5", 5),
          "--base": ("gpt2", "gpt2"), "--dp": (None, True), "--target-epsilon": ("3", 3.0), "--delta": ("1e-6", 1e-6),
          "--max-grad-norm": ("0.5", 0.5), "--logical-batch": ("64", 64), "--physical-batch": ("16", 16),
-         "--lora-rank": ("4", 4), "--head-init": ("prototype", "prototype"), "--prototype-share": ("0.25", 0.25),
+         "--lora-rank": ("4", 4), "--head-init": ("random", "random"), "--prototype-share": ("0.25", 0.25),
+         "--dp-epochs": ("3", 3), "--ngram-share": ("0.75", 0.75),
          "--public-corpus": ("pub.txt", "pub.txt"), "--augment": ("charswap, typo,", ["charswap", "typo"]),
          "--augment-share": ("0.5", 0.5), "--adversarial": (None, True), "--adversarial-recipe": ("pwws", "pwws")}
 
@@ -161,7 +163,7 @@ def test_override_help_shows_the_settings_defaults(candor, capsys):
         candor.parse_args(["train", "--help"])
     shown = " ".join(capsys.readouterr().out.split())
     for words in ("ε to reach over the planned epochs (default 8)", "records per step (default 256)",
-                  "deepwordbug (default), pruthi or pwws", "the only private step); default random",
+                  "deepwordbug (default), pruthi or pwws", "DP-SGD alone (needs --dp-epochs); default prototype", "whole private step); --epochs",
                   "augmented in a step (default 0.3)", "fine-tuning epochs (overrides the bot file)"):
         assert words in shown
 

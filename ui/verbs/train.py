@@ -26,11 +26,16 @@ PRIVACY = (("privacy", "enabled", "train with DP-SGD", {"flag": "--dp"}),
            ("privacy", "physical_batch", "records per forward pass, for memory (default {default})"),
            ("privacy", "lora_rank", "train peft LoRA adapters of this rank (+ intent head) instead of all weights; "
                                     "merged into the saved model (default {default}: off)"),
-           ("privacy", "head_init", "prototype: start the intent head from noisy per-intent prototypes of the public "
-                                    "base's features (one Gaussian release, accounted with DP-SGD; with --epochs 0 "
-                                    "the only private step); default {default}", {"choices": ["random", "prototype"]}),
-           ("privacy", "prototype_share", "share of the ε (after the count) the prototypes alone would spend "
-                                          "(default {default})"),
+           ("privacy", "epochs", "DP-SGD epochs after the prototypes (default {default}: the prototypes are the "
+                                 "whole private step); --epochs is non-private training's", {"flag": "--dp-epochs"}),
+           ("privacy", "head_init", "prototype: start the intent head and n-gram rows from noisy per-intent "
+                                    "prototypes (one Gaussian release, accounted with any DP-SGD after it); random: "
+                                    "DP-SGD alone (needs --dp-epochs); default {default}",
+            {"choices": ["random", "prototype"]}),
+           ("privacy", "prototype_share", "share of the ε (after the count) the prototypes alone would spend when "
+                                          "DP-SGD epochs follow (default {default})"),
+           ("privacy", "ngram_share", "share of each record's prototype vector on its n-grams, the rest on GPT-2's "
+                                      "features (default {default})"),
            ("privacy", "public_corpus", "public text/CSV/bot file for the tokenizer and LM pre-training (default: "
                                         "the bundled BANKING77 text)"))
 ROBUSTNESS = (("robustness", "augment", "augmented views of the training records, e.g. charswap,typo (charswap, typo, "
