@@ -152,7 +152,7 @@ class PrivacySettings:
     imported_responses: str = "private"  # responses imported from data: "private" (not used, not shipped) or "public"
     head_init: str = "prototype"  # the intent head (and n-gram rows) from noisy per-intent prototypes (safety/prototypes.py); "random"
     prototype_share: float = 0.5  # of the ε left after the count, the share the prototypes alone would spend
-    ngram_share: float = 0.5  # the prototypes' vector: this share of a record's length on its n-grams, the rest on GPT-2's features
+    ngram_share: float = 1.0  # the prototypes' vector: this share of a record's length on its n-grams, the rest on GPT-2's features
     standin: str = ""  # labelled public CSV (text, intent) the expected accuracy is measured on ("" = bundled BANKING77)
     epochs: int = 0  # DP-SGD epochs after the prototypes (0: the prototypes are the whole private step); training.epochs is non-private training's
 

@@ -332,9 +332,9 @@ class DPSGD:
         self.record["estimate"] = {"accuracy": expected.accuracy, "low": expected.low, "high": expected.high,
                                    "intents": expected.intents, "per_intent": expected.per_intent,
                                    "source": expected.source, "line": expected.line(), "sgd_steps": sgd_steps}
-        if expected.per_intent < round(n / max(k, 1)) or expected.intents < k:
+        if expected.per_intent < 0.9 * n / max(k, 1) or expected.intents < k:
             self.log(f"  (the stand-in has fewer intents or records than this bot: the estimate is for "
-                     f"{expected.intents} intents with {expected.per_intent} records each)")
+                     f"{expected.intents} intents with about {expected.per_intent} records each)")
         if expected.accuracy < POOR:
             budget = p.target_epsilon - p.count_epsilon
             more = {f"ε {2 * p.target_epsilon:g}": estimate(sigma=noise_for(2 * budget, self.delta, 1.0, 1)),
@@ -416,8 +416,8 @@ class DPSGD:
 
     def spent(self) -> float:
         """ε spent so far, all of it: the accountant's over what ran (the prototypes, DP-SGD's steps) + the count's."""
-        history = self.engine.accountant.history if self.engine else []
-        return (epsilon_for(history, self.delta) if history else 0.0) + self.settings.count_epsilon
+        ran = self.engine and self.engine.accountant.history  # the prototypes first, when released
+        return (self.engine.get_epsilon(self.delta) if ran else 0.0) + self.settings.count_epsilon
 
     def ledger(self) -> dict:
         """What a checkpoint keeps: the noisy count, the prototypes' σ, and the accountant's plan and history."""
@@ -478,12 +478,16 @@ class DPSGD:
             "not_covered": "validation utterances (held out by the keyed hash; only their accuracy is reported) and "
                            "test utterances; dialogue turns that are not also examples, and multi-turn context (not used under DP)"
                            + (f"; {self.responses_note}" if self.responses_note else ""),
-            **({"head_init": ("noisy per-intent prototypes: the sums of each record's whitened, unit-length features "
-                              + (f"and hashed n-grams (weights √{1 - proto['ngram_share']:g} and "
-                                 f"√{proto['ngram_share']:g}: one vector of length 1 per record) "
-                                 if proto.get("ngram_share") else "")
-                              + f"plus Gaussian noise (σ {proto['noise_multiplier']:.3f}, sample rate 1, one release; "
-                              "whitening fitted on public text)" + (", before DP-SGD and composed with it by the "
+            **({"head_init": ("noisy per-intent prototypes: the sums of "
+                              + ("each record's hashed n-grams as a vector of length 1 (GPT-2's features get no "
+                                 "weight) " if proto.get("ngram_share", 0) >= 1 else
+                                 "each record's whitened, unit-length features and hashed n-grams (weights "
+                                 f"√{1 - proto['ngram_share']:g} and √{proto['ngram_share']:g}: one vector of length "
+                                 "1 per record) " if proto.get("ngram_share") else
+                                 "each record's whitened, unit-length features ")
+                              + f"plus Gaussian noise (σ {proto['noise_multiplier']:.3f}, sample rate 1, one release"
+                              + ("" if proto.get("ngram_share", 0) >= 1 else "; whitening fitted on public text")
+                              + ")" + (", before DP-SGD and composed with it by the "
                                                                     "accountant" if t.epochs else
                                                                     ", the only private step")),
                 "prototype_noise_multiplier": proto["noise_multiplier"]} if proto else {}),

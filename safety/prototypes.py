@@ -111,10 +111,11 @@ def release(feats: torch.Tensor, buckets: list[torch.Tensor] | None, labels: tor
             share: float) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The Gaussian release (module docstring) from the records' GPT-2 features and n-gram buckets (None: no
     n-grams, share 0): (head weight (n_classes, hidden), n-gram rows (n_buckets, n_classes) or None)."""
-    transform, typical = fit_whitening(public_feats)
-    units = unit_vectors(feats, transform) * (1 - share) ** 0.5
-    sums = noisy_sums(units, labels, n_classes, sigma, generator)
-    head = head_weights(sums, transform, typical, sigma) if share < 1 else torch.zeros(n_classes, feats.shape[1])
+    head = torch.zeros(n_classes, feats.shape[1])
+    if share < 1:  # all on the n-grams: GPT-2's part is 0, and its features are not even read (`features`)
+        transform, typical = fit_whitening(public_feats)
+        units = unit_vectors(feats, transform) * (1 - share) ** 0.5
+        head = head_weights(noisy_sums(units, labels, n_classes, sigma, generator), transform, typical, sigma)
     if buckets is None or not share:
         return head, None
     grams = ngram_sums(buckets, labels, n_classes, n_buckets, share ** 0.5)
@@ -144,8 +145,13 @@ def prototype_head(model: DialogueModel, enc: Encoder, texts: list[str], labels:
     share = ngram_share if model.ngrams is not None else 0.0
     buckets = bucket_units(model, enc, texts) if share else None
     n_buckets = model.ngrams.num_embeddings if share else 0
-    return release(predict_features(model, enc, texts), buckets, torch.tensor(labels, dtype=torch.long),
-                   len(model.intents), n_buckets, predict_features(model, enc, public_texts), sigma, generator, share)
+    return release(features(model, enc, texts, share), buckets, torch.tensor(labels, dtype=torch.long),
+                   len(model.intents), n_buckets, features(model, enc, public_texts, share), sigma, generator, share)
+
+
+def features(model: DialogueModel, enc: Encoder, texts: list[str], share: float) -> torch.Tensor:
+    """The GPT-2 features the release reads, or zeros when all of it is on the n-grams (share 1)."""
+    return predict_features(model, enc, texts) if share < 1 else torch.zeros(len(texts), model.score.in_features)
 
 
 @dataclass
@@ -155,12 +161,12 @@ class Estimate:
     low: float
     high: float
     intents: int  # stand-in intents used (the bot's number, or all the stand-in has)
-    per_intent: int  # stand-in records per intent used (the bot's, or all the stand-in has)
+    per_intent: int  # stand-in records per intent used, on average (the bot's, or all an intent has)
     source: str
 
     def line(self) -> str:
         return (f"{100 * self.accuracy:.0f}% (draws {100 * self.low:.0f}–{100 * self.high:.0f}%) on {self.source}, "
-                f"{self.intents} of its intents with {self.per_intent} records each")
+                f"{self.intents} of its intents with about {self.per_intent} records each")
 
 
 @torch.no_grad()
@@ -178,8 +184,8 @@ def standin_estimate(model: DialogueModel, enc: Encoder, rows: list[tuple[str, s
     k = min(n_intents, len(by_intent))
     per_intent = max(1, round(n_records / max(n_intents, 1)))
     rng, generator = random.Random(seed), torch.Generator().manual_seed(seed)
-    public_feats = predict_features(model, enc, public_texts)
-    accs, used = [], per_intent
+    public_feats = features(model, enc, public_texts, share)
+    accs, used = [], 0
     for _ in range(draws):
         train, test = [], []
         for c, name in enumerate(rng.sample(sorted(by_intent), k)):
@@ -187,12 +193,12 @@ def standin_estimate(model: DialogueModel, enc: Encoder, rows: list[tuple[str, s
             n_test = max(1, len(texts) // 5)
             test += [(t, c) for t in texts[:n_test]]
             train += [(t, c) for t in texts[n_test:n_test + per_intent]]
-            used = min(used, len(texts) - n_test)
-        feats = predict_features(model, enc, [t for t, _ in train + test])
+        feats = features(model, enc, [t for t, _ in train + test], share)
         buckets = bucket_units(model, enc, [t for t, _ in train + test]) if share else None
         n = len(train)
+        used += n / (k * draws)  # the mean records per intent: intents with fewer stand-in rows use them all
         head, grams = release(feats[:n], buckets[:n] if buckets else None, torch.tensor([c for _, c in train]), k,
                               model.ngrams.num_embeddings if share else 0, public_feats, sigma, generator, share)
         pred = scores(feats[n:], buckets[n:] if buckets else None, head, grams).argmax(1)
         accs.append(float((pred == torch.tensor([c for _, c in test])).float().mean()))
-    return Estimate(sum(accs) / len(accs), min(accs), max(accs), k, used, source)
+    return Estimate(sum(accs) / len(accs), min(accs), max(accs), k, round(used), source)

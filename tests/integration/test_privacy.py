@@ -482,6 +482,7 @@ def test_dp_plumbing_without_noise_learns_the_intents(tmp_path, monkeypatch):
     spec, _ = load_bot(path)
     spec.privacy.enabled, spec.privacy.logical_batch, spec.privacy.physical_batch = True, 16, 16
     spec.privacy.public_corpus = str(path)
+    spec.privacy.epochs, spec.privacy.head_init = 10, "random"  # DP-SGD's plumbing alone, from a random head
     trainer = Trainer(spec, tmp_path / "m", progress=False, log=lambda *a: None,
                       privacy=_NoNoise(spec, log=lambda *a: None))
     trainer.run()
@@ -593,7 +594,7 @@ def test_prototype_only_dp_model_is_accounted_and_says_so(tmp_path, monkeypatch)
     from safetensors.torch import load_file
     saved = load_file(str(out / "model.safetensors"))
     assert torch.allclose(saved["score.weight"], seen["weight"])
-    assert seen["share"] == 0.5 and torch.allclose(saved["ngrams.weight"], seen["ngrams"])  # the default share
+    assert seen["share"] == 1.0 and torch.allclose(saved["ngrams.weight"], seen["ngrams"])  # the default share
     public = set((tmp_path / "public.txt").read_text().splitlines())
     assert seen["public"] and set(seen["public"]) <= public and not set(seen["private"]) & set(seen["public"])
     p = read_card(out)["privacy"]
