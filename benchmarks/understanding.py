@@ -112,8 +112,9 @@ def main() -> None:
     p.add_argument("--attacks", type=int, default=0, metavar="N", help="attack N test messages (0: no attacks)")
     p.add_argument("--label", default=None, help="the approach's name in the table and the JSON file")
     p.add_argument("--corrections", type=int, default=0, metavar="K",
-                   help="with --train-demo: first add K development messages per intent to the bot file as auditors' "
-                        "corrections (as `candor data corrections` would), then score --split test")
+                   help="add K development messages per intent to the bot file as auditors' corrections (as `candor "
+                        "data corrections` would): --train-demo trains on them; give the same K with --model to score "
+                        "--split test against baselines fitted on the same corrected examples")
     args = p.parse_args()
     if not (args.model or args.train_demo):
         p.error("give --model or --train-demo")
@@ -121,27 +122,29 @@ def main() -> None:
     result = {"machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores",
               "date": time.strftime("%Y-%m-%d"), "split": args.split}
     model = args.model
+    if args.corrections:  # the same corrected bot file for the model and the baselines, whichever split is scored
+        import random
+
+        from bot.spec import Example
+
+        by_intent: dict[str, list[str]] = {}
+        for text, intent in free_wording("dev"):
+            by_intent.setdefault(intent, []).append(text)
+        rng = random.Random(0)
+        for intent, texts in by_intent.items():
+            if intent != OUT_OF_SCOPE:
+                for text in rng.sample(texts, min(args.corrections, len(texts))):
+                    spec.intents[intent].examples.append(Example(read_message(text).text, intent))
+        result["corrections_per_intent"] = args.corrections
     if args.train_demo:
         from ui.verbs.serve import train_demo
 
         t = time.perf_counter()
         if args.corrections:
-            import random
-
-            from bot.spec import Example
             from bot.train import train
             from safety.guard import served_text as read
             from ui.verbs.train import views
 
-            by_intent: dict[str, list[str]] = {}
-            for text, intent in free_wording("dev"):
-                by_intent.setdefault(intent, []).append(text)
-            rng = random.Random(0)
-            for intent, texts in by_intent.items():
-                if intent != OUT_OF_SCOPE:
-                    for text in rng.sample(texts, min(args.corrections, len(texts))):
-                        spec.intents[intent].examples.append(Example(read_message(text).text, intent))
-            result["corrections_per_intent"] = args.corrections
             train(spec, Path(args.train_demo), resume=True, views=views(spec), read=read)
         else:
             train_demo(Path(args.train_demo))  # training, then `candor eval` and a short `candor attack`

@@ -237,7 +237,9 @@ class Privacy(Section):
             *([f"Expected before training, measured on public stand-in data of this bot's size: "
                f"{p['estimate']['line']}."] if p.get("estimate") else []),
             *([f"Prototype release: noise multiplier {p['prototype_noise_multiplier']:.3f}, sample rate 1, one step"
-               + ("." if epochs else "; the prototype release is the only private step (no DP-SGD step).")]
+               + ("." if epochs else "; the prototype release is the only private step (no DP-SGD step).")
+               + (f" Validation accuracy right after it: {p['prototype_val_accuracy']:.2f}."
+                  if "prototype_val_accuracy" in p else "")]
               if "prototype_noise_multiplier" in p else []),
             *([f"DP-SGD: noise multiplier {p['noise_multiplier']:.3f}, sample rate {p['sample_rate']:.4f}, clipping "
                f"norm {p['max_grad_norm']}, {p['steps']} steps" + (f" over {p['epochs']} epochs" if "epochs" in p else "")

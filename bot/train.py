@@ -731,7 +731,11 @@ class Trainer:
     def _calibrate(self) -> dict:
         """Fit the temperature on the validation split's logits (temperature scaling). Not when the validation
         split classifies perfectly: its likelihood then only ever grows as the temperature falls, and the fit
-        would sharpen every probability toward 1 (undoing the fallback)."""
+        would sharpen every probability toward 1 (undoing the fallback). Private training may not use the validation
+        split: it keeps the temperature its `finish` fitted on public data, if any."""
+        if self.privacy and self.privacy.calibration:
+            self.log(f"calibration: temperature {self.model.temperature:.3f} ({self.privacy.calibration['fitted_on']})")
+            return self.privacy.calibration
         self.model.temperature = 1.0
         if not (self.policy.use_validation and self.val_records):
             return {"temperature": 1.0, "fitted_on": None}

@@ -190,6 +190,7 @@ class DPSGD:
         self.tokenizer_texts = self.pretrain_texts + (  # ... and, for the tokenizer, the bot's authored text
             [r for i in self.spec.intents.values() for r in i.responses] + list(self.spec.intents) + [self.spec.fallback])
         self.engine = self.bk = None
+        self.calibration = None  # the temperature from public data, when `finish` sets one
         self.last_loss = math.nan  # the last non-empty Poisson sample's mean loss, for the progress bar
 
     # ---------------------------------------------------------------- before fine-tuning
@@ -292,10 +293,11 @@ class DPSGD:
         # The mean's divisor, from public numbers too; per rank (the ranks' means are averaged).
         self.opt.expected_batch_size = max(1, round(self.n_noisy / self.steps_per_epoch)) / world
         self.sample_rate = 1 / self.steps_per_epoch
-        self.log(f"DP-SGD: noise multiplier {self.opt.noise_multiplier:.3f}, sample rate {self.sample_rate:.4f}, "
-                 f"clip {p.max_grad_norm}, target ε {p.target_epsilon} (of which {p.count_epsilon} for "
-                 f"the noisy record count) at δ {self.delta:.1e} over {epochs} epochs of about "
-                 f"{self.n_noisy} records")
+        if total_steps:
+            self.log(f"DP-SGD: noise multiplier {self.opt.noise_multiplier:.3f}, sample rate {self.sample_rate:.4f}, "
+                     f"clip {p.max_grad_norm}, target ε {p.target_epsilon} (of which {p.count_epsilon} for "
+                     f"the noisy record count) at δ {self.delta:.1e} over {epochs} epochs of about "
+                     f"{self.n_noisy} records")
 
     def _expect(self, trainer, sigma: float, sgd_steps: int) -> None:
         """Before anything private is read: the plan, and the accuracy the prototypes reach at σ on public stand-in data
@@ -331,14 +333,17 @@ class DPSGD:
                                            else "") + ": " + expected.line())
         self.record["estimate"] = {"accuracy": expected.accuracy, "low": expected.low, "high": expected.high,
                                    "intents": expected.intents, "per_intent": expected.per_intent,
-                                   "source": expected.source, "line": expected.line(), "sgd_steps": sgd_steps}
+                                   "source": expected.source, "line": expected.line(), "sgd_steps": sgd_steps,
+                                   "temperature": expected.temperature}
         if expected.per_intent < 0.9 * n / max(k, 1) or expected.intents < k:
             self.log(f"  (the stand-in has fewer intents or records than this bot: the estimate is for "
                      f"{expected.intents} intents with about {expected.per_intent} records each)")
         if expected.accuracy < POOR:
             budget = p.target_epsilon - p.count_epsilon
-            more = {f"ε {2 * p.target_epsilon:g}": estimate(sigma=noise_for(2 * budget, self.delta, 1.0, 1)),
-                    "twice the records per intent": estimate(n_records=2 * n)}
+            more = {f"ε {2 * p.target_epsilon:g}": estimate(sigma=noise_for(2 * budget, self.delta, 1.0, 1))}
+            doubled = estimate(n_records=2 * n)
+            if doubled.per_intent > 1.2 * expected.per_intent:  # only where the stand-in has the rows to show it
+                more["twice the records per intent"] = doubled
             if k >= 4:
                 more["half the intents"] = estimate(n_intents=k // 2, n_records=n / 2)
             self.log(f"DP WARNING: {100 * expected.accuracy:.0f}% is a poor expected accuracy. What would help, on the "
@@ -363,6 +368,8 @@ class DPSGD:
         self.record["prototype"] = {"noise_multiplier": sigma,  # in the history as (σ, 1.0, 1)
                                     "ngram_share": self.settings.ngram_share if grams is not None else 0.0}
         val = trainer.validate()  # held-out records, outside the guarantee: only their accuracy is reported
+        if val:
+            self.record["prototype"]["val_accuracy"] = round(val["val_accuracy"], 2)  # rounded, as DP history is
         spent = epsilon_for([(sigma, 1.0, 1)], self.delta) + self.settings.count_epsilon
         self.log(f"DP prototypes: intent head{' and n-gram rows' if grams is not None else ''} from per-intent sums "
                  f"of unit feature vectors plus Gaussian noise (σ {sigma:.3f}, ε "
@@ -430,11 +437,19 @@ class DPSGD:
 
     # ---------------------------------------------------------------- after training
     def finish(self, model) -> None:
-        """The model back in the plain GPT-2 layout (LoRA merged, Conv1D)."""
+        """The model back in the plain GPT-2 layout (LoRA merged, Conv1D); when the prototypes were the whole private
+        step, their probabilities calibrated by the temperature fitted on the stand-in's (public) test rows: the
+        validation records are outside the guarantee, so nothing is fitted on them (`calibration`)."""
         if self.bk:
             self.bk.close()
         merge_lora(model.lm)
         linear_to_conv1d(model.lm)
+        estimate = self.record.get("estimate") or {}
+        if "temperature" in estimate and not estimate.get("sgd_steps"):
+            model.temperature = estimate["temperature"]
+            self.calibration = {"temperature": round(estimate["temperature"], 4),
+                                "fitted_on": f"public stand-in data ({estimate['source']}: the test rows of the "
+                                             "expected-accuracy estimate), no private record"}
 
     def card(self, trainer) -> dict:
         """The model card's privacy section."""
@@ -490,7 +505,9 @@ class DPSGD:
                               + ")" + (", before DP-SGD and composed with it by the "
                                                                     "accountant" if t.epochs else
                                                                     ", the only private step")),
-                "prototype_noise_multiplier": proto["noise_multiplier"]} if proto else {}),
+                "prototype_noise_multiplier": proto["noise_multiplier"],
+                **({"prototype_val_accuracy": proto["val_accuracy"]} if "val_accuracy" in proto else {})}
+               if proto else {}),
             **({"estimate": ledger["estimate"]} if "estimate" in ledger else {}),
             "history": ledger["history"],
         }

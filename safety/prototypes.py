@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from bot.classify import predict_features
+from bot.classify import fit_temperature, predict_features
 from bot.data import Encoder
 from bot.model import DialogueModel
 
@@ -163,6 +163,7 @@ class Estimate:
     intents: int  # stand-in intents used (the bot's number, or all the stand-in has)
     per_intent: int  # stand-in records per intent used, on average (the bot's, or all an intent has)
     source: str
+    temperature: float = 1.0  # the temperature that calibrates the release's probabilities on the stand-in
 
     def line(self) -> str:
         return (f"{100 * self.accuracy:.0f}% (draws {100 * self.low:.0f}–{100 * self.high:.0f}%) on {self.source}, "
@@ -185,7 +186,7 @@ def standin_estimate(model: DialogueModel, enc: Encoder, rows: list[tuple[str, s
     per_intent = max(1, round(n_records / max(n_intents, 1)))
     rng, generator = random.Random(seed), torch.Generator().manual_seed(seed)
     public_feats = features(model, enc, public_texts, share)
-    accs, used = [], 0
+    accs, used, logits, gold = [], 0, [], []
     for _ in range(draws):
         train, test = [], []
         for c, name in enumerate(rng.sample(sorted(by_intent), k)):
@@ -199,6 +200,8 @@ def standin_estimate(model: DialogueModel, enc: Encoder, rows: list[tuple[str, s
         used += n / (k * draws)  # the mean records per intent: intents with fewer stand-in rows use them all
         head, grams = release(feats[:n], buckets[:n] if buckets else None, torch.tensor([c for _, c in train]), k,
                               model.ngrams.num_embeddings if share else 0, public_feats, sigma, generator, share)
-        pred = scores(feats[n:], buckets[n:] if buckets else None, head, grams).argmax(1)
-        accs.append(float((pred == torch.tensor([c for _, c in test])).float().mean()))
-    return Estimate(sum(accs) / len(accs), min(accs), max(accs), k, round(used), source)
+        logits.append(scores(feats[n:], buckets[n:] if buckets else None, head, grams))
+        gold.append(torch.tensor([c for _, c in test]))
+        accs.append(float((logits[-1].argmax(1) == gold[-1]).float().mean()))
+    return Estimate(sum(accs) / len(accs), min(accs), max(accs), k, round(used), source,
+                    fit_temperature(torch.cat(logits), torch.cat(gold)))

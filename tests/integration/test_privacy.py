@@ -703,6 +703,12 @@ def test_candor_train_dp_with_no_other_flags_releases_prototypes_after_a_public_
     assert p["epsilon"] == pytest.approx(acc.get_epsilon(p["delta"]) + p["epsilon_count"], rel=1e-9)
     assert p["epsilon"] <= 8.0 + 1e-9 and "n-grams" in p["head_init"] and "n-gram rows" in p["trained"]
     assert 0 <= p["estimate"]["accuracy"] <= 1 and p["estimate"]["intents"] == len(bot["intents"])
+    # calibrated on the stand-in's public test rows, never on the (uncovered) validation records
+    calibration = card["training"]["calibration"]
+    assert "public stand-in" in calibration["fitted_on"] and "validation" not in calibration["fitted_on"]
+    assert calibration["temperature"] == pytest.approx(p["estimate"]["temperature"], abs=1e-4)
+    assert json.loads((out / "config.json").read_text())["intent_temperature"] == pytest.approx(
+        p["estimate"]["temperature"])
     assert "public.txt" in p["public_data"]  # the base: public text only, named on the card
     from safetensors.torch import load_file
     grams = load_file(str(out / "model.safetensors"))["ngrams.weight"]
