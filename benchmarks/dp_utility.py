@@ -29,6 +29,7 @@ from bot.model import read_card
 from bot.spec import OUT_OF_SCOPE, demo_bot_path, load_bot
 from bot.train import Trainer
 from safety.guard import served_text
+from safety.privacy import STANDIN
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 BITEXT = SHARED / "bitext_customer_support" / "Bitext_Sample_Customer_Support_Training_Dataset.csv"
@@ -127,7 +128,7 @@ def main() -> None:
                 if value is not None:
                     setattr(dp_spec.privacy, field, value)
             if name != "demo":  # the estimate's stand-in must not be the private data itself
-                dp_spec.privacy.standin = public
+                dp_spec.privacy.standin = [public, str(STANDIN[1])]
             if args.dp_reply_weight is not None:
                 dp_spec.training.reply_weight = args.dp_reply_weight
             if args.dp_lr:

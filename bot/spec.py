@@ -153,7 +153,7 @@ class PrivacySettings:
     head_init: str = "prototype"  # the intent head (and n-gram rows) from noisy per-intent prototypes (safety/prototypes.py); "random"
     prototype_share: float = 0.5  # of the ε left after the count, the share the prototypes alone would spend
     ngram_share: float = 1.0  # the prototypes' vector: this share of a record's length on its n-grams, the rest on GPT-2's features
-    standin: str = ""  # labelled public CSV (text, intent) the expected accuracy is measured on ("" = bundled BANKING77)
+    standin: list[str] = field(default_factory=list)  # labelled public CSVs (text, intent) of the expected-accuracy estimate ([] = the bundled BANKING77 and SGD intents)
     epochs: int = 0  # DP-SGD epochs after the prototypes (0: the prototypes are the whole private step); training.epochs is non-private training's
 
 
@@ -521,9 +521,10 @@ def validate(spec: BotSpec) -> list[Problem]:
     if not 0 < spec.privacy.prototype_share < 1:
         out.append(Problem(f, None, "error", "privacy.prototype_share must be above 0 and below 1 (with no DP-SGD "
                                              "epochs the prototypes get the whole budget whatever it says)"))
-    if spec.privacy.standin and not Path(spec.privacy.standin).is_file():
-        out.append(Problem(f, None, "error", f"privacy.standin: no such file '{spec.privacy.standin}' (a labelled CSV "
-                                             "with text and intent columns, or leave it out for the bundled one)"))
+    for path in spec.privacy.standin:
+        if not Path(path).is_file():
+            out.append(Problem(f, None, "error", f"privacy.standin: no such file '{path}' (labelled CSVs with text "
+                                                 "and intent columns, or leave it out for the bundled ones)"))
     if not 0 <= spec.privacy.ngram_share <= 1:
         out.append(Problem(f, None, "error", f"privacy.ngram_share must be between 0 and 1, got {spec.privacy.ngram_share}"))
     if spec.privacy.epochs < 0:

@@ -67,6 +67,9 @@ from safety.gpt2_dp import (
 ACCOUNTANT = "prv"
 BUNDLED_PUBLIC = Path(__file__).resolve().parents[1] / "bot" / "demo" / "public_banking77.csv"
 PROTOTYPE_PUBLIC = 5000  # public texts the prototypes' whitening is fitted on (the first of the public corpus)
+# The estimate's public stand-in: fine-grained banking intents (BANKING77) and coarse ones of other services (the
+# first user turn of SGD dialogues), so that a bot's intents are drawn from both kinds.
+STANDIN = [BUNDLED_PUBLIC, BUNDLED_PUBLIC.with_name("public_sgd_intents.csv")]
 POOR = 0.75  # an expected accuracy below this is called poor before training, with what would help
 
 
@@ -306,15 +309,14 @@ class DPSGD:
         from safety.prototypes import standin_estimate
 
         p, model = self.settings, trainer.model
-        path = Path(p.standin) if p.standin else BUNDLED_PUBLIC
-        rows = read_labelled(path)
+        paths = [Path(x) for x in p.standin] or STANDIN
+        rows = [(served_text(t, redact=False), f"{path.stem}:{i}") for path in paths for t, i in read_labelled(path)]
         public = [served_text(t, redact=False) for t in self.pretrain_texts[:PROTOTYPE_PUBLIC]]
-        rows = [(served_text(t, redact=False), i) for t, i in rows]
         k, n = len(model.intents), self.n_noisy
 
         def estimate(sigma=sigma, n_intents=k, n_records=n):
             return standin_estimate(model, trainer.enc, rows, n_intents, n_records, sigma, p.ngram_share, public,
-                                    path.name)
+                                    " + ".join(path.name for path in paths))
 
         started = time.time()
         predict_features(model, trainer.enc, public[:256])
