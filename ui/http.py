@@ -3,14 +3,15 @@ and a guard that keeps each chat session with the client that opened it.
 
 Gradio streams a session's events to whoever asks `/queue/data?session_hash=…` (it checks sign-in,
 not ownership). `SessionOwners` binds a session hash to the client that first joined the queue with it
-— the signed-in user, or a random per-browser cookie — and refuses anyone else (403) on join, data,
-heartbeat and cancel. A client with neither (an API client on loopback without sign-in) binds nothing.
+— the signed-in user, or a random per-browser cookie — and refuses anyone else (403) on any request that names a
+bound session: as a path segment, a query value or a top-level value of a body that parses as JSON, whatever the
+route and whatever its Content-Type says. A client with neither (an API client on loopback without sign-in)
+binds nothing.
 """
 from __future__ import annotations
 
 import json
 import math
-import re
 import secrets
 from collections import OrderedDict
 from datetime import datetime, timezone
@@ -121,15 +122,19 @@ class SessionOwners:
         sessions = request.query_params.getlist("session_hash")
         if len(sessions) > 1:
             return await _refuse(400, "One session_hash at most.", scope, receive, send)
-        named = re.search(r"/(?:heartbeat|stream)/([^/]+)", path)
-        if named:
-            sessions.append(named.group(1))
-        if scope["method"] == "POST" and "json" in request.headers.get("content-type", ""):
+        # Any bound session named anywhere — a path segment (Gradio's /heartbeat/<hash>, /call/<api>/<hash>, …) or
+        # any query value — is checked, whatever the route: a list of the routes that name one would miss some.
+        sessions += [seg for seg in path.split("/") if seg in self.owners]
+        sessions += [v for k, v in request.query_params.multi_items() if k != "session_hash" and v in self.owners]
+        found = None
+        if scope["method"] not in ("GET", "HEAD", "OPTIONS"):  # every body, whatever its Content-Type says
             body, receive = await _read_body(receive)
             if body is None:
                 return await _refuse(413, "Request too large.", scope, receive, send)
             try:
-                data = json.loads(body or b"{}")
+                data = json.loads(body) if body.lstrip()[:1] in (b"{", b"[") else None
+            except RecursionError:
+                return await _refuse(400, "Malformed JSON: nested too deeply.", scope, receive, send)
             except ValueError:
                 data = None
             found = data.get("session_hash") if isinstance(data, dict) else None
@@ -137,14 +142,17 @@ class SessionOwners:
                 return await _refuse(400, "session_hash must be text.", scope, receive, send)
             if found:
                 sessions.append(found)
+            if isinstance(data, dict):
+                sessions += [v for k, v in data.items() if k != "session_hash" and isinstance(v, str) and v in self.owners]
         for session in sessions:
             owner = self.owners.get(session)
             if owner is not None and owner != identity:
                 return await _refuse(403, "This chat session belongs to another user.", scope, receive, send)
             if owner is not None:
                 self.owners.move_to_end(session)
-        if path.endswith("/queue/join") and identity and sessions and sessions[-1] not in self.owners:
-            send = self._bind_on_success(send, sessions[-1], identity)
+        joining = found if scope["method"] == "POST" else None  # the session a queue join names in its body
+        if path.endswith("/queue/join") and identity and joining and joining not in self.owners:
+            send = self._bind_on_success(send, joining, identity)
         return await self.app(scope, receive, send)
 
     def _bind_on_success(self, send, session: str, identity: str):

@@ -1,4 +1,5 @@
 """Who may open the web app."""
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -95,7 +96,11 @@ def _app(access, store=None):
     async def ok(request):
         return PlainTextResponse("stream of " + (request.query_params.get("session_hash") or "?"))
 
+    async def named(request):
+        return PlainTextResponse("stream of " + request.path_params["event"])
+
     routes = [Route("/gradio_api/queue/join", ok, methods=["POST"]), Route("/gradio_api/queue/data", ok),
+              Route("/gradio_api/call/{api}/{event}", named), Route("/gradio_api/cancel", ok, methods=["POST"]),
               export_route(access, store, audit_filter)]
     if access.one_time:
         routes += signin_routes(access.one_time)
@@ -161,6 +166,37 @@ def test_the_session_guard_cannot_be_tricked():
     same = alice.get("/gradio_api/queue/data?session_hash=s1", headers={"origin": "http://testserver"})
     assert same.status_code == 200
     assert mallory.get("/gradio_api/deep_link?session_hash=s1").status_code == 404
+
+
+def test_the_session_guard_checks_every_route_and_every_body():
+    """The review's findings (issue 30): `GET /gradio_api/call/<api>/<hash>` read another user's event stream; a
+    JSON body sent as `APPLICATION/JSON` skipped the ownership check and the 2 MB cap (queue join and cancel); a body
+    of nested brackets raised RecursionError (a 500 with a traceback)."""
+    from starlette.testclient import TestClient
+
+    from ui.http import MAX_BODY
+
+    app = _app(Access(None, OneTimeSignIn()))
+    alice, mallory = TestClient(app), TestClient(app)
+    for c in (alice, mallory):
+        c.get("/gradio_api/queue/data?session_hash=warmup")
+    assert alice.post("/gradio_api/queue/join", json={"session_hash": "s1"}).status_code == 200
+    assert alice.get("/gradio_api/call/chat/s1").text == "stream of s1"
+    stolen = mallory.get("/gradio_api/call/anything/s1")
+    assert stolen.status_code == 403 and "another user" in stolen.text
+    assert mallory.get("/gradio_api/queue/data?session_hash=mine&event_id=s1").status_code == 403
+    for header in ("APPLICATION/JSON", "text/plain", ""):
+        body = json.dumps({"session_hash": "s1", "fn_index": 0}).encode()
+        for route in ("/gradio_api/queue/join", "/gradio_api/cancel"):
+            r = mallory.post(route, content=body, headers={"content-type": header})
+            assert r.status_code == 403, (route, header)
+        big = mallory.post("/gradio_api/cancel", content=b"[" + b" " * (MAX_BODY + 1) + b"]",
+                           headers={"content-type": header})
+        assert big.status_code == 413, header
+    deep = mallory.post("/gradio_api/cancel", content=b"[" * 100_000, headers={"content-type": "application/json"})
+    assert deep.status_code == 400 and "Traceback" not in deep.text
+    assert mallory.post("/gradio_api/cancel", json={"event_id": "s1", "session_hash": "m2"}).status_code == 403
+    assert mallory.post("/gradio_api/queue/join", json={"session_hash": "m2"}).status_code == 200  # its own: fine
 
 
 def test_a_refused_join_binds_nothing():
