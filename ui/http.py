@@ -112,7 +112,7 @@ class SessionOwners:
         path = scope["path"]
         if _cross_site(request):
             return await _refuse(403, "Cross-site requests are refused.", scope, receive, send)
-        if path.rstrip("/").endswith("/deep_link"):  # would snapshot a session's inputs to disk for anyone
+        if _closed(path):
             return await _refuse(404, "Not found.", scope, receive, send)
         client = request.cookies.get(CLIENT_COOKIE)
         if not client:
@@ -171,6 +171,14 @@ class SessionOwners:
     def _identity(request: Request, client: str | None) -> str | None:
         user = gradio_user(request)
         return f"user:{user}" if user else (f"client:{client}" if client else None)
+
+
+def _closed(path: str) -> bool:
+    """Gradio routes the app does not use: deep links (they would snapshot a session's inputs to disk for anyone),
+    file uploads (anyone's files kept in /tmp/gradio; the app has no file input) and the monitoring dashboard (its key
+    printed to the server log, its summary a 500)."""
+    parts = path.rstrip("/").split("/")
+    return parts[-1] in ("deep_link", "upload", "upload_progress") or "monitoring" in parts
 
 
 def _cross_site(request: Request) -> bool:

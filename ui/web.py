@@ -79,11 +79,11 @@ def _parse_date(value: str, end: bool) -> datetime | None:
         return None
     try:
         d = datetime.fromisoformat(value)
-    except ValueError:
+        if len(value) == 10 and end:
+            d = d.replace(hour=23, minute=59, second=59)
+        return (d if d.tzinfo else d.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+    except (ValueError, OverflowError):  # OverflowError: a date at the calendar's edge moved by its time zone
         raise gr.Error(f"'{value}' is not a date; use YYYY-MM-DD or YYYY-MM-DD HH:MM") from None
-    if len(value) == 10 and end:
-        d = d.replace(hour=23, minute=59, second=59)
-    return (d if d.tzinfo else d.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
 
 
 def audit_filter(intent_, lo_, hi_, fallback_, since_, until_) -> Filter:

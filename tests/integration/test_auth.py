@@ -127,7 +127,8 @@ def test_sign_in_page_sets_the_cookie_only_for_the_right_password(tmp_path):
     exported = client.get("/audit/export?fmt=csv")
     assert exported.status_code == 200 and "hello <PERSON>" in exported.text
     assert exported.headers["content-disposition"].startswith("attachment;")
-    for bad in ("since=yesterday", "min=nan", "min=0.9&max=0.1", "fallback=maybe", "fmt=xml"):
+    for bad in ("since=yesterday", "min=nan", "min=0.9&max=0.1", "fallback=maybe", "fmt=xml",
+                "since=0001-01-01T00:00:00%2B05:00"):
         r = client.get(f"/audit/export?{bad}")
         assert r.status_code == 400 and "Traceback" not in r.text, bad
     fresh = TestClient(_app(Access(None, one), store), base_url="http://127.0.0.1")
@@ -197,6 +198,20 @@ def test_the_session_guard_checks_every_route_and_every_body():
     assert deep.status_code == 400 and "Traceback" not in deep.text
     assert mallory.post("/gradio_api/cancel", json={"event_id": "s1", "session_hash": "m2"}).status_code == 403
     assert mallory.post("/gradio_api/queue/join", json={"session_hash": "m2"}).status_code == 200  # its own: fine
+    for closed in ("/gradio_api/upload", "/gradio_api/upload_progress", "/monitoring", "/monitoring/summary",
+                   "/gradio_api/deep_link"):
+        assert alice.get(closed).status_code == 404 and alice.post(closed, content=b"x").status_code == 404, closed
+
+
+def test_the_audit_tabs_date_filter_names_the_format_for_any_bad_date():
+    import gradio as gr
+
+    from ui.web import audit_filter
+
+    for bad in ("yesterday", "0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00"):
+        with pytest.raises(gr.Error, match="is not a date"):
+            audit_filter(None, 0, 1, "any", bad, "")
+    assert audit_filter(None, 0, 1, "any", "2026-12-07", "2026-12-07").until.hour == 23
 
 
 def test_a_refused_join_binds_nothing():
