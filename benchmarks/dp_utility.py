@@ -94,7 +94,9 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.replot:
         rows = [json.loads(Path(f).read_text()) for f in args.replot]
-        plot(rows[0] + [r for more in rows[1:] for r in more if r["dp"]], args.out / "dp_utility.png")
+        first = {r["bot"] for r in rows[0]}  # a later file's non-private row only for a bot the first lacks
+        plot(rows[0] + [r for more in rows[1:] for r in more if r["dp"] or r["bot"] not in first],
+             args.out / "dp_utility.png")
         print(f"wrote {args.out / 'dp_utility.png'}")
         return
 

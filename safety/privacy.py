@@ -342,7 +342,8 @@ class DPSGD:
                      f"{expected.intents} intents with about {expected.per_intent} records each)")
         if expected.accuracy < POOR:
             budget = p.target_epsilon - p.count_epsilon
-            more = {f"ε {2 * p.target_epsilon:g}": estimate(sigma=noise_for(2 * budget, self.delta, 1.0, 1))}
+            share = p.prototype_share if sgd_steps else 1.0  # the prototypes' part of the budget, as planned
+            more = {f"ε {2 * p.target_epsilon:g}": estimate(sigma=noise_for(2 * budget * share, self.delta, 1.0, 1))}
             doubled = estimate(n_records=2 * n)
             if doubled.per_intent > 1.2 * expected.per_intent:  # only where the stand-in has the rows to show it
                 more["twice the records per intent"] = doubled
