@@ -660,7 +660,8 @@ class Trainer:
         with self._averaged():
             metrics = {"epoch": self.state.epoch + 1, "step": self.state.step, **self.validate()}
         self.state.history.append(metrics)
-        self.log("epoch {epoch}: ".format(**metrics) + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()
+        digits = 4 if self.policy.publish_counts else 2  # DP: no exact ratio that would give away a count
+        self.log("epoch {epoch}: ".format(**metrics) + ", ".join(f"{k} {v:.{digits}f}" for k, v in metrics.items()
                                                                   if k.startswith("val"))
                  + (f", ε spent {self.privacy.spent():.2f} of {self.spec.privacy.target_epsilon:g}" if self.privacy else ""))
         loss = metrics.get("val_loss", -self.state.epoch) if self.policy.use_validation else -self.state.epoch

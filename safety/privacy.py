@@ -378,7 +378,7 @@ class DPSGD:
                  f"of unit feature vectors plus Gaussian noise (σ {sigma:.3f}, ε "
                  f"{epsilon_for([(sigma, 1.0, 1)], self.delta):.2f} alone at δ {self.delta:.1e}); ε spent {spent:.2f} of "
                  f"{self.settings.target_epsilon:g}"
-                 + (f", validation accuracy {val['val_accuracy']:.4f}" if val else ""))
+                 + (f", validation accuracy {val['val_accuracy']:.2f}" if val else ""))  # rounded, as on the card
         trainer.checkpoint()
 
     # ---------------------------------------------------------------- each step
