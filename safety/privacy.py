@@ -373,10 +373,10 @@ class DPSGD:
         val = trainer.validate()  # held-out records, outside the guarantee: only their accuracy is reported
         if val:
             self.record["prototype"]["val_accuracy"] = round(val["val_accuracy"], 2)  # rounded, as DP history is
-        spent = epsilon_for([(sigma, 1.0, 1)], self.delta) + self.settings.count_epsilon
+        alone = epsilon_for([(sigma, 1.0, 1)], self.delta)
         self.log(f"DP prototypes: intent head{' and n-gram rows' if grams is not None else ''} from per-intent sums "
-                 f"of unit feature vectors plus Gaussian noise (σ {sigma:.3f}, ε "
-                 f"{epsilon_for([(sigma, 1.0, 1)], self.delta):.2f} alone at δ {self.delta:.1e}); ε spent {spent:.2f} of "
+                 f"of unit feature vectors plus Gaussian noise (σ {sigma:.3f}, ε {alone:.2f} alone at δ "
+                 f"{self.delta:.1e}); ε spent {alone + self.settings.count_epsilon:.2f} of "
                  f"{self.settings.target_epsilon:g}"
                  + (f", validation accuracy {val['val_accuracy']:.2f}" if val else ""))  # rounded, as on the card
         trainer.checkpoint()
