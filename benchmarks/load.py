@@ -1,13 +1,19 @@
-"""Load: N concurrent `gradio_client` users × M turns against a local `candor serve` (loopback only).
+"""Load: concurrent users against a local `candor serve` (loopback only), over REST and over the Gradio web path.
 
-Starts `candor serve MODEL` on a free local port (or uses `--url` of one already running on this
-machine), then every user sends M messages from the bot's test set through the documented `/respond`
-API, one after another, all users at once. Prints errors, throughput and p50/p95/max latency per turn.
-Bounded: at most 256 users and 1,000 turns each, and `--time-limit` seconds in all (default 600), after
-which it stops by itself and reports what finished.
+Starts `candor serve MODEL` on a free local port with a tokens file (one chat token per user, and an auditor's) and
+the per-token rate limit raised out of the way (`--rate-limit 1000`: this measures the server, not the policy), then:
+1. `--users` users × `--turns` turns, no think time, over REST (`POST /v1/chat`, one keep-alive connection each) and
+   over the Gradio web path (`gradio_client`'s `/respond`: the queue and event stream the chat tab uses). Time to
+   reply per turn: p50, p95, max; throughput; errors. Then how long after the run's end every turn's explanation is
+   stored (read from the audit database).
+2. One user alone, no think time, over REST: p50.
+3. Capacity (`--capacity`): users who each send a message every 5 s on average (exponential gaps), `--capacity-users`
+   at a time for `--capacity-seconds` each, over REST: the most users held at p95 ≤ 1 s.
+Bounded: `--time-limit` seconds per phase (default 600), after which it stops and reports what finished.
 
-    python benchmarks/load.py                      # demo model, 32 users x 25 turns, explanations on
-    python benchmarks/load.py --users 4 --turns 3  # a short form
+    python benchmarks/load.py                        # demo model: 32 users x 25 turns, REST and web, one user alone
+    python benchmarks/load.py --capacity             # and the capacity ladder
+    python benchmarks/load.py --users 4 --turns 3    # a short form
 """
 from __future__ import annotations
 
@@ -33,6 +39,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def write_tokens(path: Path, users: int) -> tuple[list[str], str]:
+    """One chat token per user and an auditor's: (chat tokens, auditor token)."""
+    import secrets
+
+    chats = [secrets.token_urlsafe(32) for _ in range(users)]
+    auditor = secrets.token_urlsafe(32)
+    path.write_text("".join(f"user-{i}:chat:{t}\n" for i, t in enumerate(chats)) + f"auditor:auditor:{auditor}\n")
+    path.chmod(0o600)
+    return chats, auditor
 
 
 def start_server(model: str, audit_db: str, extra: list[str] = ()) -> tuple[subprocess.Popen, str]:
@@ -108,6 +125,68 @@ def run_load(url: str, users: int, turns: int, messages: list[str], time_limit: 
             "timed_out": time.time() > deadline}
 
 
+def run_rest(url: str, tokens: list[str], turns: int, messages: list[str], time_limit: float = 600.0,
+             think: float = 0.0, seed: int = 0, duration: float | None = None) -> dict:
+    """Every user: its own token and keep-alive connection, `turns` calls of POST /v1/chat (or as many as fit in
+    `duration` seconds), one after another with exponential think times of mean `think` seconds."""
+    import httpx
+
+    if urlparse(url).hostname not in LOCAL:
+        raise SystemExit(f"benchmarks/load.py only loads a server on this machine (got {url})")
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    deadline = time.time() + min(time_limit, duration or time_limit)
+    start = threading.Barrier(len(tokens))
+
+    def user(i: int, token: str) -> None:
+        rng = random.Random(seed * 1000 + i)
+        client = httpx.Client(base_url=url, timeout=120, headers={"Authorization": f"Bearer {token}"})
+        try:
+            start.wait(timeout=120)
+        except threading.BrokenBarrierError:
+            pass
+        if think:
+            time.sleep(rng.uniform(0, think))  # users arrive spread out, not all in the first instant
+        n = 0
+        while n < turns and time.time() < deadline:
+            t0 = time.perf_counter()
+            try:
+                r = client.post("v1/chat", json={"session": f"load-{i}", "message": rng.choice(messages)})
+                ok, out = r.status_code == 200 and "intent" in r.json(), r.text
+            except Exception as e:  # noqa: BLE001 - counted and reported
+                ok, out = False, e
+            with lock:
+                if ok:
+                    latencies.append(time.perf_counter() - t0)
+                else:
+                    errors.append(f"user {i}: {str(out)[:200]}")
+            n += 1
+            if think:
+                time.sleep(rng.expovariate(1 / think))
+        client.close()
+
+    threads = [threading.Thread(target=user, args=(i, t), daemon=True) for i, t in enumerate(tokens)]
+    t0 = time.time()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=max(1.0, deadline - time.time() + 130))
+    return {"latencies": latencies, "errors": errors, "wall_s": time.time() - t0, "users": len(tokens),
+            "turns": turns, "timed_out": time.time() > deadline and not duration}
+
+
+def explained_after(db: str, limit: float = 600.0) -> float:
+    """Seconds until every logged turn's explanation is stored (polled in the audit database)."""
+    sys.path.insert(0, str(ROOT))
+    from bot.store import AuditStore
+
+    store, t0 = AuditStore(db, lambda t: t), time.time()
+    while store.count_unexplained() and time.time() - t0 < limit:
+        time.sleep(0.25)
+    return time.time() - t0 if not store.count_unexplained() else float("inf")
+
+
 def summary(result: dict) -> dict:
     lat = sorted(result["latencies"])
 
@@ -120,46 +199,82 @@ def summary(result: dict) -> dict:
             "max_s": lat[-1] if lat else float("nan"), "wall_s": result["wall_s"], "timed_out": result["timed_out"]}
 
 
+def row(name: str, s: dict) -> str:
+    return (f"| {name} | {s['users']} × {s['turns_each']} | {s['ok']} | {s['errors']} | {s['throughput']:.1f} | "
+            f"{s['p50_s'] * 1000:.0f} ms | {s['p95_s'] * 1000:.0f} ms | {s['max_s'] * 1000:.0f} ms | {s['wall_s']:.0f} s |"
+            + (" (stopped at the time limit)" if s["timed_out"] else ""))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="models/support_demo")
-    p.add_argument("--url", help="a candor serve already running on this machine (default: start one)")
     p.add_argument("--users", type=int, default=32)
     p.add_argument("--turns", type=int, default=25)
+    p.add_argument("--via", choices=["both", "rest", "gradio"], default="both")
+    p.add_argument("--single-turns", type=int, default=100, help="turns of the one user alone (0: skip)")
+    p.add_argument("--capacity", action="store_true", help="also find the most users held at p95 ≤ 1 s")
+    p.add_argument("--capacity-users", default="50,100,150,200,300,400", help="the ladder of user counts")
+    p.add_argument("--capacity-seconds", type=float, default=60.0)
     p.add_argument("--time-limit", type=float, default=600.0)
     p.add_argument("--explain-steps", type=int, help="integration steps per explanation (default: the server's, 32)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "load.json")
     args = p.parse_args()
+    if not 1 <= args.users <= 256 or not 1 <= args.turns <= 1000:
+        raise SystemExit("--users 1..256 and --turns 1..1000")
     from bot.spec import demo_bot_path, load_bot
 
     messages = [e.text for e in load_bot(demo_bot_path())[0].test]
-    proc = None
-    url = args.url
-    if not url:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        db = args.out.parent / "load.audit.sqlite"
-        db.unlink(missing_ok=True)
-        proc, url = start_server(args.model, str(db), ["--explain-steps", str(args.explain_steps)]
-                                 if args.explain_steps else [])
+    ladder = [int(n) for n in args.capacity_users.split(",")] if args.capacity else []
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    db = args.out.parent / "load.audit.sqlite"
+    db.unlink(missing_ok=True)
+    chats, _ = write_tokens(args.out.parent / "load.tokens", max([args.users, *ladder]))
+    extra = ["--tokens-file", str(args.out.parent / "load.tokens"), "--rate-limit", "1000"]
+    proc, url = start_server(args.model, str(db), extra + (["--explain-steps", str(args.explain_steps)]
+                                                          if args.explain_steps else []))
+    out: dict = {}
+    rows = []
     try:
-        result = run_load(url, args.users, args.turns, messages, args.time_limit)
+        if args.via in ("both", "rest"):
+            out["rest"] = summary(run_rest(url, chats[: args.users], args.turns, messages, args.time_limit))
+            rows.append(row("REST", out["rest"]))
+            out["rest"]["explained_within_s"] = explained_after(str(db))
+        if args.via in ("both", "gradio"):
+            out["gradio"] = summary(run_load(url, args.users, args.turns, messages, args.time_limit))
+            rows.append(row("Gradio web path", out["gradio"]))
+            out["gradio"]["explained_within_s"] = explained_after(str(db))
+        if args.single_turns:
+            out["single"] = summary(run_rest(url, chats[:1], args.single_turns, messages, args.time_limit))
+            rows.append(row("REST, one user alone", out["single"]))
+        held = 0
+        for n in ladder:
+            s = summary(run_rest(url, chats[:n], 10**6, messages, think=5.0, duration=args.capacity_seconds))
+            out[f"capacity_{n}"] = s
+            rows.append(row(f"capacity: {n} users, a message every 5 s", s))
+            if s["errors"] or s["p95_s"] > 1.0:
+                break
+            held = n
+        if ladder:
+            out["capacity_users_held"] = held
+        metrics = __import__("httpx").get(url + "metrics").text
     finally:
-        if proc:
-            proc.terminate()
-            proc.wait(timeout=30)
-    s = summary(result)
+        proc.terminate()
+        proc.wait(timeout=30)
     import torch
 
-    print(f"\n{platform.node()}, CPU, {os.cpu_count()} cores, torch {torch.__version__}; {url}; "
-          f"model {args.model}; explanations on ({args.explain_steps or 32} integration steps)")
-    print("| users × turns | ok | errors | throughput (turns/s) | p50 | p95 | max | wall |")
-    print("|---|---|---|---|---|---|---|---|")
-    print(f"| {s['users']} × {s['turns_each']} | {s['ok']} | {s['errors']} | {s['throughput']:.1f} | "
-          f"{s['p50_s'] * 1000:.0f} ms | {s['p95_s'] * 1000:.0f} ms | {s['max_s'] * 1000:.0f} ms | {s['wall_s']:.0f} s |"
-          + (" (stopped at the time limit)" if s["timed_out"] else ""))
-    for e in result["errors"][:5]:
-        print("error:", re.sub(r"\s+", " ", e))
-    args.out.write_text(json.dumps({**s, "errors_sample": result["errors"][:20]}, indent=2))
+    print(f"\n{platform.node()}, CPU, {os.cpu_count()} cores, torch {torch.__version__}; {url}; model {args.model}; "
+          f"explanations on ({args.explain_steps or 32} integration steps); time to reply per turn")
+    print("| path | users × turns | ok | errors | throughput (turns/s) | p50 | p95 | max | wall |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n".join(rows))
+    for name in ("rest", "gradio"):
+        if name in out:
+            print(f"{name}: every turn's explanation stored {out[name]['explained_within_s']:.1f} s after the run ended")
+    if ladder:
+        print(f"capacity: {out['capacity_users_held']} users held at p95 ≤ 1 s (a message every 5 s each)")
+    dropped = re.search(r"^candor_explanations_dropped_total (\S+)", metrics, re.M)
+    print(f"explanations dropped from the queue (explained on reading instead): {dropped.group(1) if dropped else '?'}")
+    args.out.write_text(json.dumps(out, indent=2))
     print(f"wrote {args.out}")
 
 

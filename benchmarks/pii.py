@@ -1,16 +1,20 @@
 """PII redaction: what reaches the audit store, what is redacted that should not be, what it costs.
 
-On three hand-labelled synthetic sets of support messages (benchmarks/data/, SOURCE.md there; 16 classes of
+On four hand-labelled synthetic sets (benchmarks/data/, SOURCE.md there; 16 classes of
 personal data plus clean messages), each written by a separate author who saw neither the code nor the other
 sets: pii_messages.jsonl (489, the development set the rules were tuned on), pii_heldout.jsonl (257; measured
-once, then also used for tuning — its first numbers are in BENCHMARKS.md) and pii_test.jsonl (268, the final
-test set, never looked at while tuning), each message goes the way a served turn goes (guard,
-redact, then the audit store redacts again) and the stored text is checked:
+once, then also used for tuning — its first numbers are in BENCHMARKS.md), pii_test.jsonl (268, the final
+test set of issue 11, never looked at while tuning) and pii_fourth.jsonl (320, issue 31: support chat, ordinary
+prose, obfuscated forms and tricky clean lines, copied in unread), each message goes the way a served turn goes
+(guard, redact, then the audit store redacts again) and the stored text is checked, for Candor and for stock
+Presidio with the same spaCy model side by side (its default recognizers, every entity it knows):
 
 - leaked: the labelled PII string appears verbatim in the stored text (the target is zero);
 - partly leaked: a word of 3+ characters of it survives (e.g. the surname of a name), reported too;
 - false redaction: a clean message changed by redaction (target ≤ 2% of clean messages);
 - latency: guard + redact per message, p50/p95 ms, pinned to one CPU core (target p95 ≤ 15 ms);
+- values kept out, names and street addresses kept out (targets ≥ 97% each; issue 31), clean messages changed
+  (target ≤ 3%);
 - accuracy: `candor eval`'s test accuracy of trained models with redaction on and off (target drop ≤ 0.5).
 
     python benchmarks/pii.py                                  # the set + the demo model
@@ -34,7 +38,8 @@ from pathlib import Path  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 # development (tuned on), held-out (tuned on after its first measurement), test (never looked at)
-DATA = [HERE / "data" / "pii_messages.jsonl", HERE / "data" / "pii_heldout.jsonl", HERE / "data" / "pii_test.jsonl"]
+DATA = [HERE / "data" / "pii_messages.jsonl", HERE / "data" / "pii_heldout.jsonl", HERE / "data" / "pii_test.jsonl",
+        HERE / "data" / "pii_fourth.jsonl"]  # the fourth: ordinary prose and obfuscated forms too, by a fourth writer
 SHARED = HERE.parent.parent / "shared" / "data"
 
 
@@ -71,13 +76,37 @@ def count(word: str, text: str) -> int:
     return len(re.findall(rf"(?<!\w){re.escape(word)}(?!\w)", text))
 
 
-def leak_table(rows: list[dict]) -> tuple[dict, list[dict], list[dict]]:
+@__import__("functools").cache
+def _stock():
+    """Stock Presidio with the same spaCy model: its default recognizers, every entity it knows."""
+    from presidio_analyzer import AnalyzerEngine
+    from presidio_analyzer.nlp_engine import NlpEngineProvider
+    from presidio_anonymizer import AnonymizerEngine
+
+    from safety.pii import SPACY_PACKAGE, _offline_tldextract
+
+    _offline_tldextract()
+    engine = NlpEngineProvider(nlp_configuration={"nlp_engine_name": "spacy", "models": [
+        {"lang_code": "en", "model_name": SPACY_PACKAGE}]}).create_engine()
+    return AnalyzerEngine(nlp_engine=engine, supported_languages=["en"]), AnonymizerEngine()
+
+
+def stored_stock(text: str) -> str:
+    """What stock Presidio would keep of the guarded message."""
+    from safety.guard import guard
+
+    analyzer, anonymizer = _stock()
+    text = guard(text)
+    return anonymizer.anonymize(text, analyzer.analyze(text, language="en")).text
+
+
+def leak_table(rows: list[dict], store=stored) -> tuple[dict, list[dict], list[dict]]:
     from safety.guard import guard
 
     per = defaultdict(Counter)
     misses, false = [], []
     for r in rows:
-        out = stored(r["text"])
+        out = store(r["text"])
         if not r["pii"] and out != guard(r["text"]):
             false.append({"id": r["id"], "text": r["text"], "stored": out})
         for p in r["pii"]:
@@ -122,7 +151,18 @@ def accuracy(model_dir: str, spec) -> dict:
     return out
 
 
-def report(path: Path, show: bool) -> dict:
+def kept_out(per: dict, classes: tuple[str, ...] | None = None) -> tuple[int, int]:
+    """(values kept out, values) over `classes` (None: all)."""
+    cs = [c for k, c in per.items() if classes is None or k in classes]
+    values = sum(c["values"] for c in cs)
+    return values - sum(c["leaked"] for c in cs), values
+
+
+def _pct(pair: tuple[int, int]) -> str:
+    return f"{pair[0]}/{pair[1]} ({pair[0] / pair[1]:.1%})" if pair[1] else "–"
+
+
+def report(path: Path, show: bool, stock: bool) -> dict:
     rows = load(path)
     per, misses, false = leak_table(rows)
     p50, p95 = latency(rows)
@@ -139,13 +179,24 @@ def report(path: Path, show: bool) -> dict:
           f"{1 - total['leaked'] / total['values']:.1%} |")
     print(f"\nfalse redaction: {len(false)} of {clean} clean messages ({len(false) / clean:.1%})")
     print(f"latency (guard + redact, one core): p50 {p50:.1f} ms, p95 {p95:.1f} ms")
+    out = {"per_class": {k: dict(v) for k, v in per.items()}, "false_redactions": false, "misses": misses,
+           "clean": clean, "p50_ms": p50, "p95_ms": p95}
+    rows_ = [("Candor", per, false)]
+    if stock:
+        sper, smisses, sfalse = leak_table(rows, stored_stock)
+        rows_.append(("stock Presidio, same spaCy model", sper, sfalse))
+        out["stock"] = {"per_class": {k: dict(v) for k, v in sper.items()}, "false_redactions": len(sfalse)}
+    print("\n| redactor | values kept out | names | street addresses | clean messages changed |")
+    print("|---|---|---|---|---|")
+    for name, pc, fl in rows_:
+        print(f"| {name} | {_pct(kept_out(pc))} | {_pct(kept_out(pc, ('PERSON',)))} | "
+              f"{_pct(kept_out(pc, ('ADDRESS',)))} | {len(fl)}/{clean} ({len(fl) / clean:.1%}) |")
     if show:
         for m in misses:
             print(f"{'LEAK' if m['exact'] else 'part'} {m['id']} {m['class']}: {m['value']!r} -> {m['stored']!r}")
         for f in false:
             print(f"FALSE {f['id']}: {f['text']!r} -> {f['stored']!r}")
-    return {"per_class": {k: dict(v) for k, v in per.items()}, "false_redactions": false, "misses": misses,
-            "clean": clean, "p50_ms": p50, "p95_ms": p95}
+    return out
 
 
 def main() -> None:
@@ -154,6 +205,7 @@ def main() -> None:
     p.add_argument("--demo-model", default="models/support_demo", help="'' to skip")
     p.add_argument("--banking77-model", default="", help="a model trained on BANKING77 ('' to skip)")
     p.add_argument("--show-misses", action="store_true", help="print every leaked value and false redaction")
+    p.add_argument("--no-stock", action="store_true", help="skip stock Presidio (same spaCy model) beside Candor")
     p.add_argument("--out", type=Path, default=HERE / "out" / "pii.json")
     args = p.parse_args()
     if hasattr(os, "sched_setaffinity"):
@@ -166,7 +218,7 @@ def main() -> None:
     t0 = time.time()
     warm_up()
     print(f"\n{platform.node()}, one CPU core; NER: {ner_name()} (loaded in {time.time() - t0:.1f} s)")
-    sets = {path.name: report(path, args.show_misses) for path in args.data}
+    sets = {path.name: report(path, args.show_misses, not args.no_stock) for path in args.data}
     acc = {}
     from bot.spec import demo_bot_path, load_bot
 

@@ -1,7 +1,8 @@
 """The audit store: one row per chat turn, in SQLite by default or any SQLAlchemy URL (PostgreSQL).
 
 The store is built with a `redact` callable and runs every text it is given through it before
-the row is written, so raw PII cannot reach the database even if a caller forgets to redact.
+the row is written, so raw PII cannot reach the database even if a caller forgets to redact (the served `redact`,
+`safety.pii.redact_text`, passes unchanged only the text the read path produced a moment before in this process).
 Chat session ids are stored as a keyed hash (HMAC-SHA256, 16 hex digits): turns of one conversation
 still group together, but a stored or exported id cannot be used to attach to a live session.
 
@@ -18,6 +19,7 @@ import hashlib
 import hmac
 import io
 import json
+import math
 import os
 import secrets
 import threading
@@ -36,6 +38,7 @@ from sqlalchemy import (
     String,
     Text,
     create_engine,
+    event,
     func,
     select,
     update,
@@ -49,8 +52,12 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from bot.spec import EARLIER
 
 COLUMNS = ("id", "time", "session", "text", "intent", "confidence", "fallback", "fallback_reason", "reply",
-           "model_version", "attributions", "correct_intent", "corrected_by", "corrected_at")
+           "model_version", "attributions", "explained", "correct_intent", "corrected_by", "corrected_at")
 CORRECTION_COLUMNS = {"correct_intent": "VARCHAR(128)", "corrected_by": "VARCHAR(128)", "corrected_at": "TIMESTAMP"}
+# When a turn's explanation was computed (the `explained` column): after the reply, by the background explainer, or
+# when somebody first read the turn (a server stopped before its explanation ran; the result is the same). NULL: not
+# yet; its `attributions` are then [] until it is.
+AT_TURN, ON_READING = "after the reply", "on reading"
 
 
 class _Base(DeclarativeBase):
@@ -71,6 +78,8 @@ class TurnRow(_Base):
     reply: Mapped[str] = mapped_column(Text)
     model_version: Mapped[str] = mapped_column(String(128))
     attributions: Mapped[list] = mapped_column(JSON)  # [[word, score or null (not read)], ...] on the redacted text
+    explained: Mapped[str | None] = mapped_column(String(16), nullable=True, index=True)  # AT_TURN, ON_READING; None: not yet
+    context: Mapped[list | None] = mapped_column(JSON, nullable=True)  # the earlier user texts the classifier read
     in_conversation: Mapped[bool] = mapped_column(Boolean, default=True)  # cleared by undo and reset
     # An auditor's correction (the Audit tab): the intent the turn should have had, or "out_of_scope"
     correct_intent: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
@@ -99,6 +108,37 @@ class Filter:
     until: datetime | None = None
     limit: int | None = 500  # None: every matching turn (exports)
 
+    @classmethod
+    def parse(cls, intent: str | None = None, lo: float | str = 0.0, hi: float | str = 1.0, fallback: str = "any",
+              since: str = "", until: str = "") -> "Filter":
+        """The audit filters as people type them (the Audit tab, the export route, `GET /v1/turns`): confidence
+        bounds in [0, 1], fallback any/yes/no, dates `YYYY-MM-DD[ HH:MM]` (UTC unless an offset is given; a bare
+        end date is the end of that day). Raises ValueError saying which value is wrong."""
+        try:
+            lo, hi = float(lo), float(hi)
+        except (TypeError, ValueError):
+            raise ValueError("the confidence bounds must be numbers between 0 and 1") from None
+        if not (math.isfinite(lo) and math.isfinite(hi) and 0 <= lo <= hi <= 1):
+            raise ValueError("the confidence bounds must be numbers between 0 and 1, the lower one first")
+        if fallback not in ("any", "yes", "no"):
+            raise ValueError("fallback must be any, yes or no")
+        return cls(intent=None if intent in (None, "", "(any)") else intent, min_confidence=lo, max_confidence=hi,
+                   fallback={"yes": True, "no": False}.get(fallback), since=_date(since, False),
+                   until=_date(until, True))
+
+
+def _date(value: str | None, end: bool) -> datetime | None:
+    value = (value or "").strip()
+    if not value:
+        return None
+    try:
+        d = datetime.fromisoformat(value)
+        if len(value) == 10 and end:
+            d = d.replace(hour=23, minute=59, second=59)
+        return (d if d.tzinfo else d.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+    except (ValueError, OverflowError):  # OverflowError: a date at the calendar's edge moved by its time zone
+        raise ValueError(f"'{value}' is not a date; use YYYY-MM-DD or YYYY-MM-DD HH:MM") from None
+
 
 def database_url(where: str) -> str:
     """A SQLAlchemy URL as given, or a file path made into a SQLite URL."""
@@ -107,6 +147,17 @@ def database_url(where: str) -> str:
     path = Path(where).expanduser().resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
+
+
+def _sqlite_settings(connection, _record) -> None:
+    """SQLite for many writers in one process: write-ahead logging (readers never wait for the writer; a commit is an
+    append, synced at checkpoints: an application killed at any point loses no committed turn, a power cut may lose
+    the last ones), and a writer waits for the lock instead of failing."""
+    c = connection.cursor()
+    c.execute("PRAGMA journal_mode=WAL")
+    c.execute("PRAGMA synchronous=NORMAL")
+    c.execute("PRAGMA busy_timeout=30000")
+    c.close()
 
 
 class AuditDatabaseError(Exception):
@@ -133,6 +184,8 @@ class AuditStore:
         self._session_key = session_key or env or secrets.token_bytes(32)
         try:
             self.engine = create_engine(self.url, pool_pre_ping=not self.url.startswith("sqlite"))
+            if self.url.startswith("sqlite"):
+                event.listen(self.engine, "connect", _sqlite_settings)
             self._create_tables()
         except ModuleNotFoundError as e:
             raise AuditDatabaseError(f"audit database {_shown(self.url)}: its driver is not installed ({e}); for "
@@ -157,8 +210,17 @@ class AuditStore:
             for name, kind in CORRECTION_COLUMNS.items():  # a store written before corrections: none yet
                 if name not in have:
                     c.execute(sql(f"ALTER TABLE {TurnRow.__tablename__} ADD COLUMN {name} {kind}"))
+            if "explained" not in have:  # a store written before explanations came after the reply: all explained
+                c.execute(sql(f"ALTER TABLE {TurnRow.__tablename__} ADD COLUMN explained VARCHAR(16) "
+                              f"DEFAULT '{AT_TURN}'"))
+                c.execute(sql(f"ALTER TABLE {TurnRow.__tablename__} ADD COLUMN context JSON"))
 
-    def _redact_reply(self, reply: str) -> str:
+    def ping(self) -> None:
+        """Raises if the database does not answer."""
+        with self.engine.connect() as c:
+            c.execute(sql("SELECT 1"))
+
+    def redact_reply(self, reply: str) -> str:
         """Replies repeat (templates): each distinct one is redacted once. Keyed by an HMAC, not the text."""
         key = hmac.new(self._session_key, reply.encode("utf-8"), hashlib.sha256).digest()
         with self._replies_lock:
@@ -175,24 +237,51 @@ class AuditStore:
         return out
 
     def log(self, *, session: str, text: str, reply: str, intent: str, confidence: float, fallback: bool,
-            fallback_reason: str | None, attributions: list[tuple[str, float | None]], model_version: str,
-            time: datetime | None = None) -> int:
-        """Write one turn's audit row, which is also the newest turn of the session's conversation."""
-        r = self.redact
-        stored = r(text)
-        words = "".join(w for w, _ in attributions if w != EARLIER)
-        if not (stored == text and words == "".join(text.split())):  # not simply the words of the stored text:
-            joined = " ".join(w for w, _ in attributions)
-            if r(joined) != joined:  # words of unredacted text (a card number split into "4111", "1111"...): drop
-                attributions = []
+            fallback_reason: str | None, attributions: list[tuple[str, float | None]] | None, model_version: str,
+            context: list[str] | None = None, time: datetime | None = None) -> int:
+        """Write one turn's audit row, which is also the newest turn of the session's conversation. `attributions`
+        None: the explanation comes later (`explain`); `context`: the earlier user texts the classifier read, kept
+        so that it can be explained as it was read."""
+        stored = self.redact(text)
         row = TurnRow(time=time or datetime.now(timezone.utc), session=self.pseudonym(session), text=stored,
-                      reply=self._redact_reply(reply), intent=intent, confidence=float(confidence),
+                      reply=self.redact_reply(reply), intent=intent, confidence=float(confidence),
                       fallback=bool(fallback), fallback_reason=fallback_reason, model_version=model_version,
-                      attributions=[[w, None if s is None else float(s)] for w, s in attributions], in_conversation=True)
+                      attributions=self._safe(text, stored, attributions or []),
+                      explained=None if attributions is None else AT_TURN,
+                      context=[self.redact(t) for t in context] if context else None, in_conversation=True)
         with Session(self.engine) as s, s.begin():
             s.add(row)
             s.flush()
             return row.id
+
+    def _safe(self, text: str, stored: str, attributions) -> list:
+        """The attributions as stored: [] when their words are not simply those of the stored text and would show
+        what redaction removed (a card number split into "4111", "1111", …)."""
+        words = "".join(w for w, _ in attributions if w != EARLIER)
+        if not (stored == text and words == "".join(text.split())):
+            joined = " ".join(w for w, _ in attributions)
+            if self.redact(joined) != joined:
+                attributions = []
+        return [[w, None if s is None else float(s)] for w, s in attributions]
+
+    def explain(self, done: list[tuple[int, list, str]]) -> None:
+        """Store explanations computed after their turns: (turn id, attributions of its stored text, AT_TURN or
+        ON_READING), in one transaction. A turn already explained keeps its explanation (they are the same)."""
+        with Session(self.engine) as s, s.begin():
+            for turn_id, attributions, how in done:
+                row = s.get(TurnRow, turn_id)
+                if row is not None and row.explained is None:
+                    row.attributions, row.explained = self._safe(row.text, row.text, attributions), how
+
+    def unexplained(self, limit: int = 1000) -> list[dict]:
+        """Turns whose explanation has not been computed yet, oldest first (with their `context`)."""
+        with Session(self.engine) as s:
+            q = select(TurnRow).where(TurnRow.explained.is_(None)).order_by(TurnRow.id).limit(limit)
+            return [{**row.to_dict(), "context": row.context or []} for row in s.scalars(q)]
+
+    def count_unexplained(self) -> int:
+        with Session(self.engine) as s:
+            return s.scalar(select(func.count()).select_from(TurnRow).where(TurnRow.explained.is_(None)))
 
     # ------------------------------------------------------------ conversations
     def _live(self, session: str):
@@ -244,9 +333,10 @@ class AuditStore:
             return s.scalar(self._where(select(func.count()).select_from(TurnRow), f))
 
     def get(self, turn_id: int) -> dict | None:
+        """The turn, with the earlier user texts its classifier read (`context`)."""
         with Session(self.engine) as s:
             row = s.get(TurnRow, turn_id)
-            return row.to_dict() if row else None
+            return {**row.to_dict(), "context": row.context or []} if row else None
 
     def correct(self, turn_id: int, intent: str, by: str) -> dict:
         """Record an auditor's correction of a turn: the intent it should have had (or "out_of_scope"). A later

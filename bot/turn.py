@@ -39,6 +39,7 @@ class Answer(Decision):
     explanation: Any = None  # what `explain` returned for this turn (explain.attribution.Explanation); None: none
     turn_id: int | None = None  # set by whoever logs the turn (ui/service.py)
     model_version: str | None = None  # likewise: `<bot>@<weights SHA-256>`
+    explained: Any = field(default=None, repr=False, compare=False)  # set when it is explained after the reply
 
     @property
     def attributions(self) -> list[tuple[str, float | None]]:

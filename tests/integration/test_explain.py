@@ -98,7 +98,8 @@ def test_cli_explains_the_decision_the_served_bot_makes_on_the_redacted_text(bot
     from ui.service import ChatService
 
     message = "hi, my name is Ngozi Okafor, my card 4111 1111 1111 1111 was charged twice"
-    served = ChatService(trained_tiny, str(tmp_path / "audit.sqlite")).respond(message, "s")
+    service = ChatService(trained_tiny, str(tmp_path / "audit.sqlite"))
+    served = service.explained(service.respond(message, "s"))
     assert main(["explain", message, "-m", str(trained_tiny), "--json"]) == 0
     out = capsys.readouterr().out
     data = json.loads(out)

@@ -212,3 +212,92 @@ def test_the_served_text_is_redacted_then_spelled_and_training_reads_it_the_same
     assert "<PERSON>" in r.text and "<CREDIT_CARD>" in r.text and "4432" in r.text and "pls" in r.text
     assert "cancel my order 4432" in r.text and "twice" in r.text
     assert not any(s in r.text for s in ("Ngozi", "Okafor", "4111", "cancle", "ordr", "twise"))
+
+
+# ---- issue 31: one normalisation before every rule and the recognizer; the learned recognizer
+@pytest.mark.parametrize("text, secret", [
+    ("card 4539_1488_0343_6467 was charged twice", "4539_1488_0343_6467"),
+    ("card 4539,1488,0343,6467 was charged twice", "4539,1488,0343,6467"),
+    ("card 4539*1488*0343*6467 was charged twice", "4539*1488*0343*6467"),
+    ("card 4539 | 1488 | 0343 | 6467 was charged twice", "4539 | 1488 | 0343 | 6467"),
+    ("write to zeb.quattle @ examplemail.com please", "zeb.quattle @ examplemail.com"),
+    ("write to zebquattle[at]examplemail[.]com please", "zebquattle[at]examplemail[.]com"),
+    ("write to zeb.quattle@examplemail . com please", "zeb.quattle@examplemail . com"),
+    ("write to zeb.quattle%40examplemail.com please", "zeb.quattle%40examplemail.com"),
+])
+def test_obfuscated_cards_and_emails_are_replaced_where_the_user_wrote_them(text, secret):
+    out = redact(guard(text)).text
+    head, tail = text.split(secret)
+    assert secret not in out and out.startswith(head) and out.endswith(tail)  # the placeholder took the whole span
+    assert out[len(head):len(out) - len(tail)] in ("<CREDIT_CARD>", "<EMAIL_ADDRESS>")
+
+
+@pytest.mark.parametrize("text, parts", [
+    ("this is Zeb\u200bulon Quattlebaum writing about my card", ["Zebulon", "Zeb", "Quattlebaum"]),
+    ("my name is Zebul\u03bfn Quattlebaum", ["Quattlebaum", "Zebul"]),  # a Greek omicron in a Latin name
+    ("Quattlebaum, Zebulon here, my card was declined", ["Quattlebaum", "Zebulon"]),
+])
+def test_names_split_disguised_or_reversed_are_redacted(text, parts):
+    out = redact(guard(text)).text
+    assert "<PERSON>" in out and not any(p in out for p in parts), out
+
+
+def test_the_learned_recognizer_is_the_released_one_and_loads_offline(monkeypatch):
+    import socket
+
+    from safety import recognizer
+
+    recognizer.check()  # every file with its released SHA-256
+    assert (recognizer.MODEL / "RECIPE.md").is_file()
+
+    def no_network(*a, **k):
+        raise OSError("no network in this test")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    recognizer.load.cache_clear()
+    nlp = recognizer.load()
+    assert set(nlp.get_pipe("ner").labels) == {"PERSON", "ADDRESS", "DATE_OF_BIRTH"}
+    doc = nlp("Marit K Solberg gave the opening talk, and the dinner is at 14 Vinkelgata.")
+    assert ("Marit K Solberg", "PERSON") in [(e.text, e.label_) for e in doc.ents]
+
+
+def test_a_damaged_or_swapped_recognizer_is_refused(tmp_path):
+    import shutil
+
+    from safety import recognizer
+
+    copy = tmp_path / "recognizer"
+    shutil.copytree(recognizer.MODEL, copy)
+    recognizer.check(copy)
+    with (copy / "ner" / "model").open("ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(recognizer.RecognizerUnavailable, match="ner/model differs from the released file"):
+        recognizer.check(copy)
+    (copy / "ner" / "model").unlink()
+    with pytest.raises(recognizer.RecognizerUnavailable, match="ner/model is missing"):
+        recognizer.check(copy)
+
+
+def test_the_training_recipe_runs_on_a_tiny_template_set(tmp_path):
+    """`python -m safety.train_recognizer` end to end on three templates: sentences → spaCy's own training → a
+    model folder with its recipe and a manifest of hashes that `check` accepts."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safety import recognizer
+
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "t.txt").write_text("my name is {name} and I live at {address}\nborn {dob} in {city}\n"
+                                     "the {company} branch in {city} is closed\n", encoding="utf-8")
+    out = tmp_path / "model"
+    res = subprocess.run([sys.executable, "-m", "safety.train_recognizer", "--out", str(out), "--sentences", "60",
+                          "--max-steps", "5", "--negatives", "0", "--templates", str(templates), "--work",
+                          str(tmp_path / "work")], capture_output=True, text=True, timeout=600,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert res.returncode == 0, res.stderr[-3000:]
+    manifest = json.loads(res.stdout[res.stdout.index("{"):res.stdout.rindex("}") + 1])
+    assert {"ner/model", "tok2vec/model", "config.cfg"} <= set(manifest) and (out / "RECIPE.md").is_file()
+    recognizer.check(out, manifest)

@@ -72,7 +72,7 @@ def test_thousands_of_hostile_messages_through_the_service(trained_tiny, tmp_pat
 
     def turn(message: str, session: str) -> None:
         try:
-            a = service.respond(message, session)
+            a = service.explained(service.respond(message, session))
         except Rejected as e:  # a clear refusal, nothing else
             assert str(e) and ("empty" in str(e) or "limit is" in str(e) or "personal data" in str(e)), str(e)
             seen["refused"] += 1
@@ -174,4 +174,7 @@ def test_a_killed_server_leaves_no_partial_row_and_loses_no_answered_turn(traine
     assert {r["id"] for r in rows} >= set(answered)  # every answer the users got was logged
     for r in rows:  # and every row is whole
         assert r["text"].startswith("cancel my order") and r["intent"] and r["reply"] and r["model_version"]
-        assert 0 <= r["confidence"] <= 1 and isinstance(r["attributions"], list) and r["attributions"]
+        assert 0 <= r["confidence"] <= 1 and isinstance(r["attributions"], list)
+        # explained after the reply, or (killed before its explanation ran) to be explained on reading
+        assert (r["explained"] == "after the reply" and r["attributions"]) or (r["explained"] is None
+                                                                               and r["attributions"] == [])

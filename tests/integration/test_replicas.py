@@ -63,7 +63,7 @@ def test_two_serve_replicas_on_postgresql_act_as_one_bot(replicas):
     assert a.predict("cancel my order", api_name="/respond")["intent"] == "cancel_order"
     assert b.predict("where is my package", api_name="/respond")["intent"] == "track_order"
     store = AuditStore(url, lambda t: t, session_key=KEY.encode())
-    turns = store.conversation(f"api-{auth[0]}/{a.session_hash}")
+    turns = store.conversation(f"api-user:{auth[0]}/{a.session_hash}")
     assert [t[2] for t in turns] == ["cancel_order", "track_order"]  # replica 2 continued replica 1's conversation
     for replica in (first, second):
         with httpx.Client(base_url=replica, timeout=60) as web:

@@ -12,7 +12,7 @@ def service(trained_tiny, tmp_path_factory):
 
 
 def test_a_turn_is_redacted_classified_explained_and_logged(service):
-    a = service.respond("cancel my order, card 4111 1111 1111 1111", "s1")
+    a = service.explained(service.respond("cancel my order, card 4111 1111 1111 1111", "s1"))
     assert a.text == "cancel my order, card <CREDIT_CARD>" and a.redacted_types == ["CREDIT_CARD"]
     assert a.intent == "cancel_order" and not a.fallback and 0.3 <= a.confidence <= 1
     assert [w for w, _ in a.attributions] == ["cancel", "my", "order", ",", "card", "<", "CREDIT_CARD", ">"]
@@ -27,10 +27,10 @@ def test_a_follow_up_is_classified_and_explained_after_the_earlier_turn(service)
     served and logged names it as one item before the words."""
     from bot.spec import EARLIER
 
-    first = service.respond("hello, cancel my order please", "follow-1")
+    first = service.explained(service.respond("hello, cancel my order please", "follow-1"))
     assert first.intent == "cancel_order" and EARLIER not in [w for w, _ in first.attributions]
     expected = service.bot.classify_batch(["it is number 4432"], [service.conversation("follow-1")])[0]
-    a = service.respond("it is number 4432", "follow-1")
+    a = service.explained(service.respond("it is number 4432", "follow-1"))
     assert a.intent == expected.intent == "cancel_order" and not a.fallback
     assert a.confidence == pytest.approx(expected.confidence, abs=1e-5)
     assert service.bot.classify("it is number 4432").confidence < a.confidence  # alone, it says less
@@ -168,7 +168,7 @@ def test_turns_that_arrive_together_are_batched_and_answer_as_one_at_a_time(serv
 
     texts = ["cancel my order", "where is my package", "I want a refund please", "hello there", "track order",
              "cancel it now"]
-    single = [service.respond(t, f"single-{i}") for i, t in enumerate(texts)]
+    single = [service.explained(service.respond(t, f"single-{i}")) for i, t in enumerate(texts)]
     batches = []
     run = service.batcher.run
     service.batcher.run = lambda items: (batches.append(len(items)), run(items))[1]
@@ -177,7 +177,7 @@ def test_turns_that_arrive_together_are_batched_and_answer_as_one_at_a_time(serv
 
     def go(i):
         gate.wait()
-        together[i] = service.respond(texts[i], f"together-{i}")
+        together[i] = service.explained(service.respond(texts[i], f"together-{i}"))
 
     threads = [threading.Thread(target=go, args=(i,)) for i in range(len(texts))]
     try:
@@ -245,7 +245,7 @@ def test_generated_replies_are_batched_and_equal_one_at_a_time(service):
 def test_words_past_the_length_limit_are_served_and_logged_as_not_read(service):
     from ui.web import decision_markdown, highlights
 
-    a = service.respond("cancel my order " + " ".join(f"w{i}" for i in range(80)), "s-long")  # max_length 64
+    a = service.explained(service.respond("cancel my order " + " ".join(f"w{i}" for i in range(80)), "s-long"))
     scores = [s for _, s in a.attributions]
     assert scores[0] is not None and scores[-1] is None
     assert scores.index(None) > 3 and all(s is None for s in scores[scores.index(None):])

@@ -49,6 +49,7 @@ def server(model):
     found = re.search(r"signin\?token=(\S+)", printed)
     assert found and f"http://127.0.0.1:{port}/signin?token=" in printed, printed
     assert re.search(r"one-time password.*\n\s+" + re.escape(found.group(1)), printed), printed
+    assert "monitoring" not in printed.lower()  # Gradio's dashboard (and its key) is off
     yield f"http://127.0.0.1:{port}/", db, found.group(1)
     proc.terminate()
     proc.wait(timeout=30)
@@ -82,8 +83,10 @@ def browser():
 @pytest.fixture(scope="module")
 def page(server, browser):
     pg = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
-    pg.dialogs = []
+    pg.dialogs, pg.requested, pg.console = [], [], []
     pg.on("dialog", lambda d: (pg.dialogs.append(d.message), d.dismiss()))
+    pg.on("request", lambda r: pg.requested.append(r.url))
+    pg.on("console", lambda m: pg.console.append(m.text))
     pg.goto(server[0])  # on loopback anyone may chat: no sign-in page
     pg.locator("#message textarea").wait_for(timeout=60_000)
     yield pg
@@ -186,9 +189,10 @@ def test_documented_gradio_client_call(auth_server):
     from gradio_client import Client
 
     client = Client(auth_server, auth=(AGENT, AGENT_PASSWORD), verbose=False)
-    out = client.predict("where is my package", api_name="/respond")
-    assert out["intent"] == "track_order" and 0 <= out["confidence"] <= 1
-    assert [w for w, _ in out["attributions"]] == ["where", "is", "my", "package"]
+    out = client.predict("where is my package", api_name="/respond")  # the reply first: no explanation yet
+    assert out["intent"] == "track_order" and 0 <= out["confidence"] <= 1 and out["attributions"] == []
+    out = client.predict("where is my package", True, api_name="/respond")  # wait_for_explanation (after the first)
+    assert [w for w, _ in out["attributions"]] == ["[earlier turns]", "where", "is", "my", "package"]
     assert out["reply"] and out["model_version"].startswith("tiny@")
     with pytest.raises(Exception, match="limit is 1000"):
         client.predict("x" * 1001, api_name="/respond")
@@ -224,7 +228,7 @@ def test_one_user_cannot_read_another_users_stream(auth_server):
     agent, reviewer = _signed_in(auth_server, AGENT, AGENT_PASSWORD), _signed_in(auth_server, USER, PASSWORD)
     config = agent.get("config").json()
     fn = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "respond")
-    body = {"data": ["where is my package"], "fn_index": fn, "session_hash": "agents-own-session",
+    body = {"data": ["where is my package", False], "fn_index": fn, "session_hash": "agents-own-session",
             "event_data": None, "trigger_id": None}
     assert agent.post("gradio_api/queue/join", json=body).status_code == 200
     stolen = reviewer.get("gradio_api/queue/data", params={"session_hash": "agents-own-session"})
@@ -252,3 +256,55 @@ def test_load_benchmark_short_form(server):
     assert s["errors"] == 0 and s["ok"] == 12 and s["p95_s"] > 0 and not s["timed_out"]
     with pytest.raises(SystemExit, match="only loads a server on this machine"):
         run_load("http://example.org/", 1, 1, ["hi"])
+
+
+def test_the_page_loads_nothing_from_third_parties_and_breaks_no_csp_rule(page, server):
+    assert any("queue/join" in u for u in page.requested)  # the earlier tests chatted, signed in, audited on it
+    others = [u for u in page.requested if not u.startswith(server[0]) and not u.startswith(("data:", "blob:"))]
+    assert others == []  # no CDN script, no Google fonts
+    assert not [m for m in page.console if "Content Security Policy" in m], page.console
+
+
+def test_the_http_surface_is_closed_by_default(server):
+    """The review's findings (issue 30), against the real server: only the app's routes answer; the Host is checked;
+    a queue join needs a server-issued identity; the page has a CSP and no third-party script; sign-in is
+    rate-limited; /gradio_api/call/<api>/<session> (which streamed another user's raw message) is gone."""
+    import hashlib
+
+    import httpx
+
+    url = server[0]
+    c = httpx.Client(base_url=url, timeout=30)
+    page = c.get("")
+    csp = page.headers["content-security-policy"]
+    assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp and page.headers["x-frame-options"] == "DENY"
+    assert "cdnjs" not in page.text and "googleapis" not in page.text and "gstatic" not in page.text
+    for script in re.findall(r"<script\b(?![^>]*\bsrc=)[^>]*>(.*?)</script>", page.text, re.S):
+        digest = __import__("base64").b64encode(hashlib.sha256(script.encode()).digest()).decode()
+        assert f"'sha256-{digest}'" in csp  # the page's own inline scripts, by hash; no 'unsafe-inline'
+    assert "'unsafe-inline'" not in csp.split("script-src")[1].split(";")[0]
+    assert "candor-client=" in page.headers["set-cookie"] and "HttpOnly" in page.headers["set-cookie"]
+    for method, path in [("GET", "gradio_api/call/respond/abc"), ("POST", "gradio_api/call/respond"),
+                         ("POST", "gradio_api/upload"), ("GET", "gradio_api/upload_progress"), ("GET", "monitoring"),
+                         ("GET", "monitoring/summary"), ("GET", "gradio_api/deep_link"), ("POST", "gradio_api/api/respond"),
+                         ("GET", "gradio_api/vibe-code"), ("GET", "gradio_api/proxy=http://example.com"),
+                         ("GET", "docs"), ("GET", "no/such/page"), ("POST", "gradio_api/reset")]:
+        r = c.request(method, path)
+        assert r.status_code == 404 and "Traceback" not in r.text, (method, path, r.status_code)
+    rebinding = httpx.get(url, headers={"Host": "attacker.example"})
+    assert rebinding.status_code == 421  # DNS rebinding: a page on another name cannot reach this server
+    assert httpx.get(url + "healthz").json() == {"status": "ok"} and httpx.get(url + "readyz").status_code == 200
+    assert "candor_reply_seconds" in httpx.get(url + "metrics").text
+    r = httpx.post(url + "v1/chat", json={"session": "s", "message": "hi"})
+    assert r.status_code == 404 and "--tokens-file" in r.json()["error"]  # no tokens file: the REST API is off
+    config = c.get("config").json()
+    fn = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "respond")
+    body = {"data": ["where is my package", False], "fn_index": fn, "session_hash": "no-identity"}
+    assert httpx.post(url + "gradio_api/queue/join", json=body).status_code == 403  # no cookie: no identity
+    forged = httpx.post(url + "gradio_api/queue/join", json=body, cookies={"candor-client": "me.0000"})
+    assert forged.status_code == 403  # a cookie this server did not sign is no identity
+    assert c.post("gradio_api/queue/join", json={**body, "session_hash": "with-identity"}).status_code == 200
+    attempts = [httpx.post(url + "signin", data={"password": f"guess-{i}"}).status_code for i in range(7)]
+    assert attempts[0] == 403 and attempts[-1] == 429
+    out = httpx.get(url + "signout", follow_redirects=False)
+    assert out.status_code == 303 and "candor-audit=" in out.headers["set-cookie"]

@@ -157,7 +157,7 @@ def test_candor_chat_explain_and_the_service_read_a_message_through_one_path(mod
     out = io.StringIO()
     chat(argparse.Namespace(model=str(model_dir), device="cpu", mode=None), io.StringIO(message + "\n"), out)
     service = ChatService(model_dir, str(tmp_path / "audit.sqlite"), explain_steps=4)
-    served = service.respond(message, "s")
+    served = service.explained(service.respond(message, "s"))
     monkeypatch.setattr("sys.stdout", io.StringIO())
     assert explain(argparse.Namespace(model=str(model_dir), text=message, intent=None, reply=False, json=True,
                                       html=None, no_colour=True, steps=4, evaluate=False)) == 0

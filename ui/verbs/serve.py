@@ -5,7 +5,7 @@ import os
 import sys
 from pathlib import Path
 
-from ui.auth import Access, AuthError, OneTimeSignIn, check_binding, checker, read_users
+from ui.auth import Access, AuthError, OneTimeSignIn, allowed_hosts, check_binding, checker, read_tokens, read_users
 from ui.verbs import DEFAULT_MODEL, add_model
 
 
@@ -14,6 +14,13 @@ def add_arguments(p) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (anything but localhost needs --auth-file)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--auth-file", help="sign-in users, one user:password per line; enables the audit tab")
+    p.add_argument("--tokens-file", help="the REST API's bearer tokens, one name:role:token per line (role: chat or "
+                                         "auditor); without it the REST API is off")
+    p.add_argument("--rate-limit", type=float, default=20.0, help="REST requests a second per token (bursts of twice "
+                                                                  "that); beyond, 429 with Retry-After")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="a name clients reach this server by (its DNS name, the load balancer's); repeatable. "
+                        "Requests with any other Host header are refused (needed with --host 0.0.0.0)")
     p.add_argument("--audit-db", help="SQLite file or SQLAlchemy URL (default: <model>.audit.sqlite)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--explain-steps", type=int, default=32, help="integration steps per explanation")
@@ -43,7 +50,11 @@ def train_demo(out: Path) -> None:
 def run(args) -> int:
     try:
         users = read_users(args.auth_file) if args.auth_file else None
+        tokens = read_tokens(args.tokens_file) if args.tokens_file else None
         check_binding(args.host, users)
+        hosts = allowed_hosts(args.host, args.allowed_host)
+        if args.rate_limit <= 0:
+            raise AuthError("--rate-limit must be above 0")
     except AuthError as e:
         print(f"candor serve: {e}", file=sys.stderr)
         return 1
@@ -57,9 +68,10 @@ def run(args) -> int:
     from starlette.middleware import Middleware
 
     from bot.store import AuditDatabaseError
-    from ui.http import SessionOwners, export_route, signin_routes
+    from ui.api import build_api
+    from ui.http import Front, SessionOwners, export_route, signin_routes
     from ui.service import ChatService
-    from ui.web import audit_filter, build
+    from ui.web import build
 
     audit_db = args.audit_db or f"{model}.audit.sqlite"
     print(f"loading {model}; audit log: {audit_db}")
@@ -71,17 +83,21 @@ def run(args) -> int:
     access = Access(users, None if users else OneTimeSignIn())
     app = build(service, access)
     app.queue(default_concurrency_limit=4, max_size=64, api_open=False)  # queued events only through the queue
-    routes = [export_route(access, service.store, audit_filter)]
+    routes = [export_route(access, service.store), *signin_routes(access.one_time)]
     url = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{args.port}/"
     if access.one_time:
-        routes += signin_routes(access.one_time)
-        print(f"\nThe Audit tab needs this one-time password (a new one at every start):\n"
+        print(f"\nThe Audit tab needs this one-time password (a new one at every start; good for one sign-in within "
+              f"an hour):\n"
               f"    {access.one_time.password}\nor open this sign-in link:\n    {url}signin?token={access.one_time.password}\n",
               flush=True)
     elif not access.auditors():
         print(f"note: no user in {args.auth_file} has the auditor role (user:password:auditor), so nobody can "
               "open the Audit tab", flush=True)
+    api = build_api(service, tokens, rate=args.rate_limit)
+    if tokens is None:
+        print("The REST API is off (no --tokens-file).", flush=True)
     app.launch(server_name=args.host, server_port=args.port, auth=checker(users) if users else None,
-               inbrowser=not args.no_browser, show_api=True, share=False, max_file_size="1mb",
-               app_kwargs={"routes": routes, "middleware": [Middleware(SessionOwners)]})
+               inbrowser=not args.no_browser, show_api=True, share=False, max_file_size="1mb", enable_monitoring=False,
+               app_kwargs={"routes": routes, "middleware": [Middleware(Front, api=api, hosts=hosts),
+                                                            Middleware(SessionOwners)]})
     return 0

@@ -1,0 +1,149 @@
+"""The learned PII recognizer: person names, street addresses and postal blocks, dates of birth in free form — what
+rules cannot pin down. A small spaCy pipeline (tok2vec + ner) trained on synthetic sentences by
+`python -m safety.train_recognizer` (the recipe, its data provenance and licence: safety/data/recognizer/RECIPE.md),
+shipped in the package and loaded offline; every file is checked against the SHA-256 it was released with, so a
+swapped or damaged model is refused, never used. It runs beside the rules and the stock spaCy model in Presidio's
+analyzer (safety/pii.py), on the normalised text.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import re
+from pathlib import Path
+
+MODEL = Path(__file__).resolve().parent / "data" / "recognizer"
+LABELS = {"PERSON": "PERSON", "ADDRESS": "ADDRESS", "DATE_OF_BIRTH": "DATE_OF_BIRTH"}
+SCORE = 0.5  # above Presidio's 0.4 threshold, below the rules': on the same span a rule's type wins
+NAME = "CandorLearnedRecognizer"
+# SHA-256 of each file as released (python -m safety.train_recognizer prints them)
+WEIGHTS: dict[str, str] = {
+    "config.cfg": "5b1478542ba2f5a5e8bdddeac1205af41ef494d04360ce01eb607a48d5d77a70",
+    "meta.json": "fad18474efdd743ee65625fb07ff4f4e6c8ea518ad6d2490bd810724f2e78aec",
+    "ner/cfg": "a7172edadafba9f472e9ac0f2660eec04b6405e471be9e20267b79c67288d22d",
+    "ner/model": "a94764decfc470bcae396d1cb9efb2935341d52b0e4219cbd5bd1c9a51fb1077",
+    "ner/moves": "1b861b6a990801b4234e46e0b7bdeaf3bf372e3995feddbf3d5080ce76a0f950",
+    "tok2vec/cfg": "f8a5a26e3056eb6fb06deeb3dbccfd88ae74900200c98c70b5966bbb7ec9d4de",
+    "tok2vec/model": "1aba8cb3b91a610bac5d59289d8a1abb80b60642fee57e2451bf73e203fffc85",
+    "tokenizer": "b014e8bba4958b120af2d0c1c63eabb7c00379f2bacaf10df7c5325efd2ea467",
+    "vocab/key2row": "76be8b528d0075f7aae98d6fa57a6d3c83ae480a8469e668d7b0af968995ac71",
+    "vocab/lookups.bin": "76be8b528d0075f7aae98d6fa57a6d3c83ae480a8469e668d7b0af968995ac71",
+    "vocab/strings.json": "e06576ede23319bb74e49aeb3177c3983fcdc0e3131f6b0f74bb6acc96f263a1",
+    "vocab/vectors": "14772b683e726436d5948ad3fff2b43d036ef2ebbe3458aafed6004e05a40706",
+    "vocab/vectors.cfg": "ff4359091952c8cd16f1f0482f5770fb82d1707368d5cca3c46aa501f552e3c5",
+}
+
+
+class RecognizerUnavailable(RuntimeError):
+    pass
+
+
+def check(folder: Path = MODEL, weights: dict[str, str] | None = None) -> None:
+    """Raises RecognizerUnavailable unless every file of the released model is there with its SHA-256."""
+    weights = WEIGHTS if weights is None else weights
+    if not weights:
+        raise RecognizerUnavailable("no released recognizer (safety/recognizer.py WEIGHTS is empty)")
+    problems = []
+    for rel, digest in weights.items():
+        path = folder / rel
+        if not path.is_file():
+            problems.append(f"{rel} is missing")
+        elif hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+            problems.append(f"{rel} differs from the released file (SHA-256)")
+    if problems:
+        raise RecognizerUnavailable(f"{folder}: not the released PII recognizer: " + "; ".join(problems))
+
+
+@functools.cache
+def load(folder: Path = MODEL):
+    """The checked pipeline (spaCy, offline: a folder, never a download)."""
+    import spacy
+
+    check(folder)
+    return spacy.load(folder)
+
+
+_MONTHS = ("january february march april may june july august september october november december jan feb mar apr "
+           "jun jul aug sep sept oct nov dec monday tuesday wednesday thursday friday saturday sunday").split()
+_STREET_WORDS = frozenset("""street st road rd avenue ave av lane ln drive dr boulevard blvd way close court ct place pl
+terrace crescent square sq parkway highway hwy row walk gardens grove hill park box apt apartment flat unit suite floor
+mews yard lodge house cottage farm green rise vale view wharf quay drove circle cir plaza trail""".split())
+_POSTCODE_TOWN = re.compile(r"\d{4,6}\s+[^\W\d_]+")
+_LETTERS = re.compile(r"[^\W\d_]{2,}")
+_BIRTH_CUE = re.compile(r"\b(?:born|birth|birthday|dob|d\.o\.b|b\.|n[ée]e?|geboren|nacido|nacida|n[ée] le)\W*$", re.I)
+_FULL_DATE = re.compile(r"\d{1,2}\s*[/.\-]\s*\d{1,2}\s*[/.\-]\s*\d{2,4}|\d{4}\s*[/.\-]\s*\d{1,2}\s*[/.\-]\s*\d{1,2}")
+
+
+def plausible(text: str, start: int, end: int, label: str) -> bool:
+    """What the small model tags that cannot be that kind of value (it was trained on synthetic sentences and calls
+    some brands people and some error codes addresses): a name has letters and no digits, and one word alone (or a
+    name in lower case) must be a known first name or follow a cue ("Mr", "I'm", "Hi"); a longer one must not be all
+    everyday words; an address has a number and a street word or a word that is no everyday English; a date of
+    birth is a full date, or any date right after a birth word ("born", "DOB", "née")."""
+    from safety.recognizers import _CUE_BEFORE, first_names, is_common, old_date
+
+    value = text[start:end]
+    if "<" in value or ">" in value:  # it reaches into a placeholder another rule wrote (the store's second pass)
+        return False
+    words = _LETTERS.findall(value)
+    if label == "PERSON":
+        if not words or any(c.isdigit() for c in value) or all(w.lower() in _MONTHS for w in words):
+            return False
+        cue = bool(_CUE_BEFORE.search(text[max(0, start - 12):start]))
+        known = words[0].lower() in first_names()
+        if len(words) == 1 or value.islower():  # one word, or all lower case: a brand or a phrase unless it is known
+            return known or cue
+        return known or cue or not all(is_common(w) for w in words)
+    if label == "ADDRESS":  # a number, and a street word or a word that is not everyday English ("Storgatan 8B")
+        if _POSTCODE_TOWN.fullmatch(value) and not text[:start].endswith("\n"):  # "75002 Paris": the rules' postcode
+            return False
+        return any(c.isdigit() for c in value) and any(
+            len(w) >= 2 and (w.lower() in _STREET_WORDS or not is_common(w)) for w in words)
+    if label == "DATE_OF_BIRTH":
+        if _BIRTH_CUE.search(text[max(0, start - 25):start]):
+            return any(c.isdigit() for c in value)
+        if not old_date(value):  # without a birth word, only a full date 16+ years back reads as a birth date
+            return False
+        day_month_year = _FULL_DATE.search(value) or (
+            re.search(r"(?<!\d)\d{1,2}(?:st|nd|rd|th)?(?!\d)", value) and re.search(r"(?<!\d)(?:19|20)\d{2}(?!\d)", value)
+            and any(w.lower() in _MONTHS for w in words))
+        return bool(day_month_year)
+    return True
+
+
+def _mid_sentence(text: str, start: int) -> bool:
+    """A capitalised word not at the start of a sentence (there, any word is capitalised)."""
+    before = text[:start].rstrip()
+    return bool(before) and before[-1] not in ".!?:;\n\"'(-–—"
+
+
+def recognizer(folder: Path = MODEL):
+    """A Presidio recognizer of the learned model's entities."""
+    from presidio_analyzer import EntityRecognizer, RecognizerResult
+
+    nlp = load(folder)
+
+    class Learned(EntityRecognizer):
+        def load(self):
+            pass
+
+        def analyze(self, text, entities, nlp_artifacts=None):
+            doc = nlp(text)
+            return [RecognizerResult(LABELS[e.label_], e.start_char, e.end_char, SCORE,
+                                     recognition_metadata={"recognizer_name": NAME}) for e in doc.ents
+                    if e.label_ in LABELS and LABELS[e.label_] in entities and plausible(text, e.start_char,
+                                                                                         e.end_char, e.label_)]
+
+    return Learned(supported_entities=sorted(set(LABELS.values())), name=NAME)
+
+
+def learned(hit) -> bool:
+    return (getattr(hit, "recognition_metadata", None) or {}).get("recognizer_name") == NAME
+
+
+def yield_to_rules(hits: list) -> list:
+    """The learned hits that do not overlap a rule's (or the stock model's) hit of another type: a PIN inside what the
+    model calls an address stays a <SECRET>, a postcode stays a <POSTCODE>, an SSN is no date of birth."""
+    others = [h for h in hits if not learned(h)]
+    return others + [h for h in hits if learned(h) and not any(
+        o.entity_type != h.entity_type and o.start < h.end and h.start < o.end for o in others)]
