@@ -70,6 +70,21 @@ def start_server(model: str, audit_db: str, extra: list[str] = ()) -> tuple[subp
     raise RuntimeError("candor serve did not start:\n" + "".join(seen))
 
 
+def timed(call, ok, user: int, latencies: list, errors: list, lock) -> None:
+    """One turn: its latency if `ok(answer)`, else an error line."""
+    t0 = time.perf_counter()
+    try:
+        out = call()
+        good = ok(out)
+    except Exception as e:  # noqa: BLE001 - counted and reported
+        good, out = False, e
+    with lock:
+        if good:
+            latencies.append(time.perf_counter() - t0)
+        else:
+            errors.append(f"user {user}: {str(getattr(out, 'text', out))[:200]}")
+
+
 def run_load(url: str, users: int, turns: int, messages: list[str], time_limit: float = 600.0,
              seed: int = 0) -> dict:
     """Every user: its own client, `turns` calls of /respond. Returns latencies (s), errors and wall time."""
@@ -102,17 +117,8 @@ def run_load(url: str, users: int, turns: int, messages: list[str], time_limit: 
         for _ in range(turns):
             if time.time() > deadline:
                 return
-            t0 = time.perf_counter()
-            try:
-                out = client.predict(rng.choice(messages), api_name="/respond")
-                ok = isinstance(out, dict) and "intent" in out
-            except Exception as e:  # noqa: BLE001 - counted and reported
-                ok, out = False, e
-            with lock:
-                if ok:
-                    latencies.append(time.perf_counter() - t0)
-                else:
-                    errors.append(f"user {i}: {str(out)[:200]}")
+            timed(lambda: client.predict(rng.choice(messages), api_name="/respond"),
+                  lambda out: isinstance(out, dict) and "intent" in out, i, latencies, errors, lock)
 
     threads = [threading.Thread(target=user, args=(i,), daemon=True) for i in range(users)]
     t0 = time.time()
@@ -150,17 +156,8 @@ def run_rest(url: str, tokens: list[str], turns: int, messages: list[str], time_
             time.sleep(rng.uniform(0, think))  # users arrive spread out, not all in the first instant
         n = 0
         while n < turns and time.time() < deadline:
-            t0 = time.perf_counter()
-            try:
-                r = client.post("v1/chat", json={"session": f"load-{i}", "message": rng.choice(messages)})
-                ok, out = r.status_code == 200 and "intent" in r.json(), r.text
-            except Exception as e:  # noqa: BLE001 - counted and reported
-                ok, out = False, e
-            with lock:
-                if ok:
-                    latencies.append(time.perf_counter() - t0)
-                else:
-                    errors.append(f"user {i}: {str(out)[:200]}")
+            timed(lambda: client.post("v1/chat", json={"session": f"load-{i}", "message": rng.choice(messages)}),
+                  lambda r: r.status_code == 200 and "intent" in r.json(), i, latencies, errors, lock)
             n += 1
             if think:
                 time.sleep(rng.expovariate(1 / think))
