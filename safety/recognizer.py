@@ -19,16 +19,16 @@ NAME = "CandorLearnedRecognizer"
 # SHA-256 of each file as released (python -m safety.train_recognizer prints them)
 WEIGHTS: dict[str, str] = {
     "config.cfg": "5b1478542ba2f5a5e8bdddeac1205af41ef494d04360ce01eb607a48d5d77a70",
-    "meta.json": "fad18474efdd743ee65625fb07ff4f4e6c8ea518ad6d2490bd810724f2e78aec",
+    "meta.json": "cf7f362edbe9290dde54cdda18469d2e2b40d23865278c65a118a7dd38201cda",
     "ner/cfg": "a7172edadafba9f472e9ac0f2660eec04b6405e471be9e20267b79c67288d22d",
-    "ner/model": "a94764decfc470bcae396d1cb9efb2935341d52b0e4219cbd5bd1c9a51fb1077",
-    "ner/moves": "1b861b6a990801b4234e46e0b7bdeaf3bf372e3995feddbf3d5080ce76a0f950",
+    "ner/model": "943796ee7189ad30809e49c2dc7c19c93f5284399bfcdfd8ec57bd53dfcb9f38",
+    "ner/moves": "b3f9b45bc56d575d76fb93ba2d4736dee10c05e047ab84f39d700d430ec019fb",
     "tok2vec/cfg": "f8a5a26e3056eb6fb06deeb3dbccfd88ae74900200c98c70b5966bbb7ec9d4de",
-    "tok2vec/model": "1aba8cb3b91a610bac5d59289d8a1abb80b60642fee57e2451bf73e203fffc85",
+    "tok2vec/model": "0cce271dc00ba3fdce9a6a768d2f66ef3d7b27d6a7919f9860289f7751d7d141",
     "tokenizer": "b014e8bba4958b120af2d0c1c63eabb7c00379f2bacaf10df7c5325efd2ea467",
     "vocab/key2row": "76be8b528d0075f7aae98d6fa57a6d3c83ae480a8469e668d7b0af968995ac71",
     "vocab/lookups.bin": "76be8b528d0075f7aae98d6fa57a6d3c83ae480a8469e668d7b0af968995ac71",
-    "vocab/strings.json": "e06576ede23319bb74e49aeb3177c3983fcdc0e3131f6b0f74bb6acc96f263a1",
+    "vocab/strings.json": "791ad222db2affad6978f5d391eb83242e3315d822f2c8265721aa64722e0446",
     "vocab/vectors": "14772b683e726436d5948ad3fff2b43d036ef2ebbe3458aafed6004e05a40706",
     "vocab/vectors.cfg": "ff4359091952c8cd16f1f0482f5770fb82d1707368d5cca3c46aa501f552e3c5",
 }
@@ -68,6 +68,9 @@ _MONTHS = ("january february march april may june july august september october 
 _STREET_WORDS = frozenset("""street st road rd avenue ave av lane ln drive dr boulevard blvd way close court ct place pl
 terrace crescent square sq parkway highway hwy row walk gardens grove hill park box apt apartment flat unit suite floor
 mews yard lodge house cottage farm green rise vale view wharf quay drove circle cir plaza trail""".split())
+_PLACE_WORDS = frozenset("""street road avenue boulevard terrace crescent square plaza station airport terminal hospital clinic school college university
+bridge hall centre center museum library church cathedral market mall stadium arena hotel castle palace tower bank
+branch office""".split())  # not park, hill, green, lane…: surnames too ("Park")
 _POSTCODE_TOWN = re.compile(r"\d{4,6}\s+[^\W\d_]+")
 _LETTERS = re.compile(r"[^\W\d_]{2,}")
 _BIRTH_CUE = re.compile(r"\b(?:born|birth|birthday|dob|d\.o\.b|b\.|n[ée]e?|geboren|nacido|nacida|n[ée] le)\W*$", re.I)
@@ -76,11 +79,12 @@ _FULL_DATE = re.compile(r"\d{1,2}\s*[/.\-]\s*\d{1,2}\s*[/.\-]\s*\d{2,4}|\d{4}\s*
 
 def plausible(text: str, start: int, end: int, label: str) -> bool:
     """What the small model tags that cannot be that kind of value (it was trained on synthetic sentences and calls
-    some brands people and some error codes addresses): a name has letters and no digits, and one word alone (or a
-    name in lower case) must be a known first name or follow a cue ("Mr", "I'm", "Hi"); a longer one must not be all
-    everyday words; an address has a number and a street word or a word that is no everyday English; a date of
+    some brands people and some error codes addresses): a name has letters and no digits and is no nationality or
+    brand (safety/data/names/not_person.txt); in lower case it must be a known first name or follow a cue ("Mr",
+    "I'm", "Hi"); one capitalised word must be that, or no everyday word; a longer
+    one must not be all everyday words; an address has a number and a street word or a word that is no everyday English; a date of
     birth is a full date, or any date right after a birth word ("born", "DOB", "née")."""
-    from safety.recognizers import _CUE_BEFORE, first_names, is_common, old_date
+    from safety.recognizers import _CUE_BEFORE, first_names, is_common, not_person, old_date
 
     value = text[start:end]
     if "<" in value or ">" in value:  # it reaches into a placeholder another rule wrote (the store's second pass)
@@ -89,16 +93,22 @@ def plausible(text: str, start: int, end: int, label: str) -> bool:
     if label == "PERSON":
         if not words or any(c.isdigit() for c in value) or all(w.lower() in _MONTHS for w in words):
             return False
+        if all(w.lower() in not_person() for w in words) or words[-1].lower() in _PLACE_WORDS:
+            return False  # a nationality, a language, a brand; "Victoria Station", "Baker Street"
         cue = bool(_CUE_BEFORE.search(text[max(0, start - 12):start]))
         known = words[0].lower() in first_names()
-        if len(words) == 1 or value.islower():  # one word, or all lower case: a brand or a phrase unless it is known
+        if value.islower():  # all lower case: a phrase unless it is a known first name or follows a cue
             return known or cue
+        if len(words) == 1:  # one capitalised word: a known first name, after a cue, or no everyday word mid-sentence
+            w = words[0]
+            return known or cue or (not is_common(w) and not w.isupper())
         return known or cue or not all(is_common(w) for w in words)
     if label == "ADDRESS":  # a number, and a street word or a word that is not everyday English ("Storgatan 8B")
         if _POSTCODE_TOWN.fullmatch(value) and not text[:start].endswith("\n"):  # "75002 Paris": the rules' postcode
             return False
         return any(c.isdigit() for c in value) and any(
-            len(w) >= 2 and (w.lower() in _STREET_WORDS or not is_common(w)) for w in words)
+            w.lower() in _STREET_WORDS or (len(w) >= 4 and not is_common(w) and w.lower() not in _MONTHS)
+            for w in words)
     if label == "DATE_OF_BIRTH":
         if _BIRTH_CUE.search(text[max(0, start - 25):start]):
             return any(c.isdigit() for c in value)
@@ -109,12 +119,6 @@ def plausible(text: str, start: int, end: int, label: str) -> bool:
             and any(w.lower() in _MONTHS for w in words))
         return bool(day_month_year)
     return True
-
-
-def _mid_sentence(text: str, start: int) -> bool:
-    """A capitalised word not at the start of a sentence (there, any word is capitalised)."""
-    before = text[:start].rstrip()
-    return bool(before) and before[-1] not in ".!?:;\n\"'(-–—"
 
 
 def recognizer(folder: Path = MODEL):

@@ -62,6 +62,13 @@ def is_common(word: str) -> bool:
 
 
 @functools.cache
+def not_person() -> frozenset[str]:
+    """Nationalities, languages and brands: capitalised like names, naming nobody (safety/data/names/not_person.txt)."""
+    text = (DATA / "names" / "not_person.txt").read_text(encoding="utf-8")
+    return frozenset(w for line in text.splitlines() if not line.startswith("#") for w in line.split())
+
+
+@functools.cache
 def first_names() -> frozenset[str]:
     """Common US first names (1990 Census, public domain; safety/data/names/SOURCE.md) that are not also
     everyday words of a support chat ("bill", "will", "mark", "may" stay words)."""
@@ -242,7 +249,7 @@ def name_length(cue: str) -> Callable[[str], int]:
             return 0
         first = words[0].group().strip("'")
         low = first.lower()
-        if low in stopwords() or low in _NOT_NAMES:
+        if low in stopwords() or low in _NOT_NAMES or low in not_person():  # "I am Maltese", "thanks Klarna"
             return 0
         known = low in first_names()
         capital = first[:1].isupper() and not is_common(first)
@@ -280,7 +287,7 @@ def plausible_ner_person(text: str, start: int, end: int) -> bool:
     keep a one-word PERSON only if it is a first name or follows a cue ("Mr", "I'm", "Hi"), and a longer
     one unless every word is an everyday English word."""
     words = re.findall(r"[\wà-ÿĀ-ž'-]+", text[start:end])
-    if not words:
+    if not words or all(w.lower() in not_person() for w in words):
         return False
     if len(words) == 1:
         return words[0].lower() in first_names() or bool(_CUE_BEFORE.search(text[max(0, start - 12):start]))

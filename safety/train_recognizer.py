@@ -153,7 +153,7 @@ def fill(template: str, filler: Filler) -> tuple[str, list[tuple[int, int, str]]
         text += template[at:m.start()]
         kind = m.group(1)
         if kind == "postal_block":
-            sep = filler.rng.choice(["\n", "\n", ", ", " / "])
+            sep = filler.rng.choice(["\n", " ", " ", ", ", " / "])  # " ": the chat's guard makes line breaks spaces
             for k, (line, label) in enumerate(filler.postal_block()):
                 if k:
                     text += sep
