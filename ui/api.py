@@ -17,6 +17,7 @@ Every error is JSON, `{"error": "what is wrong"}`, never a traceback.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from typing import Literal
@@ -39,6 +40,7 @@ PATHS = ("/healthz", "/readyz", "/metrics")
 RATE = 20.0  # requests a second per token, on average (bursts of twice that)
 SESSION = r"^[A-Za-z0-9_.:@-]{1,128}$"
 PAGE_SIZE, MAX_PAGE_SIZE = 50, 500
+EXPLAIN_WAIT = 60.0  # seconds `wait_for_explanation` waits for the background explainer before computing it itself
 
 
 def is_api(path: str) -> bool:
@@ -139,18 +141,27 @@ def build_api(service, tokens: dict[bytes, Token] | None, rate: float = RATE) ->
 
     chat_token, auditor_token = Depends(caller("chat")), Depends(caller("auditor"))
 
-    def respond(message: str, session: str, token: Token, wait: bool):
+    def respond(message: str, session: str, token: Token):
         try:
-            answer = service.respond(message, f"rest:{token.name}/{session}")
+            return service.respond(message, f"rest:{token.name}/{session}")
         except Rejected as e:
             raise HTTPException(400, f"Message refused: {e}.") from None
-        return service.explained(answer) if wait else answer
+
+    async def explained(answer):
+        """Wait for the background explanation without holding a worker thread; past EXPLAIN_WAIT, compute it."""
+        waited = 0.0
+        while answer.explained is not None and not answer.explained.is_set() and waited < EXPLAIN_WAIT:
+            await asyncio.sleep(0.05)
+            waited += 0.05
+        return await run_in_threadpool(service.explained, answer, 0)
 
     @api.post("/v1/chat", response_model=ChatOut, summary="One chat turn")
     async def chat(body: ChatIn, token: Token = chat_token):
         """The reply, intent, confidence and fallback as soon as they are decided; the explanation follows
         (`explanation`: where to read it), or comes in the answer with `wait_for_explanation`."""
-        a = await run_in_threadpool(respond, body.message, body.session, token, body.wait_for_explanation)
+        a = await run_in_threadpool(respond, body.message, body.session, token)
+        if body.wait_for_explanation:
+            a = await explained(a)
         return ChatOut(turn_id=a.turn_id, session=body.session, text=a.text, redacted_types=a.redacted_types,
                        reply=a.reply, intent=a.intent, confidence=a.confidence, fallback=a.fallback,
                        fallback_reason=a.fallback_reason, ranking=a.ranking, model_version=a.model_version,
@@ -160,7 +171,7 @@ def build_api(service, tokens: dict[bytes, Token] | None, rate: float = RATE) ->
     @api.post("/webhooks/rest/webhook", response_model=list[RasaOut], summary="Rasa's REST channel")
     async def rasa(body: RasaIn, token: Token = chat_token):
         """What Rasa's REST channel answers: the bot's messages to the sender."""
-        a = await run_in_threadpool(respond, body.message, body.sender, token, False)
+        a = await run_in_threadpool(respond, body.message, body.sender, token)
         return [RasaOut(recipient_id=body.sender, text=a.reply)]
 
     @api.get("/v1/turns", response_model=TurnsOut, summary="Logged turns, newest first (auditors)")

@@ -294,7 +294,15 @@ class RateLimit:
                 self.buckets[key] = (level, now)
                 return (1 - level) / self.rate
             self.buckets[key] = (level - 1, now)
-            if len(self.buckets) > self.max_keys:  # forget the fullest buckets first: they are at rest
-                for k in [k for k, (lv, _) in self.buckets.items() if lv >= self.burst - 1][: self.max_keys // 10]:
+            if len(self.buckets) > self.max_keys:  # forget the longest unused tenth (a dict keeps insertion order)
+                for k in list(self.buckets)[: self.max_keys // 10]:
                     self.buckets.pop(k, None)
+            self.buckets[key] = self.buckets.pop(key)  # newest last
             return 0.0
+
+    def refund(self, key: str) -> None:
+        """Give back what `take` took (a request that turned out not to count, e.g. a successful sign-in)."""
+        with self._lock:
+            if key in self.buckets:
+                level, then = self.buckets[key]
+                self.buckets[key] = (min(self.burst, level + 1), then)

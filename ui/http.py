@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import re
 from collections import OrderedDict
 from datetime import datetime, timezone
@@ -35,6 +36,7 @@ from ui.auth import CLIENT_COOKIE, CLIENT_IDS, LOCAL_HOSTS, SIGNIN_COOKIE, SIGNI
 
 MAX_SESSIONS = 10_000
 MAX_BODY = 2 * 1024 * 1024
+logger = logging.getLogger(__name__)
 
 _FORM = """<!doctype html><meta charset="utf-8"><title>Candor · sign in to audit</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:28em;margin:4em auto}}input{{font-size:1em;padding:.4em;width:100%}}
@@ -50,13 +52,14 @@ SIGNIN_RATE = RateLimit(rate=5 / 60, burst=5)  # failed sign-ins per client addr
 
 def signin_routes(one_time: OneTimeSignIn | None, limit: RateLimit = SIGNIN_RATE) -> list[Route]:
     """`/signin` (the one-time password; without an auth file) and `/signout` (both kinds of sign-in)."""
-    def done() -> RedirectResponse:
+    def done(request: Request) -> RedirectResponse:
+        limit.refund(_address(request))
         r = RedirectResponse("./?view=audit", status_code=303)
         r.set_cookie(SIGNIN_COOKIE, one_time.cookie(), max_age=SIGNIN_HOURS * 3600, httponly=True, samesite="strict")
         return r
 
     def refused(request: Request) -> HTMLResponse | None:
-        wait = limit.peek(_address(request))
+        wait = limit.take(_address(request))  # taken before the attempt, refunded when it succeeds
         if wait:
             return HTMLResponse(_FORM.format(error=f'<p class="err">Too many sign-in attempts: try again in '
                                                    f'{int(wait) + 1} s.</p>'),
@@ -64,7 +67,6 @@ def signin_routes(one_time: OneTimeSignIn | None, limit: RateLimit = SIGNIN_RATE
         return None
 
     def wrong(request: Request, text: str) -> HTMLResponse:
-        limit.take(_address(request))
         if one_time.spent:
             text = ("That password has been used or has expired (it is good for one sign-in within "
                     "an hour of the start). Restart candor serve for a new one, or give auditors accounts with "
@@ -74,7 +76,7 @@ def signin_routes(one_time: OneTimeSignIn | None, limit: RateLimit = SIGNIN_RATE
     async def page(request: Request):
         token = request.query_params.get("token")
         if token is not None:
-            return refused(request) or (done() if one_time.check(token) else wrong(
+            return refused(request) or (done(request) if one_time.check(token) else wrong(
                 request, "That link is not valid (a new password is made at every start)."))
         return HTMLResponse(_FORM.format(error=""))
 
@@ -82,7 +84,7 @@ def signin_routes(one_time: OneTimeSignIn | None, limit: RateLimit = SIGNIN_RATE
         if (r := refused(request)) is not None:
             return r
         form = await request.form()
-        return done() if one_time.check(str(form.get("password") or "")) else wrong(request, "Wrong password.")
+        return done(request) if one_time.check(str(form.get("password") or "")) else wrong(request, "Wrong password.")
 
     async def signout(request: Request):
         r = RedirectResponse("logout" if one_time is None else "./", status_code=303)  # Gradio's own sign-out
@@ -128,7 +130,7 @@ def export_route(access: Access, store) -> Route:
 ROUTES = [(("GET", "HEAD"), p) for p in (
     r"/", r"/config/?", r"/gradio_api/info/?", r"/assets/.+", r"/static/.+", r"/svelte/.+", r"/favicon\.ico",
     r"/(gradio_api/)?theme\.css", r"/manifest\.json", r"/robots\.txt", r"/gradio_api/startup-events",
-    r"/gradio_api/heartbeat/[^/]+", r"/gradio_api/queue/data", r"/gradio_api/file=.+", r"/logout",
+    r"/gradio_api/heartbeat/[^/]+", r"/gradio_api/queue/data", r"/gradio_api/file=/(?!.*://).+", r"/logout",
     r"/gradio_api/login_check/?", r"/signin", r"/signout", r"/audit/export")] + [(("POST",), p) for p in (
     r"/gradio_api/queue/join", r"/gradio_api/cancel", r"/gradio_api/run/predict/?", r"/login/?", r"/signin",
     r"/signout")]
@@ -165,31 +167,50 @@ class Front:
             return await _refuse(421, "Unknown Host: this server answers only to its own names (--allowed-host).",
                                  scope, receive, send)
         path, method = scope["path"], scope.get("method", "GET")
+        if scope["type"] == "http" and method not in ("GET", "HEAD", "OPTIONS"):  # every body capped, before anything
+            body, receive = await _read_body(receive)  # reads it (FastAPI would read an API body before its token)
+            if body is None:
+                return await _refuse(413, "Request too large.", scope, receive, send)
         if is_api(path):
             return await self.api(scope, receive, send)
         if scope["type"] != "http" or not allowed(method, path):
             return await _refuse(404, "Not found.", scope, receive, send)
         if method == "POST" and path in SIGN_IN_POSTS and path != "/signin":  # /signin limits itself
-            wait = self.sign_in.peek(_address(request))
+            address = _address(request)
+            wait = self.sign_in.take(address)  # taken before the attempt (a burst cannot all pass), refunded on success
             if wait:
                 return await PlainTextResponse(f"Too many sign-in attempts: try again in {int(wait) + 1} s.", 429,
                                                headers={"Retry-After": str(int(wait) + 1)})(scope, receive, send)
-            send = _on_failure(send, lambda: self.sign_in.take(_address(request)))
+            send = _on_success(send, lambda: self.sign_in.refund(address))
+        if path.startswith("/gradio_api/file="):  # Gradio copies request headers into a ranged answer: no Range here
+            scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k.lower() != b"range"]}
         if method in ("GET", "HEAD") and path == "/":
             send = _page(send)
         else:
             send = _with_headers(send, [(b"content-security-policy", CSP.format(hashes="").encode())])
-        return await self.app(scope, receive, send)
+        started = []
+
+        async def tracked(message):
+            if message["type"] == "http.response.start":
+                started.append(True)
+            await send(message)
+        try:
+            return await self.app(scope, receive, tracked)
+        except Exception:  # noqa: BLE001 - Gradio's app runs in debug mode: never a traceback to the client
+            logger.exception("%s %s failed", method, path)
+            if not started:
+                return await PlainTextResponse("The server failed to answer this request.", 500)(scope, receive, send)
+            raise
 
 
 def _address(request: Request) -> str:
     return request.client.host if request.client else "-"
 
 
-def _on_failure(send, failed):
+def _on_success(send, succeeded):
     async def wrapped(message):
-        if message["type"] == "http.response.start" and message["status"] >= 400:
-            failed()
+        if message["type"] == "http.response.start" and message["status"] < 400:
+            succeeded()
         await send(message)
     return wrapped
 
@@ -272,8 +293,8 @@ class SessionOwners:
             body, receive = await _read_body(receive)
             if body is None:
                 return await _refuse(413, "Request too large.", scope, receive, send)
-            try:
-                data = json.loads(body) if body.lstrip()[:1] in (b"{", b"[") else None
+            try:  # as FastAPI would read it: json.loads also takes a BOM and UTF-16/32 bodies
+                data = json.loads(body) if body.strip() else None
             except RecursionError:
                 return await _refuse(400, "Malformed JSON: nested too deeply.", scope, receive, send)
             except ValueError:

@@ -238,3 +238,66 @@ def test_a_refused_join_binds_nothing():
         c.get("/gradio_api/queue/data?session_hash=warmup")
     assert squatter.post("/gradio_api/queue/join", json={"session_hash": "future"}).status_code == 401
     assert victim.get("/gradio_api/queue/data?session_hash=future").status_code == 200  # not claimed
+
+
+def _front(app_routes, api=None, sign_in=None):
+    """`Front` (ui/http.py) around a small Starlette app standing in for Gradio's."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+
+    from ui.auth import RateLimit
+    from ui.http import Front
+
+    async def api_app(scope, receive, send):
+        await JSONResponse({"api": True})(scope, receive, send)
+
+    return Front(Starlette(routes=app_routes), api=api or api_app, hosts={"testserver", "127.0.0.1"},
+                 sign_in=sign_in or RateLimit(5 / 60, 5))
+
+
+def test_the_reviews_second_round_findings_hold():
+    """An independent review of this issue's surface: an API body was read whole before its token was checked (any
+    size); a burst of sign-ins all passed the limiter; Gradio's debug page showed tracebacks; /gradio_api/file= was
+    an open redirect; a body starting with a BOM skipped the session check."""
+    from starlette.responses import PlainTextResponse, RedirectResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from ui.auth import RateLimit
+    from ui.http import MAX_BODY
+
+    async def login(request):
+        form = await request.form()
+        return PlainTextResponse("ok" if form.get("password") == "right" else "no",
+                                 status_code=200 if form.get("password") == "right" else 401)
+
+    async def boom(request):
+        raise KeyError("fns[99999]")
+
+    async def file(request):
+        return RedirectResponse("https://evil.example/")
+
+    client = TestClient(_front([Route("/login", login, methods=["POST"]), Route("/config", boom),
+                                Route("/gradio_api/file={rest:path}", file)]), raise_server_exceptions=False)
+    assert client.post("/v1/chat", content=b"x" * (MAX_BODY + 1)).status_code == 413  # before any token check
+    assert client.post("/v1/chat", content=b"{}").json() == {"api": True}
+    assert [client.post("/login", data={"password": "right"}).status_code for _ in range(8)] == [200] * 8  # refunded
+    codes = [client.post("/login", data={"password": f"guess-{i}"}).status_code for i in range(7)]
+    assert codes[:5] == [401] * 5 and codes[5:] == [429, 429]
+    r = client.get("/config")
+    assert r.status_code == 500 and "Traceback" not in r.text and "KeyError" not in r.text
+    assert client.get("/gradio_api/file=https://evil.example/", follow_redirects=False).status_code == 404
+    limiter = RateLimit(1.0, 2, max_keys=100)
+    for i in range(1000):  # many addresses: memory stays bounded
+        limiter.take(f"10.0.{i // 256}.{i % 256}")
+    assert len(limiter.buckets) <= 101
+
+    app = _app(Access(None, OneTimeSignIn()))
+    alice, mallory = TestClient(app), TestClient(app)
+    for c in (alice, mallory):
+        c.get("/gradio_api/queue/data?session_hash=warmup")
+    assert alice.post("/gradio_api/queue/join", json={"session_hash": "victim"}).status_code == 200
+    for encoded in (b"\xef\xbb\xbf" + json.dumps({"session_hash": "victim"}).encode(),
+                    json.dumps({"session_hash": "victim"}).encode("utf-16")):
+        r = mallory.post("/gradio_api/cancel", content=encoded, headers={"content-type": "application/json"})
+        assert r.status_code == 403, encoded[:8]

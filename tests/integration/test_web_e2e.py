@@ -99,7 +99,8 @@ def _send(pg, text: str, turn: int):
     box = pg.locator("#message textarea")
     box.fill(text)
     box.press("Enter")
-    expect(pg.locator("#decision")).to_contain_text(f"turn #{turn} ", timeout=60_000)
+    expect(pg.locator("#decision")).to_contain_text(f"turn #{turn} ", timeout=60_000)  # the reply, first
+    expect(pg.locator("#decision")).to_contain_text("explanation delta", timeout=60_000)  # then its explanation
 
 
 def test_chat_shows_reply_intent_confidence_and_highlighted_words(page):
