@@ -273,12 +273,6 @@ class AuditStore:
                 if row is not None and row.explained is None:
                     row.attributions, row.explained = self._safe(row.text, row.text, attributions), how
 
-    def unexplained(self, limit: int = 1000) -> list[dict]:
-        """Turns whose explanation has not been computed yet, oldest first (with their `context`)."""
-        with Session(self.engine) as s:
-            q = select(TurnRow).where(TurnRow.explained.is_(None)).order_by(TurnRow.id).limit(limit)
-            return [{**row.to_dict(), "context": row.context or []} for row in s.scalars(q)]
-
     def count_unexplained(self) -> int:
         with Session(self.engine) as s:
             return s.scalar(select(func.count()).select_from(TurnRow).where(TurnRow.explained.is_(None)))

@@ -279,17 +279,11 @@ class RateLimit:
         self.max_keys = max_keys
         self._lock = threading.Lock()
 
-    def peek(self, key: str, now: float | None = None) -> float:
-        """Like `take`, without taking: 0 if a request would be allowed now."""
-        return self.take(key, now, spend=False)
-
-    def take(self, key: str, now: float | None = None, spend: bool = True) -> float:
+    def take(self, key: str, now: float | None = None) -> float:
         now = time.monotonic() if now is None else now
         with self._lock:
             level, then = self.buckets.get(key, (self.burst, now))
             level = min(self.burst, level + (now - then) * self.rate)
-            if not spend:
-                return 0.0 if level >= 1 else (1 - level) / self.rate
             if level < 1:
                 self.buckets[key] = (level, now)
                 return (1 - level) / self.rate

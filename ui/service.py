@@ -115,10 +115,6 @@ class Explanations:
             self.metrics.dropped.inc()
             return False
 
-    @property
-    def pending(self) -> int:
-        return self.jobs.qsize()
-
     def _work(self) -> None:
         try:  # this thread alone (Linux threads have their own priority); the thread pool torch starts here inherits it
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
