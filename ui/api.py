@@ -17,7 +17,6 @@ Every error is JSON, `{"error": "what is wrong"}`, never a traceback.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 from typing import Literal
@@ -40,7 +39,6 @@ PATHS = ("/healthz", "/readyz", "/metrics")
 RATE = 20.0  # requests a second per token, on average (bursts of twice that)
 SESSION = r"^[A-Za-z0-9_.:@-]{1,128}$"
 PAGE_SIZE, MAX_PAGE_SIZE = 50, 500
-EXPLAIN_WAIT = 60.0  # seconds `wait_for_explanation` waits for the background explainer before computing it itself
 
 
 def is_api(path: str) -> bool:
@@ -147,21 +145,13 @@ def build_api(service, tokens: dict[bytes, Token] | None, rate: float = RATE) ->
         except Rejected as e:
             raise HTTPException(400, f"Message refused: {e}.") from None
 
-    async def explained(answer):
-        """Wait for the background explanation without holding a worker thread; past EXPLAIN_WAIT, compute it."""
-        waited = 0.0
-        while answer.explained is not None and not answer.explained.is_set() and waited < EXPLAIN_WAIT:
-            await asyncio.sleep(0.05)
-            waited += 0.05
-        return await run_in_threadpool(service.explained, answer, 0)
-
     @api.post("/v1/chat", response_model=ChatOut, summary="One chat turn")
     async def chat(body: ChatIn, token: Token = chat_token):
         """The reply, intent, confidence and fallback as soon as they are decided; the explanation follows
         (`explanation`: where to read it), or comes in the answer with `wait_for_explanation`."""
         a = await run_in_threadpool(respond, body.message, body.session, token)
         if body.wait_for_explanation:
-            a = await explained(a)
+            a = await service.explained_later(a)
         return ChatOut(turn_id=a.turn_id, session=body.session, text=a.text, redacted_types=a.redacted_types,
                        reply=a.reply, intent=a.intent, confidence=a.confidence, fallback=a.fallback,
                        fallback_reason=a.fallback_reason, ranking=a.ranking, model_version=a.model_version,

@@ -14,6 +14,7 @@ the store, and its audit row is the new turn, so replicas on one database act as
 """
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import logging
@@ -39,6 +40,7 @@ MAX_BATCH = 8  # turns in one model batch
 MAX_TURNS = 50  # a conversation keeps its newest turns (generation reads the last few)
 EXPLAIN_BATCH = 4  # explanations in one Captum call (4 beat 16 with earlier turns read: less padding; BENCHMARKS.md)
 MAX_PENDING = 5_000  # explanations waiting; beyond, a turn is explained when it is first read
+EXPLAIN_WAIT = 60.0  # seconds a caller waits for the background explanation before computing it itself
 
 
 class Batcher:
@@ -261,7 +263,16 @@ class ChatService:
             found.append("the explanation queue is full")
         return found
 
-    def explained(self, answer: Answer, timeout: float | None = 60.0) -> Answer:
+    async def explained_later(self, answer: Answer, timeout: float = EXPLAIN_WAIT) -> Answer:
+        """`explained` for an event loop (the chat panel, the REST API): waits for the background explainer without
+        holding a worker thread, and past `timeout` computes the explanation as on reading."""
+        waited = 0.0
+        while answer.explained is not None and not answer.explained.is_set() and waited < timeout:
+            await asyncio.sleep(0.05)
+            waited += 0.05
+        return await asyncio.to_thread(self.explained, answer, 0)
+
+    def explained(self, answer: Answer, timeout: float | None = EXPLAIN_WAIT) -> Answer:
         """The answer with its explanation, once the background explainer has stored it (or, if it was not queued
         or does not come within `timeout`, computed now as on reading)."""
         event = getattr(answer, "explained", None)

@@ -6,7 +6,6 @@ and each audit handler and the export route check the request again.
 """
 from __future__ import annotations
 
-import asyncio
 import csv
 import html
 import json
@@ -34,7 +33,6 @@ MODEL_EVENTS = "model"  # one concurrency group for every event that runs the mo
 # Gradio's default theme loads a font from Google; this one uses the fonts Gradio serves itself (no third party)
 THEME = gr.themes.Default(font=[LocalFont("IBM Plex Sans"), "ui-sans-serif", "system-ui", "sans-serif"],
                           font_mono=[LocalFont("IBM Plex Mono"), "ui-monospace", "monospace"])
-EXPLAIN_WAIT = 60.0  # seconds the chat panel waits for the background explanation before computing it itself
 MODEL_CONCURRENCY = 16  # model events in flight: they wait in the batcher (ui/service.py) and run in batches
 
 
@@ -202,15 +200,10 @@ def _chat_tab(service: ChatService) -> None:
                    None)
 
     async def fill(answer):
-        """The explanation of the turn just answered, once the background explainer has it: waits without holding a
-        worker thread, and past EXPLAIN_WAIT computes it as on reading."""
+        """The explanation of the turn just answered, once the background explainer has it (`explained_later`)."""
         if answer is None:
             return gr.update(), gr.update()
-        event, waited = answer.explained, 0.0
-        while event is not None and not event.is_set() and waited < EXPLAIN_WAIT:
-            await asyncio.sleep(0.05)
-            waited += 0.05
-        answer = await asyncio.to_thread(service.explained, answer, 0)
+        answer = await service.explained_later(answer)
         return decision_markdown(answer), gr.update(value=highlights(answer.attributions), label=words_label)
 
     def undo(data: gr.UndoData, history: list, request: gr.Request):
