@@ -43,6 +43,16 @@ MAX_PENDING = 5_000  # explanations waiting; beyond, a turn is explained when it
 EXPLAIN_WAIT = 60.0  # seconds a caller waits for the background explanation before computing it itself
 
 
+def _what_queued(items: queue.Queue, batch: list, limit: int) -> list:
+    """`batch` and what is waiting in `items` now, up to `limit` in all (never waiting for more)."""
+    while len(batch) < limit:
+        try:
+            batch.append(items.get_nowait())
+        except queue.Empty:
+            break
+    return batch
+
+
 class Batcher:
     """Collects work items from many threads and runs them in batches on one worker thread.
 
@@ -68,12 +78,7 @@ class Batcher:
 
     def _work(self) -> None:
         while True:  # a batch: the first turn, then what queued meanwhile (no added latency for a lone user)
-            batch = [self.items.get()]
-            while len(batch) < self.max_batch:
-                try:
-                    batch.append(self.items.get_nowait())
-                except queue.Empty:
-                    break
+            batch = _what_queued(self.items, [self.items.get()], self.max_batch)
             try:
                 results = self.run([item for item, _, _ in batch])
             except BaseException as e:  # noqa: BLE001 - every waiting thread gets the error
@@ -129,11 +134,7 @@ class Explanations:
                     return
                 time.sleep(0.005 if not self.paused.is_set() else 0.05)
             self.idle.clear()
-            while len(batch) < self.max_batch:
-                try:
-                    batch.append(self.jobs.get_nowait())
-                except queue.Empty:
-                    break
+            batch = _what_queued(self.jobs, batch, self.max_batch)
             try:
                 self.run(batch)
             except Exception:  # noqa: BLE001 - these turns stay unexplained and are explained on reading
@@ -184,8 +185,9 @@ class ChatService:
         self.max_chars = max_chars
         self.batcher = Batcher(self._turns)
         self.metrics = Metrics()
-        self.answering = 0  # turns between arrival and logged reply
+        self.answering = 0  # turns between arrival and logged reply (also /metrics' candor_turns_in_flight)
         self._answering_lock = threading.Lock()
+        self.metrics.in_flight.set_function(lambda: self.answering)
         self.explanations = Explanations(self.explainer.explain_batch, self.store, self.metrics,
                                          busy=lambda: self.answering > 0)
         self._warm_up()
@@ -226,7 +228,7 @@ class ChatService:
         except Rejected:
             self.metrics.refused.inc()
             raise
-        with self.metrics.in_flight.track_inprogress(), self._answer():
+        with self._answer():
             conversation = self.conversation(session)
             answer = self.batcher.submit((served, conversation, _stream(on_text, cancel), cancel))
             answer.model_version = self.version
