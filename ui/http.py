@@ -12,7 +12,8 @@ a bound session — a path segment, a query value, a top-level value of a body t
 and whatever its Content-Type says — from anyone else is refused (403), and a queue join without an identity is
 refused too.
 
-Also here: the one-time sign-in page (rate-limited, with a sign-out) and the streamed audit export.
+Also here: the one-time sign-in page and a sign-out (every sign-in, this and Gradio's, is rate-limited by `Front`) and the
+streamed audit export.
 """
 from __future__ import annotations
 
@@ -47,26 +48,17 @@ terminal (a new one each start).</p>{error}
 autocomplete="off" aria-label="one-time password"><button type="submit" id="signin">Sign in</button></form>"""
 
 
-SIGNIN_RATE = RateLimit(rate=5 / 60, burst=5)  # failed sign-ins per client address: 5 a minute
+SIGNIN_RATE = RateLimit(rate=5 / 60, burst=5)  # failed sign-ins per client address: 5 a minute (`Front` keeps it)
 
 
-def signin_routes(one_time: OneTimeSignIn | None, limit: RateLimit = SIGNIN_RATE) -> list[Route]:
+def signin_routes(one_time: OneTimeSignIn | None) -> list[Route]:
     """`/signin` (the one-time password; without an auth file) and `/signout` (both kinds of sign-in)."""
-    def done(request: Request) -> RedirectResponse:
-        limit.refund(_address(request))
+    def done() -> RedirectResponse:
         r = RedirectResponse("./?view=audit", status_code=303)
         r.set_cookie(SIGNIN_COOKIE, one_time.cookie(), max_age=SIGNIN_HOURS * 3600, httponly=True, samesite="strict")
         return r
 
-    def refused(request: Request) -> HTMLResponse | None:
-        wait = limit.take(_address(request))  # taken before the attempt, refunded when it succeeds
-        if wait:
-            return HTMLResponse(_FORM.format(error=f'<p class="err">Too many sign-in attempts: try again in '
-                                                   f'{int(wait) + 1} s.</p>'),
-                                status_code=429, headers={"Retry-After": str(int(wait) + 1)})
-        return None
-
-    def wrong(request: Request, text: str) -> HTMLResponse:
+    def wrong(text: str) -> HTMLResponse:
         if one_time.spent:
             text = ("That password has been used or has expired (it is good for one sign-in within "
                     "an hour of the start). Restart candor serve for a new one, or give auditors accounts with "
@@ -76,15 +68,13 @@ def signin_routes(one_time: OneTimeSignIn | None, limit: RateLimit = SIGNIN_RATE
     async def page(request: Request):
         token = request.query_params.get("token")
         if token is not None:
-            return refused(request) or (done(request) if one_time.check(token) else wrong(
-                request, "That link is not valid (a new password is made at every start)."))
+            return done() if one_time.check(token) else wrong(
+                "That link is not valid (a new password is made at every start).")
         return HTMLResponse(_FORM.format(error=""))
 
     async def submit(request: Request):
-        if (r := refused(request)) is not None:
-            return r
         form = await request.form()
-        return done(request) if one_time.check(str(form.get("password") or "")) else wrong(request, "Wrong password.")
+        return done() if one_time.check(str(form.get("password") or "")) else wrong("Wrong password.")
 
     async def signout(request: Request):
         r = RedirectResponse("logout" if one_time is None else "./", status_code=303)  # Gradio's own sign-out
@@ -135,7 +125,7 @@ ROUTES = [(("GET", "HEAD"), p) for p in (
     r"/gradio_api/queue/join", r"/gradio_api/cancel", r"/gradio_api/run/predict/?", r"/login/?", r"/signin",
     r"/signout")]
 _ROUTES = [(methods, re.compile(p)) for methods, p in ROUTES]
-SIGN_IN_POSTS = ("/login", "/login/", "/signin")
+SIGN_IN_POSTS = ("/login", "/login/", "/signin")  # Gradio's sign-in (an auth file) and the one-time password's
 THIRD_PARTY = re.compile(rb'<(?:script|link)\b[^>]*\b(?:src|href)="https?://[^"]*"[^>]*>(?:\s*</script>)?', re.I)
 INLINE_SCRIPT = re.compile(rb"<script\b(?![^>]*\bsrc=)[^>]*>(.*?)</script>", re.S | re.I)
 CSP = ("default-src 'self'; script-src 'self' 'unsafe-eval'{hashes}; style-src 'self' 'unsafe-inline'; "
@@ -175,7 +165,7 @@ class Front:
             return await self.api(scope, receive, send)
         if scope["type"] != "http" or not allowed(method, path):
             return await _refuse(404, "Not found.", scope, receive, send)
-        if method == "POST" and path in SIGN_IN_POSTS and path != "/signin":  # /signin limits itself
+        if (method == "POST" and path in SIGN_IN_POSTS) or (path == "/signin" and "token" in request.query_params):
             address = _address(request)
             wait = self.sign_in.take(address)  # taken before the attempt (a burst cannot all pass), refunded on success
             if wait:

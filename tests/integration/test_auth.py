@@ -90,7 +90,6 @@ def _app(access, store=None):
     from starlette.responses import PlainTextResponse
     from starlette.routing import Route
 
-    from ui.auth import RateLimit
     from ui.http import SessionOwners, export_route, signin_routes
 
     async def ok(request):
@@ -103,7 +102,7 @@ def _app(access, store=None):
               Route("/gradio_api/call/{api}/{event}", named), Route("/gradio_api/cancel", ok, methods=["POST"]),
               export_route(access, store)]
     if access.one_time:
-        routes += signin_routes(access.one_time, RateLimit(100, 100))
+        routes += signin_routes(access.one_time)
     return Starlette(routes=routes, middleware=[Middleware(SessionOwners)])
 
 
