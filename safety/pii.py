@@ -225,11 +225,15 @@ _READ: OrderedDict[bytes, None] = OrderedDict()  # keyed hashes of the texts `ma
 _READ_LOCK = threading.Lock()
 
 
+def _digest(text: str) -> bytes:
+    return hmac.new(_KEY, text.encode("utf-8"), hashlib.sha256).digest()
+
+
 def mark_read(text: str) -> None:
     """`text` is what the read path (safety/guard.read_message) made of a message: redacted, in this process. The
     audit store's own pass (`redact_text`) then keeps it as it is instead of running the NER a second time."""
     with _READ_LOCK:
-        _READ[hmac.new(_KEY, text.encode("utf-8"), hashlib.sha256).digest()] = None
+        _READ[_digest(text)] = None
         while len(_READ) > 4096:
             _READ.popitem(last=False)
 
@@ -237,7 +241,7 @@ def mark_read(text: str) -> None:
 def redact_text(text: str) -> str:
     """The redacted text: a text this process's read path produced (`mark_read`) is kept as it is; anything else
     (a reply, a caller's raw text) is redacted."""
-    digest = hmac.new(_KEY, text.encode("utf-8"), hashlib.sha256).digest()
+    digest = _digest(text)
     with _READ_LOCK:
         if digest in _READ:
             return text

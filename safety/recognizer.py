@@ -63,8 +63,7 @@ def load(folder: Path = MODEL):
     return spacy.load(folder)
 
 
-_MONTHS = ("january february march april may june july august september october november december jan feb mar apr "
-           "jun jul aug sep sept oct nov dec monday tuesday wednesday thursday friday saturday sunday").split()
+_WEEKDAYS = frozenset("monday tuesday wednesday thursday friday saturday sunday".split())
 _STREET_WORDS = frozenset("""street st road rd avenue ave av lane ln drive dr boulevard blvd way close court ct place pl
 terrace crescent square sq parkway highway hwy row walk gardens grove hill park box apt apartment flat unit suite floor
 mews yard lodge house cottage farm green rise vale view wharf quay drove circle cir plaza trail""".split())
@@ -77,13 +76,20 @@ _BIRTH_CUE = re.compile(r"\b(?:born|birth|birthday|dob|d\.o\.b|b\.|n[ée]e?|gebo
 _FULL_DATE = re.compile(r"\d{1,2}\s*[/.\-]\s*\d{1,2}\s*[/.\-]\s*\d{2,4}|\d{4}\s*[/.\-]\s*\d{1,2}\s*[/.\-]\s*\d{1,2}")
 
 
+def _calendar(word: str) -> bool:
+    """A month (safety/recognizers.py's `_MONTH`: names and abbreviations) or a day of the week."""
+    from safety.recognizers import _MONTH
+
+    return bool(re.fullmatch(_MONTH, word, re.I)) or word.lower() in _WEEKDAYS
+
+
 def plausible(text: str, start: int, end: int, label: str) -> bool:
     """What the small model tags that cannot be that kind of value (it was trained on synthetic sentences and calls
-    some brands people and some error codes addresses): a name has letters and no digits and is no nationality or
-    brand (safety/data/names/not_person.txt); in lower case it must be a known first name or follow a cue ("Mr",
-    "I'm", "Hi"); one capitalised word must be that, or no everyday word; a longer
-    one must not be all everyday words; an address has a number and a street word or a word that is no everyday English; a date of
-    birth is a full date, or any date right after a birth word ("born", "DOB", "née")."""
+    some brands people and some error codes addresses): a name has letters and no digits and is no nationality,
+    brand (safety/data/names/not_person.txt) or place; in lower case it must be a known first name or follow a cue
+    ("Mr", "I'm", "Hi"); one capitalised word must be that, or no everyday word; a longer one must not be all
+    everyday words; an address has a number and a street word or a word that is no everyday English; a date of
+    birth is a full date 16+ years back, or any date right after a birth word ("born", "DOB", "née")."""
     from safety.recognizers import _CUE_BEFORE, first_names, is_common, not_person, old_date
 
     value = text[start:end]
@@ -91,7 +97,7 @@ def plausible(text: str, start: int, end: int, label: str) -> bool:
         return False
     words = _LETTERS.findall(value)
     if label == "PERSON":
-        if not words or any(c.isdigit() for c in value) or all(w.lower() in _MONTHS for w in words):
+        if not words or any(c.isdigit() for c in value) or all(_calendar(w) for w in words):
             return False
         if all(w.lower() in not_person() for w in words) or words[-1].lower() in _PLACE_WORDS:
             return False  # a nationality, a language, a brand; "Victoria Station", "Baker Street"
@@ -99,7 +105,7 @@ def plausible(text: str, start: int, end: int, label: str) -> bool:
         known = words[0].lower() in first_names()
         if value.islower():  # all lower case: a phrase unless it is a known first name or follows a cue
             return known or cue
-        if len(words) == 1:  # one capitalised word: a known first name, after a cue, or no everyday word mid-sentence
+        if len(words) == 1:  # one capitalised word: a known first name, after a cue, or no everyday word
             w = words[0]
             return known or cue or (not is_common(w) and not w.isupper())
         return known or cue or not all(is_common(w) for w in words)
@@ -107,7 +113,7 @@ def plausible(text: str, start: int, end: int, label: str) -> bool:
         if _POSTCODE_TOWN.fullmatch(value) and not text[:start].endswith("\n"):  # "75002 Paris": the rules' postcode
             return False
         return any(c.isdigit() for c in value) and any(
-            w.lower() in _STREET_WORDS or (len(w) >= 4 and not is_common(w) and w.lower() not in _MONTHS)
+            w.lower() in _STREET_WORDS or (len(w) >= 4 and not is_common(w) and not _calendar(w))
             for w in words)
     if label == "DATE_OF_BIRTH":
         if _BIRTH_CUE.search(text[max(0, start - 25):start]):
@@ -116,7 +122,7 @@ def plausible(text: str, start: int, end: int, label: str) -> bool:
             return False
         day_month_year = _FULL_DATE.search(value) or (
             re.search(r"(?<!\d)\d{1,2}(?:st|nd|rd|th)?(?!\d)", value) and re.search(r"(?<!\d)(?:19|20)\d{2}(?!\d)", value)
-            and any(w.lower() in _MONTHS for w in words))
+            and any(_calendar(w) for w in words))
         return bool(day_month_year)
     return True
 

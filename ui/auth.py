@@ -95,6 +95,10 @@ def checker(users: dict[str, Account]):
 ONE_TIME_MINUTES = 60
 
 
+def _now(now: float | None) -> float:
+    return time.time() if now is None else now
+
+
 class OneTimeSignIn:
     """A password made at start and never stored, good for one sign-in within `minutes` of the start; signing in with
     it sets a cookie signed with a per-process key (HttpOnly, SameSite=Strict), valid for SIGNIN_HOURS or until the
@@ -103,7 +107,7 @@ class OneTimeSignIn:
     def __init__(self, minutes: float = ONE_TIME_MINUTES, now: float | None = None):
         self.password = secrets.token_urlsafe(18)
         self._key = secrets.token_bytes(32)
-        self.expires = (time.time() if now is None else now) + minutes * 60
+        self.expires = _now(now) + minutes * 60
         self.used = False
         self._lock = threading.Lock()
 
@@ -111,7 +115,7 @@ class OneTimeSignIn:
         """True once: for the right password, unused and not expired."""
         right = hmac.compare_digest(self.password.encode(), (password or "").encode("utf-8", "replace"))
         with self._lock:
-            if not right or self.used or (time.time() if now is None else now) > self.expires:
+            if not right or self.used or _now(now) > self.expires:
                 return False
             self.used = True
             return True
@@ -121,14 +125,14 @@ class OneTimeSignIn:
         return self.used or time.time() > self.expires
 
     def cookie(self, now: float | None = None) -> str:
-        expires = str(int((time.time() if now is None else now) + SIGNIN_HOURS * 3600))
+        expires = str(int(_now(now) + SIGNIN_HOURS * 3600))
         return f"{expires}.{self._sign(expires)}"
 
     def valid(self, cookie: str | None, now: float | None = None) -> bool:
         expires, _, mac = (cookie or "").partition(".")
         return (expires.isascii() and expires.isdigit()
                 and hmac.compare_digest(self._sign(expires).encode(), mac.encode("utf-8", "replace"))
-                and int(expires) > (time.time() if now is None else now))
+                and int(expires) > _now(now))
 
     def _sign(self, expires: str) -> str:
         return hmac.new(self._key, f"{AUDITOR}|{expires}".encode(), hashlib.sha256).hexdigest()
@@ -144,7 +148,9 @@ class ClientIds:
     def __init__(self, key: bytes | None = None):
         import os
 
-        env = os.environ.get("CANDOR_SESSION_KEY", "").encode()
+        from bot.store import SESSION_KEY_ENV
+
+        env = os.environ.get(SESSION_KEY_ENV, "").encode()
         self._key = hmac.new(key or env or secrets.token_bytes(32), b"candor client id", hashlib.sha256).digest()
 
     def issue(self) -> str:
