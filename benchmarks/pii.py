@@ -29,6 +29,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
+import functools  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import re  # noqa: E402
@@ -76,7 +77,7 @@ def count(word: str, text: str) -> int:
     return len(re.findall(rf"(?<!\w){re.escape(word)}(?!\w)", text))
 
 
-@__import__("functools").cache
+@functools.cache
 def _stock():
     """Stock Presidio with the same spaCy model: its default recognizers, every entity it knows."""
     from presidio_analyzer import AnalyzerEngine
